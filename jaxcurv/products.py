@@ -1,0 +1,481 @@
+r"""Curvature-vector products: ``hvp``, ``ggn_vp`` and the linearize-once operators.
+
+When a Hessian is too big to form, its products stand in for it. Two of them:
+
+* the Hessian-vector product :math:`H v = \nabla^2 f(x)\, v`, computed forward-over-reverse
+  as the directional derivative of the gradient (Pearlmutter 1994), at about the cost of
+  three gradients and without any ``N x N`` intermediate;
+* the generalised Gauss-Newton product :math:`G v = J^\top H_\ell J v` for
+  :math:`f = \ell \circ m`, with :math:`J` the Jacobian of the model outputs and
+  :math:`H_\ell` the Hessian of the loss in the outputs (Schraudolph 2002). ``G`` is
+  positive semi-definite whenever the loss is convex in the outputs, which is what makes
+  it the curvature of choice inside conjugate gradient (Martens 2010).
+
+Krylov methods apply the same matrix at the same point many times. ``hessian_operator``
+and ``ggn_operator`` therefore run the forward (and for the Hessian, backward) pass once,
+keep the linearization (``jax.linearize``; the GGN's :math:`J^\top` is the transpose of
+the stored :math:`J`, not a second forward pass), and apply only the linear part per
+product. Inside one jitted loop XLA already hoists the forward pass out of a plain
+``hvp``; the operators are what makes separately dispatched products cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from jaxcurv.derivatives import _check_real_inputs
+from jaxcurv.tree import tree_check_like
+
+PyTree = Any
+
+__all__ = [
+    "CurvatureOperator",
+    "GaussNewtonOperator",
+    "HessianOperator",
+    "as_matvec",
+    "ggn_operator",
+    "ggn_vp",
+    "hessian_operator",
+    "hvp",
+]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_callable(name: str, arg: str, fun: Any) -> None:
+    if not callable(fun):
+        raise TypeError(f"`{name}({arg})` must be callable, got {type(fun).__name__}: {fun!r}.")
+
+
+def _check_tangent(name: str, v: PyTree, x: PyTree, x_name: str = "x") -> None:
+    """``v`` must match ``x`` in tree, shapes and dtypes (all static)."""
+    tree_check_like("v", v, x, x_name)
+    for path, lv, lx in zip(
+        jax.tree_util.tree_leaves_with_path(x), jax.tree.leaves(v), jax.tree.leaves(x)
+    ):
+        dv, dx = jnp.result_type(lv), jnp.result_type(lx)
+        if dv != dx:
+            where = jax.tree_util.keystr(path[0]) or "<root>"
+            raise TypeError(
+                f"`{name}`: `v` leaf {where} has dtype {dv} but `{x_name}`'s has dtype {dx}. "
+                f"Cast the tangent, e.g. `jax.tree.map(lambda a, b: a.astype(b.dtype), v, "
+                f"{x_name})`."
+            )
+
+
+def _check_scalar(name: str, fun: Callable, *args: Any) -> None:
+    out = jax.eval_shape(fun, *args)
+    shape = getattr(out, "shape", None)
+    if shape != ():
+        raise ValueError(
+            f"`{name}` needs a scalar-valued function, but it returned "
+            f"{'shape ' + str(shape) if shape is not None else type(out).__name__}. Reduce the "
+            "output (e.g. `jnp.mean` over the batch) or use `ggn_vp` / `jaxcurv.jacobian`."
+        )
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise TypeError(f"`{name}` needs a real floating-point output, got dtype {out.dtype}.")
+
+
+def _maybe_jit(jitted: Callable, plain: Callable, *static: Any) -> Callable:
+    """Use the jitted version when the static callables are hashable (the usual case)."""
+    try:
+        for s in static:
+            hash(s)
+    except TypeError:
+        return plain
+    return jitted
+
+
+# --------------------------------------------------------------------------- products
+
+
+def _hvp_impl(fun, x, v, args):
+    return jax.jvp(lambda y: jax.grad(fun)(y, *args), (x,), (v,))[1]
+
+
+_hvp_jit = jax.jit(_hvp_impl, static_argnums=0)
+
+
+def hvp(fun: Callable, x: PyTree, v: PyTree, *args: Any) -> PyTree:
+    r"""Hessian-vector product :math:`\nabla^2_x f(x, \dots)\, v`, forward-over-reverse.
+
+    Args:
+      fun: scalar function ``f(x, *args)``; ``x`` a pytree of real float arrays.
+      x: the point.
+      v: the direction, same tree, shapes and dtypes as ``x``.
+      *args: further arguments of ``fun`` (data, targets), not differentiated.
+
+    Returns:
+      :math:`H v`, a pytree like ``x``.
+
+    Raises:
+      ValueError: non-scalar output, ``v`` with another tree structure or leaf shapes.
+      TypeError: integer/complex ``x``, dtype mismatch between ``v`` and ``x``.
+
+    Example (the seed's :math:`x^2 + 3xy + y^2`, :math:`H = [[2, 3], [3, 2]]`):
+      >>> import jax.numpy as jnp
+      >>> import jaxcurv
+      >>> f = lambda p: p[0] ** 2 + 3 * p[0] * p[1] + p[1] ** 2
+      >>> jaxcurv.hvp(f, jnp.zeros(2), jnp.array([1.0, 0.0]))
+      Array([2., 3.], dtype=float32)
+
+    References:
+      Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 1994.
+    """
+    _check_callable("hvp", "fun", fun)
+    _check_real_inputs("hvp", x, "point `x`")
+    _check_tangent("hvp", v, x)
+    _check_scalar("hvp", fun, x, *args)
+    return _maybe_jit(_hvp_jit, _hvp_impl, fun)(fun, x, v, args)
+
+
+def _ggn_vp_impl(model_fn, loss_fn, params, v):
+    out, jvp_fn = jax.linearize(model_fn, params)
+    jv = jvp_fn(v)
+    hjv = jax.jvp(jax.grad(loss_fn), (out,), (jv,))[1]
+    # J^T is the transpose of the stored linearization: no second forward pass.
+    (res,) = jax.linear_transpose(jvp_fn, params)(hjv)
+    return res
+
+
+_ggn_vp_jit = jax.jit(_ggn_vp_impl, static_argnums=(0, 1))
+
+
+def ggn_vp(model_fn: Callable, loss_fn: Callable, params: PyTree, v: PyTree) -> PyTree:
+    r"""Generalised Gauss-Newton product :math:`J^\top H_\ell J v`.
+
+    With :math:`m` = ``model_fn`` and :math:`\ell` = ``loss_fn``, :math:`J = \partial m /
+    \partial \theta` and :math:`H_\ell = \nabla^2 \ell(m(\theta))`. The GGN drops the
+    second-order terms of the model from the Hessian; it equals the Hessian for a linear
+    model and is positive semi-definite whenever :math:`\ell` is convex.
+
+    Args:
+      model_fn: ``model_fn(params) -> outputs`` (a pytree; close over the batch).
+      loss_fn: ``loss_fn(outputs) -> scalar``.
+      params: the point, a pytree of real float arrays.
+      v: direction like ``params``.
+
+    Returns:
+      :math:`G v`, a pytree like ``params``.
+
+    Raises:
+      ValueError: ``loss_fn`` not scalar, ``v`` not like ``params``.
+      TypeError: non-callable functions, integer/complex ``params``, dtype mismatch.
+
+    Example (a linear model under squared loss: GGN = Hessian = :math:`2 A^\top A`):
+      >>> import jax.numpy as jnp
+      >>> import jaxcurv
+      >>> A = jnp.array([[1.0, 2.0], [0.0, 1.0]])
+      >>> jaxcurv.ggn_vp(lambda w: A @ w, lambda y: jnp.sum(y**2), jnp.zeros(2),
+      ...                jnp.array([1.0, 0.0]))
+      Array([2., 4.], dtype=float32)
+
+    References:
+      Schraudolph, "Fast curvature matrix-vector products for second-order gradient
+      descent", Neural Computation 2002. Martens, "Deep learning via Hessian-free
+      optimization", ICML 2010.
+    """
+    _check_callable("ggn_vp", "model_fn", model_fn)
+    _check_callable("ggn_vp", "loss_fn", loss_fn)
+    _check_real_inputs("ggn_vp", params, "`params`")
+    _check_tangent("ggn_vp", v, params, "params")
+    out = jax.eval_shape(model_fn, params)
+    _check_scalar("ggn_vp(loss_fn)", loss_fn, out)
+    return _maybe_jit(_ggn_vp_jit, _ggn_vp_impl, model_fn, loss_fn)(model_fn, loss_fn, params, v)
+
+
+# -------------------------------------------------------------------------- operators
+
+
+class CurvatureOperator:
+    """A symmetric linear operator on the pytree space of a point ``x``.
+
+    Subclasses store a linearization at ``x`` (arrays only), so an operator is a pytree:
+    it passes through ``jax.jit``, ``lax`` loops and ``jax.vmap`` as an argument, and two
+    operators built by the same builder at points of the same shapes share one compiled
+    application.
+
+    Attributes:
+      x: the linearization point; doubles as the template of the operator's domain.
+      value: the scalar objective at ``x``.
+      grad: the gradient at ``x`` (for the GGN, :math:`J^\\top \\nabla \\ell`, which equals
+        the true gradient).
+    """
+
+    x: PyTree
+    value: jax.Array
+    grad: PyTree
+
+    def _mv(self, v: PyTree) -> PyTree:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def mv(self, v: PyTree) -> PyTree:
+        """The product with ``v``, a pytree like ``x``."""
+        _check_tangent(type(self).__name__, v, self.x)
+        return _apply(self, v)
+
+    def __call__(self, v: PyTree) -> PyTree:
+        return self.mv(v)
+
+    def __matmul__(self, v: PyTree) -> PyTree:
+        return self.mv(v)
+
+    @property
+    def size(self) -> int:
+        """N, the total number of scalars in the domain (static)."""
+        return sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(self.x))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.size, self.size)
+
+    @property
+    def dtype(self):
+        return ravel_pytree(jax.tree.map(lambda a: jnp.zeros((), a.dtype), self.x))[0].dtype
+
+    def to_dense(self, *, chunk_size: int = 64) -> jax.Array:
+        """The ``N x N`` matrix over ``ravel_pytree(x)`` order, from ``N`` products."""
+        return _to_dense(self, chunk_size)
+
+    def diagonal(self, *, chunk_size: int = 64) -> PyTree:
+        """The exact diagonal, a pytree like ``x``; costs ``N`` products (small problems).
+
+        For large problems use ``jaxcurv.hutchinson_diagonal``.
+        """
+        return _diagonal(self, chunk_size)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, dtype={self.dtype})"
+
+
+@jax.jit
+def _apply(op: CurvatureOperator, v: PyTree) -> PyTree:
+    return op._mv(v)
+
+
+def _basis_map(op: CurvatureOperator, chunk_size: int, pick: Callable) -> jax.Array:
+    flat, unravel = ravel_pytree(op.x)
+    n = flat.size
+
+    def column(i):
+        e = jax.nn.one_hot(i, n, dtype=flat.dtype)
+        col, _ = ravel_pytree(op._mv(unravel(e)))
+        return pick(col, i)
+
+    return jax.lax.map(column, jnp.arange(n), batch_size=min(n, chunk_size)), unravel
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _to_dense(op: CurvatureOperator, chunk_size: int) -> jax.Array:
+    rows, _ = _basis_map(op, chunk_size, lambda col, i: col)
+    return rows.T
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _diagonal(op: CurvatureOperator, chunk_size: int) -> PyTree:
+    diag, unravel = _basis_map(op, chunk_size, lambda col, i: col[i])
+    return unravel(diag)
+
+
+@jax.tree_util.register_pytree_node_class
+class HessianOperator(CurvatureOperator):
+    """:math:`\\nabla^2 f(x)` applied through the gradient linearized once at ``x``."""
+
+    def __init__(self, x, value, grad, lin):
+        self.x, self.value, self.grad, self._lin = x, value, grad, lin
+
+    def tree_flatten(self):
+        return (self.x, self.value, self.grad, self._lin), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    def _mv(self, v):
+        return self._lin(v)
+
+
+@jax.tree_util.register_pytree_node_class
+class GaussNewtonOperator(CurvatureOperator):
+    """:math:`J^\\top H_\\ell J` with :math:`J` linearized once and :math:`H_\\ell` at the outputs."""
+
+    def __init__(self, x, value, grad, outputs, jvp, loss_lin):
+        self.x, self.value, self.grad = x, value, grad
+        self.outputs, self._jvp, self._loss_lin = outputs, jvp, loss_lin
+
+    def tree_flatten(self):
+        return (self.x, self.value, self.grad, self.outputs, self._jvp, self._loss_lin), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+    def _mv(self, v):
+        w = self._loss_lin(self._jvp(v))
+        (res,) = jax.linear_transpose(self._jvp, self.x)(w)
+        return res
+
+
+def _dup(value):
+    return value, value
+
+
+def _build_hessian_impl(fun, x, args):
+    grad_and_value = jax.grad(lambda y: _dup(fun(y, *args)), has_aux=True)
+    # One forward and backward pass; the operator keeps only the linear part.
+    grad, lin, value = jax.linearize(grad_and_value, x, has_aux=True)
+    return HessianOperator(x, value, grad, lin)
+
+
+# Built under jit so that operators at points of equal shapes share the stored jaxpr (the
+# jit cache returns the same one), and hence one compiled `_apply`.
+_build_hessian_jit = jax.jit(_build_hessian_impl, static_argnums=0)
+
+
+def hessian_operator(fun: Callable, x: PyTree, *args: Any) -> HessianOperator:
+    r"""The Hessian of ``fun`` at ``x`` as a reusable linear operator.
+
+    The gradient is linearized once (``jax.linearize``); each product then costs only the
+    linear part, about two gradients' worth of work instead of ``hvp``'s three when products
+    are dispatched one by one (Krylov solvers, eigen-solvers, Hutchinson).
+
+    Args:
+      fun: scalar function ``f(x, *args)``.
+      x: the point, a pytree of real float arrays.
+      *args: further arguments of ``fun``, held fixed.
+
+    Returns:
+      A ``HessianOperator``: ``op(v)``, ``op @ v``, ``op.to_dense()``, ``op.diagonal()``,
+      with ``op.value`` and ``op.grad`` at ``x``.
+
+    Raises:
+      ValueError: non-scalar ``fun``. TypeError: integer/complex ``x``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxcurv
+      >>> op = jaxcurv.hessian_operator(lambda p: p[0]**2 + 3*p[0]*p[1] + p[1]**2, jnp.zeros(2))
+      >>> op.to_dense()
+      Array([[2., 3.],
+             [3., 2.]], dtype=float32)
+
+    References:
+      Pearlmutter 1994; Martens 2010 (products reused across CG iterations).
+    """
+    _check_callable("hessian_operator", "fun", fun)
+    _check_real_inputs("hessian_operator", x, "point `x`")
+    _check_scalar("hessian_operator", fun, x, *args)
+    return _maybe_jit(_build_hessian_jit, _build_hessian_impl, fun)(fun, x, args)
+
+
+def _build_ggn_impl(model_fn, loss_fn, params):
+    out, jvp = jax.linearize(model_fn, params)
+    loss_grad_and_value = jax.grad(lambda o: _dup(loss_fn(o)), has_aux=True)
+    g_out, loss_lin, value = jax.linearize(loss_grad_and_value, out, has_aux=True)
+    (grad,) = jax.linear_transpose(jvp, params)(g_out)
+    return GaussNewtonOperator(params, value, grad, out, jvp, loss_lin)
+
+
+_build_ggn_jit = jax.jit(_build_ggn_impl, static_argnums=(0, 1))
+
+
+def ggn_operator(model_fn: Callable, loss_fn: Callable, params: PyTree) -> GaussNewtonOperator:
+    r"""The generalised Gauss-Newton matrix :math:`J^\top H_\ell J` as a reusable operator.
+
+    The model is linearized once; :math:`J^\top` is the transpose of that linearization,
+    and the loss's Hessian in the outputs is linearized at the outputs (cheap: outputs are
+    small next to parameters). Each product is then one linearized forward and one
+    transposed pass, about 1.25 gradients of work for an MLP.
+
+    Args:
+      model_fn: ``model_fn(params) -> outputs`` (close over the batch).
+      loss_fn: ``loss_fn(outputs) -> scalar``.
+      params: the point.
+
+    Returns:
+      A ``GaussNewtonOperator`` with ``op(v)``, ``op @ v``, ``op.to_dense()``,
+      ``op.diagonal()``, ``op.value``, ``op.grad`` and ``op.outputs``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxcurv
+      >>> A = jnp.array([[1.0, 2.0], [0.0, 1.0]])
+      >>> op = jaxcurv.ggn_operator(lambda w: A @ w, lambda y: 0.5 * jnp.sum(y**2), jnp.ones(2))
+      >>> op.to_dense()
+      Array([[1., 2.],
+             [2., 5.]], dtype=float32)
+
+    References:
+      Schraudolph 2002; Martens 2010.
+    """
+    _check_callable("ggn_operator", "model_fn", model_fn)
+    _check_callable("ggn_operator", "loss_fn", loss_fn)
+    _check_real_inputs("ggn_operator", params, "`params`")
+    _check_scalar("ggn_operator(loss_fn)", loss_fn, jax.eval_shape(model_fn, params))
+    return _maybe_jit(_build_ggn_jit, _build_ggn_impl, model_fn, loss_fn)(
+        model_fn, loss_fn, params
+    )
+
+
+# ------------------------------------------------------------------------- as_matvec
+
+
+def as_matvec(A: Any, example: PyTree | None = None) -> tuple[Callable, PyTree]:
+    """Normalise ``A`` to ``(matvec, example)`` for the Krylov and spectral routines.
+
+    Args:
+      A: a ``CurvatureOperator`` (knows its domain), a dense square 2-D array (acts on 1-D
+        vectors), or a callable ``v -> A v`` on pytrees (then ``example`` is required).
+      example: a pytree with the structure, shapes and dtypes of the domain.
+
+    Returns:
+      ``(matvec, example)`` where ``example`` is a pytree of the domain's shape.
+
+    Raises:
+      ValueError: a non-square matrix, a callable without ``example``, an ``example`` that
+        does not match the operator.
+      TypeError: anything else.
+    """
+    if isinstance(A, CurvatureOperator):
+        if example is not None:
+            tree_check_like("example", example, A.x, "A.x")
+        return A.mv, A.x if example is None else example
+    if isinstance(A, (jax.Array, np.ndarray)):
+        if A.ndim != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(
+                f"A dense `A` must be a square 2-D matrix, got shape {A.shape}. Pass a "
+                "callable with `example=` for operators on other spaces."
+            )
+        if not jnp.issubdtype(A.dtype, jnp.floating):
+            raise TypeError(f"`A` must be a real floating-point matrix, got dtype {A.dtype}.")
+        mat = jnp.asarray(A)
+        n = mat.shape[0]
+        if example is None:
+            example = jnp.zeros((n,), mat.dtype)
+        elif jnp.shape(example) != (n,):
+            raise ValueError(
+                f"`example` must be a vector of shape ({n},) for a {n} x {n} matrix `A`, got "
+                f"{jax.tree.map(jnp.shape, example)}."
+            )
+        return (lambda v: mat @ v), example
+    if callable(A):
+        if example is None:
+            raise ValueError(
+                "`A` is a bare callable, so its domain is unknown: pass `example=` (a pytree "
+                "shaped like the vectors `A` acts on, e.g. the parameters), or use "
+                "`jaxcurv.hessian_operator` / `jaxcurv.ggn_operator`, which know their domain."
+            )
+        return A, example
+    raise TypeError(
+        f"`A` must be a jaxcurv operator, a square matrix or a callable, got "
+        f"{type(A).__name__}."
+    )
