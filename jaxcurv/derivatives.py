@@ -267,8 +267,8 @@ def jacobian(
         if m == "auto":
             out = jax.eval_shape(g, dyn)
             out = out[0] if has_aux else out
-            n_in = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(dyn))
-            n_out = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(out))
+            n_in = sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(dyn))
+            n_out = sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(out))
             m = _choose_mode(n_in, n_out)
         jac = jax.jacfwd if m == "fwd" else jax.jacrev
         return jac(g, has_aux=has_aux)(dyn)
@@ -334,16 +334,18 @@ def hessian(
         _check_scalar_output(
             "hessian", out[0] if has_aux else out, "`jaxcurv.jacobian` of a gradient"
         )
-        flat, unravel = ravel_pytree(dyn)
-        n = flat.size
-        nbytes = n * n * flat.dtype.itemsize
+        leaves = jax.tree.leaves(dyn)
+        n = sum(math.prod(jnp.shape(leaf)) for leaf in leaves)
+        dtype = jnp.result_type(*leaves)
+        nbytes = n * n * jnp.dtype(dtype).itemsize
         if nbytes > max_bytes:
             raise ValueError(
-                f"`hessian` would build a dense {n} x {n} {flat.dtype} matrix of "
+                f"`hessian` would build a dense {n} x {n} {dtype} matrix of "
                 f"{nbytes / 2**30:.2f} GiB, over `max_bytes={max_bytes}`. Use "
                 "`jaxcurv.hvp(fun, x, v)` or `jaxcurv.hessian_operator(fun, x)` for products, "
                 "or raise `max_bytes` if it fits."
             )
+        flat, unravel = ravel_pytree(dyn)
 
         def flat_value(z):
             res = g(unravel(z))
@@ -485,7 +487,10 @@ def derivative_table(examples: Sequence[tuple[str, Callable, tuple]]) -> str:
       | x^2 | scalar | scalar | derivative | 1 x 1 |
       | x^2 | scalar | scalar | hessian | 1 x 1 |
     """
-    lines = ["| function | input | output | derivative | shape |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| function | input | output | derivative | shape |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for label, fun, args in examples:
         d = describe(fun, *args)
         kin = "scalar" if d.kind == "derivative" else "vector"

@@ -306,7 +306,7 @@ class HessianOperator(CurvatureOperator):
 
 @jax.tree_util.register_pytree_node_class
 class GaussNewtonOperator(CurvatureOperator):
-    """:math:`J^\\top H_\\ell J` with :math:`J` linearized once and :math:`H_\\ell` at the outputs."""
+    """:math:`J^\\top H_\\ell J`, :math:`J` linearized once, :math:`H_\\ell` at the outputs."""
 
     def __init__(self, x, value, grad, outputs, jvp, loss_lin):
         self.x, self.value, self.grad = x, value, grad

@@ -1,0 +1,553 @@
+r"""Truncated, preconditioned conjugate gradient over pytrees, with diagnostics.
+
+``cg(A, b)`` minimises the quadratic model
+
+.. math:: \phi(x) = \tfrac12 x^\top (A + \lambda I) x - b^\top x,
+
+i.e. solves :math:`(A + \lambda I) x = b` for symmetric positive-definite ``A``, using only
+products ``v -> A v`` on pytrees. It is the inner solver of Hessian-free optimization
+(Martens 2010), so it is built for matrices that are *not* known to be positive definite
+(Hessians far from a minimum): a direction of non-positive curvature ends the iteration
+with a usable answer instead of NaN, as in truncated Newton / Steihaug CG.
+
+Differences from ``jax.scipy.sparse.linalg.cg`` (same argument names and tolerance rule):
+
+* ``info`` is a :class:`CGInfo`, never ``None``: steps taken, residual norm, a
+  :class:`CGStatus` whose members carry a message that says what to try, the value of the
+  quadratic model and the last curvature ``p^T (A + lambda I) p``.
+* Non-positive curvature stops with ``NEGATIVE_CURVATURE``; non-finite products stop with
+  ``NONFINITE``; both return the last good (finite) iterate.
+* ``damping`` solves with ``A + damping * I`` without wrapping ``A`` by hand.
+* ``stop_rule="martens"`` adds Martens' relative-progress rule on :math:`\phi`.
+* ``record_iterates=True`` keeps the iterates at steps ``ceil(5 * 1.3**j)`` in a fixed-size
+  buffer for Hessian-free CG backtracking.
+"""
+
+from __future__ import annotations
+
+import enum
+import fractions
+import math
+import operator
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcurv.products import as_matvec
+from jaxcurv.tree import (
+    tree_all_finite,
+    tree_axpy,
+    tree_check_like,
+    tree_size,
+    tree_vdot,
+    tree_where,
+    tree_zeros_like,
+)
+
+PyTree = Any
+
+__all__ = [
+    "CGInfo",
+    "CGStatus",
+    "cg",
+    "cg_record_steps",
+    "cg_status_message",
+]
+
+_STOP_RULES = ("residual", "martens")
+# Internal "still iterating" status; never returned.
+_RUNNING = -1
+
+
+class CGStatus(enum.IntEnum):
+    """Why :func:`cg` stopped. ``CGStatus(int(info.status)).message`` says what to try."""
+
+    CONVERGED = 0
+    MAX_STEPS = 1
+    NEGATIVE_CURVATURE = 2
+    NONFINITE = 3
+    PROGRESS_STALLED = 4
+
+    @property
+    def message(self) -> str:
+        return _MESSAGES[self]
+
+
+_MESSAGES = {
+    CGStatus.CONVERGED: (
+        "CG converged: the residual norm fell to max(tol * ||b||, atol) or below."
+    ),
+    CGStatus.MAX_STEPS: (
+        "CG stopped after `maxiter` steps before reaching the tolerance. Try a larger "
+        "`maxiter`, a preconditioner `M` (e.g. the inverse diagonal), more `damping`, or a "
+        "looser `tol`/`atol`."
+    ),
+    CGStatus.NEGATIVE_CURVATURE: (
+        "CG met a direction p with p^T (A + damping I) p <= 0 (numerically), so the matrix "
+        "is not positive definite there; it returned the last iterate before that "
+        "direction (x0 + M r0 if it happened at the first step, a descent direction of the "
+        "quadratic model). For a Hessian, raise `damping` or use the positive semi-definite "
+        "Gauss-Newton matrix (`jaxcurv.ggn_operator`)."
+    ),
+    CGStatus.NONFINITE: (
+        "CG met a NaN or inf (in a product, a step or the preconditioner) and returned the "
+        "last finite iterate. Check `A`, `b` and `M` for non-finite values, rescale the "
+        "problem, add `damping`, or compute in float64."
+    ),
+    CGStatus.PROGRESS_STALLED: (
+        "CG stopped by Martens' relative-progress rule: over the last k steps the quadratic "
+        "model improved by less than a fraction k * martens_eps of its value. This is the "
+        "intended exit inside Hessian-free optimization; lower `martens_eps` to run longer."
+    ),
+}
+
+
+def cg_status_message(status: Any) -> str:
+    """The message of a status code (an int, a ``CGStatus`` or a concrete scalar array).
+
+    Host-side only: under ``jax.jit`` the status is a tracer; return it and read the
+    message outside.
+    """
+    if isinstance(status, jax.core.Tracer):
+        raise TypeError(
+            "`cg_status_message(status)` needs a concrete status, got a tracer; return "
+            "`info` from the jitted function and read `info.message` outside it."
+        )
+    arr = np.asarray(status)
+    if arr.shape != ():
+        raise ValueError(
+            f"`cg_status_message(status)` takes one status, got shape {arr.shape}; for a "
+            "batch use `[cg_status_message(s) for s in np.ravel(info.status)]`."
+        )
+    try:
+        return CGStatus(int(arr)).message
+    except ValueError:
+        raise ValueError(
+            f"`cg_status_message(status)` got {int(arr)}, which is not a CGStatus value "
+            f"({', '.join(f'{s.name}={int(s)}' for s in CGStatus)})."
+        ) from None
+
+
+class CGInfo(NamedTuple):
+    """Diagnostics of a :func:`cg` solve. Scalars are 0-d arrays (batched under vmap)."""
+
+    num_steps: jax.Array  # int32 (): CG updates applied to reach the returned x
+    residual_norm: jax.Array  # (): ||b - (A + damping I) x|| (recurrence residual)
+    status: jax.Array  # int32 (): a CGStatus value
+    quadratic_value: jax.Array  # (): phi(x) = x^T (A + damping I) x / 2 - b^T x
+    curvature: jax.Array  # (): p^T (A + damping I) p of the last direction; 0 if none
+    iterates: PyTree | None = None  # record_iterates: leaves stacked (R, *leaf.shape)
+    iterate_steps: jax.Array | None = None  # int32 (R,): step of each slot, -1 = empty
+
+    @property
+    def converged(self) -> jax.Array:
+        """Boolean array: the residual tolerance was met."""
+        return self.status == CGStatus.CONVERGED
+
+    @property
+    def message(self) -> str:
+        """What happened and what to try (host-side; see :func:`cg_status_message`)."""
+        return cg_status_message(self.status)
+
+
+def cg_record_steps(maxiter: int) -> tuple[int, ...]:
+    """The steps ``ceil(5 * 1.3**j) <= maxiter`` whose iterates ``record_iterates`` keeps.
+
+    Computed in exact rational arithmetic (no float rounding at the ceiling). The iterate
+    buffer has one more slot, for the returned iterate.
+    """
+    steps, j = [], 0
+    while True:
+        s = math.ceil(fractions.Fraction(5) * fractions.Fraction(13, 10) ** j)
+        if s > maxiter:
+            return tuple(steps)
+        steps.append(s)
+        j += 1
+
+
+def _is_concrete(v: Any) -> bool:
+    return not isinstance(v, jax.core.Tracer)
+
+
+def _check_args(tol, atol, maxiter, stop_rule, martens_eps, size) -> int:
+    if stop_rule not in _STOP_RULES:
+        raise ValueError(
+            f"`cg(stop_rule=...)` must be one of {_STOP_RULES}, got {stop_rule!r}."
+        )
+    if maxiter is None:
+        maxiter = 10 * max(size, 1)
+    if isinstance(maxiter, bool):
+        raise TypeError(f"`cg(maxiter=...)` must be a positive int, got {maxiter!r}.")
+    try:
+        maxiter = operator.index(maxiter)
+    except TypeError:
+        raise TypeError(
+            f"`cg(maxiter=...)` must be a positive Python int (it sizes the loop's "
+            f"buffers, so it is static), got {type(maxiter).__name__}: {maxiter!r}."
+        ) from None
+    if maxiter <= 0:
+        raise ValueError(f"`cg(maxiter=...)` must be positive, got {maxiter}.")
+    for name, value in (("tol", tol), ("atol", atol)):
+        if _is_concrete(value) and not np.all(np.asarray(value) >= 0):
+            raise ValueError(
+                f"`cg({name}=...)` must be a non-negative number, got {value!r}. Use "
+                f"{name}=0 to disable this criterion."
+            )
+    if _is_concrete(martens_eps) and not np.all(np.asarray(martens_eps) > 0):
+        raise ValueError(
+            f"`cg(martens_eps=...)` must be positive, got {martens_eps!r}; Martens (2010) "
+            "uses 5e-4."
+        )
+    return maxiter
+
+
+def _check_floating(b: PyTree) -> None:
+    leaves = jax.tree.leaves(b)
+    if not leaves:
+        raise ValueError("`cg(b)` must contain at least one array, got an empty pytree.")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(b):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            where = jax.tree_util.keystr(path) or "<root>"
+            raise TypeError(
+                f"`cg(b)` leaf {where} has dtype {dtype}; CG needs floating-point values. "
+                f"Cast it, e.g. `b.astype(jnp.float32)`."
+            )
+
+
+def _like(tree: PyTree, like: PyTree) -> PyTree:
+    """Cast ``tree``'s leaves to ``like``'s dtypes so the loop carry keeps its types."""
+    return jax.tree.map(lambda t, lk: jnp.asarray(t).astype(jnp.result_type(lk)), tree, like)
+
+
+def _vdot_real(a: PyTree, b: PyTree) -> jax.Array:
+    return jnp.real(tree_vdot(a, b))
+
+
+def _preconditioner(M: Any, b: PyTree) -> Callable[[PyTree], PyTree] | None:
+    if M is None:
+        return None
+    if isinstance(M, (jax.Array, np.ndarray)):
+        n = tree_size(b)
+        if M.shape != (n, n) or not isinstance(b, (jax.Array, np.ndarray)):
+            raise ValueError(
+                f"A dense `cg(M=...)` must be an {n} x {n} matrix acting on a 1-D `b`, got "
+                f"shape {M.shape} for `b` of shape {jax.tree.map(jnp.shape, b)}. Pass a "
+                "callable `r -> M r` on pytrees instead."
+            )
+        mat = jnp.asarray(M)
+        return lambda r: mat @ r
+    if callable(M):
+        return M
+    raise TypeError(
+        f"`cg(M=...)` must be None, a callable `r -> M r` or a square matrix, got "
+        f"{type(M).__name__}."
+    )
+
+
+class _State(NamedTuple):
+    i: jax.Array  # int32: CG updates applied so far
+    x: PyTree
+    r: PyTree  # recurrence residual b - (A + damping I) x
+    p: PyTree  # search direction
+    rz: jax.Array  # r^T M r
+    rr: jax.Array  # r^T r
+    status: jax.Array  # int32, _RUNNING while iterating
+    curvature: jax.Array
+    max_rayleigh: jax.Array  # largest p^T A p / p^T p seen: a running lower bound on ||A||
+    phi: jax.Array  # quadratic model at x
+    phi_hist: jax.Array | None  # ring buffer of past phi (martens rule only)
+    rec: PyTree | None  # recorded iterates (record_iterates only)
+
+
+def cg(
+    A: Any,
+    b: PyTree,
+    x0: PyTree | None = None,
+    *,
+    tol: jax.typing.ArrayLike = 1e-5,
+    atol: jax.typing.ArrayLike = 0.0,
+    maxiter: int | None = None,
+    M: Any = None,
+    damping: jax.typing.ArrayLike = 0.0,
+    stop_rule: str = "residual",
+    record_iterates: bool = False,
+    martens_eps: jax.typing.ArrayLike = 5e-4,
+) -> tuple[PyTree, CGInfo]:
+    r"""Solve :math:`(A + \lambda I) x = b` by (truncated, preconditioned) conjugate gradient.
+
+    Equivalently, minimise :math:`\phi(x) = \tfrac12 x^\top (A + \lambda I) x - b^\top x`
+    over the Krylov space. Stops at the first of: :math:`\|r\| \le \max(\mathrm{tol}\,
+    \|b\|, \mathrm{atol})` (``CONVERGED``, as in ``jax.scipy.sparse.linalg.cg``), a direction
+    with :math:`p^\top (A + \lambda I) p \le 0` (``NEGATIVE_CURVATURE``; also when it is
+    below ``eps * ||p||^2`` times the largest curvature seen, i.e. numerically zero), a
+    non-finite value (``NONFINITE``), Martens' progress rule (``PROGRESS_STALLED``, with
+    ``stop_rule="martens"``), or ``maxiter`` steps (``MAX_STEPS``).
+
+    At a negative-curvature exit the returned ``x`` is the last iterate before the bad
+    direction; if that happens at the very first step (so there is no CG iterate yet) it is
+    ``x0 + p0`` with ``p0 = M r0`` (``M b`` when ``x0`` is None): the steepest-descent
+    direction of :math:`\phi`, along which :math:`\phi` decreases without bound — the
+    truncated-Newton convention (Nocedal & Wright, Alg. 7.1), so a caller always gets a
+    descent direction. At a ``NONFINITE`` exit ``x`` is the last finite iterate (zeros if
+    ``x0`` itself is not finite); nothing non-finite is returned in ``x``.
+
+    Unlike ``jax.scipy.sparse.linalg.cg``: ``info`` is never None; non-positive curvature
+    and non-finite values stop the loop instead of producing NaN; ``damping``,
+    ``stop_rule="martens"`` and ``record_iterates`` are extra. Everything runs in one
+    ``lax.while_loop``; ``maxiter``, ``stop_rule`` and ``record_iterates`` are static, the
+    other numbers may be traced, and ``A`` may be a ``CurvatureOperator`` passed through
+    ``jax.jit`` as an argument. Like ``jax.scipy``, ``cg`` itself is traced on each call:
+    wrap repeated solves in ``jax.jit`` to compile once.
+
+    Args:
+      A: a ``CurvatureOperator`` (``jaxcurv.hessian_operator`` / ``ggn_operator``), a
+        dense symmetric ``(n, n)`` matrix (then ``b`` is a vector of shape ``(n,)``), or a
+        callable ``v -> A v`` on pytrees shaped like ``b``. Assumed symmetric.
+      b: right-hand side, a pytree of floating arrays.
+      x0: initial guess like ``b``; zeros when None (which saves one product).
+      tol: relative tolerance on the residual norm.
+      atol: absolute tolerance on the residual norm.
+      maxiter: the most CG steps (static int); default ``10 * size(b)``.
+      M: preconditioner ``r -> M r`` approximating :math:`(A + \lambda I)^{-1}`, symmetric
+        positive definite; a callable on pytrees or a dense matrix. The tolerance applies
+        to the unpreconditioned residual, as in ``jax.scipy``.
+      damping: :math:`\lambda`, added to the diagonal (Tikhonov / Levenberg-Marquardt).
+      stop_rule: ``"residual"`` (tolerances only) or ``"martens"``: also stop at step
+        ``i`` when ``i > k``, :math:`\phi_i < 0` and :math:`(\phi_i - \phi_{i-k}) / \phi_i
+        < k\,\epsilon` with ``k = max(10, ceil(0.1 i))`` (Martens 2010, §4.4).
+      record_iterates: keep the iterates at steps :func:`cg_record_steps` ``(maxiter)``
+        plus the returned one (Martens 2010, §4.6, CG backtracking).
+      martens_eps: :math:`\epsilon` of the Martens rule.
+
+    Returns:
+      ``(x, info)``: ``x`` a pytree like ``b``; ``info`` a :class:`CGInfo`. With
+      ``record_iterates=True``, ``info.iterates`` stacks ``R = len(cg_record_steps(maxiter))
+      + 1`` iterates per leaf (shape ``(R, *leaf.shape)``; the last slot is the returned
+      ``x``) and ``info.iterate_steps`` gives each slot's step, ``-1`` for slots past the
+      end of the run (which hold zeros).
+
+    Raises:
+      ValueError: bad ``maxiter`` / ``tol`` / ``atol`` / ``martens_eps`` / ``stop_rule``;
+        ``x0``, ``b`` or ``A``'s output not matching ``A``'s domain.
+      TypeError: integer ``b``; ``maxiter`` not an int; ``A`` or ``M`` of the wrong kind.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import jaxcurv
+      >>> A = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+      >>> x, info = jaxcurv.cg(A, jnp.array([1.0, 2.0]))
+      >>> x
+      Array([0.09090909, 0.6363636 ], dtype=float32)
+      >>> int(info.num_steps), info.message[:13]
+      (2, 'CG converged:')
+
+    References:
+      Hestenes & Stiefel 1952, "Methods of conjugate gradients for solving linear
+      systems". Steihaug 1983, "The conjugate gradient method and trust regions in large
+      scale optimization"; Nocedal & Wright 2006, *Numerical Optimization*, Alg. 5.3 and
+      7.1 (truncated Newton). Martens 2010, "Deep learning via Hessian-free optimization".
+    """
+    if isinstance(A, (jax.Array, np.ndarray)) and A.ndim == 2:
+        if not isinstance(b, (jax.Array, np.ndarray)) or jnp.shape(b) != A.shape[:1]:
+            raise ValueError(
+                f"`cg(b)` must be a vector of shape ({A.shape[0]},) for a dense `A` of shape "
+                f"{A.shape}, got {jax.tree.map(jnp.shape, b)}. For pytree right-hand sides "
+                "pass `A` as a callable `v -> A v` or a jaxcurv operator."
+            )
+    matvec, domain = as_matvec(A, example=b)
+    tree_check_like("b", b, domain, "A's domain")
+    _check_floating(b)
+    maxiter = _check_args(tol, atol, maxiter, stop_rule, martens_eps, tree_size(b))
+    record_iterates = bool(record_iterates)
+    martens = stop_rule == "martens"
+    precond = _preconditioner(M, b)
+
+    leaves = jax.tree.leaves(b)
+    # Scalars (step lengths, norms) live in the real type of the promoted leaf dtype.
+    real = jnp.finfo(jnp.result_type(*leaves)).dtype
+    lam = jnp.asarray(damping, real)
+    use_damping = not (_is_concrete(damping) and np.all(np.asarray(damping) == 0))
+
+    def apply_a(v):
+        av = matvec(v)
+        tree_check_like("A(v)", av, b, "b")
+        av = _like(av, b)
+        return tree_axpy(lam, v, av) if use_damping else av
+
+    def apply_m(r):
+        if precond is None:
+            return r
+        z = precond(r)
+        tree_check_like("M(r)", z, b, "b")
+        return _like(z, b)
+
+    if x0 is None:
+        x = tree_zeros_like(b)
+        r = b
+        x_finite = jnp.asarray(True)
+    else:
+        tree_check_like("x0", x0, b, "b")
+        x0 = _like(x0, b)
+        x_finite = tree_all_finite(x0)
+        # A non-finite start is reported, and zeros are returned in its place.
+        x = tree_where(x_finite, x0, tree_zeros_like(b))
+        r = jax.tree.map(jnp.subtract, b, apply_a(x))
+
+    z = apply_m(r)
+    rr = _vdot_real(r, r)
+    rz = rr if precond is None else _vdot_real(r, z)
+    bb = _vdot_real(b, b)
+    thresh2 = jnp.maximum(jnp.asarray(tol, real) ** 2 * bb, jnp.asarray(atol, real) ** 2)
+    finite0 = x_finite & jnp.isfinite(rr) & jnp.isfinite(rz)
+    status0 = jnp.where(
+        ~finite0, CGStatus.NONFINITE, jnp.where(rr <= thresh2, CGStatus.CONVERGED, _RUNNING)
+    ).astype(jnp.int32)
+
+    # phi(x0) = -x0^T (r0 + b) / 2, exact since r0 comes from a real product.
+    if x0 is None:
+        phi0 = jnp.zeros((), real)
+    else:
+        phi0 = -0.5 * _vdot_real(x, jax.tree.map(jnp.add, r, b))
+
+    eps_m = jnp.asarray(martens_eps, real)
+    hist_len = max(10, math.ceil(0.1 * maxiter)) + 1  # holds phi_{i-k}, ..., phi_i
+    phi_hist = jnp.zeros((hist_len,), real).at[0].set(phi0) if martens else None
+
+    rec_steps = np.asarray(cg_record_steps(maxiter), np.int32)
+    n_rec = rec_steps.size + 1
+    rec = None
+    if record_iterates:
+        rec = jax.tree.map(lambda leaf: jnp.zeros((n_rec, *jnp.shape(leaf)), leaf.dtype), b)
+
+    tiny = jnp.asarray(jnp.finfo(real).eps, real)
+    state = _State(
+        i=jnp.zeros((), jnp.int32),
+        x=x,
+        r=r,
+        p=z,
+        rz=rz,
+        rr=rr,
+        status=status0,
+        curvature=jnp.zeros((), real),
+        max_rayleigh=jnp.zeros((), real),
+        phi=phi0,
+        phi_hist=phi_hist,
+        rec=rec,
+    )
+
+    def cond_fun(s: _State) -> jax.Array:
+        return s.status == _RUNNING
+
+    def body_fun(s: _State) -> _State:
+        ap = apply_a(s.p)
+        pap = _vdot_real(s.p, ap)
+        pp = _vdot_real(s.p, s.p)
+        first = s.i == 0
+        # Numerically zero curvature counts as non-positive: relative to the largest
+        # Rayleigh quotient seen so far (a lower bound on ||A||), as a singular PSD matrix
+        # otherwise yields a huge step along its null space instead of stopping.
+        max_rayleigh = jnp.maximum(s.max_rayleigh, pap / jnp.where(pp > 0, pp, 1))
+        neg = pap <= tiny * pp * max_rayleigh
+        alpha = s.rz / jnp.where(neg, 1, pap)
+        # At a first-step negative-curvature exit take x0 + p0 (a descent direction).
+        step = jnp.where(neg, jnp.where(first, 1, 0), alpha)
+        x_new = tree_axpy(step, s.p, s.x)
+        r_new = tree_axpy(-step, ap, s.r)
+        z_new = apply_m(r_new)
+        rr_new = _vdot_real(r_new, r_new)
+        rz_new = rr_new if precond is None else _vdot_real(r_new, z_new)
+        good = (
+            jnp.isfinite(pap)
+            & jnp.isfinite(pp)
+            & jnp.isfinite(step)
+            & jnp.isfinite(rr_new)
+            & jnp.isfinite(rz_new)
+        )
+        moved = good & (~neg | first)
+        i_new = s.i + moved.astype(jnp.int32)
+
+        # phi(x + t p) = phi(x) + t (x^T A p - b^T p) + t^2 p^T A p / 2 uses only the
+        # product A p, so unlike -x^T (r + b) / 2 it does not inherit the drift of the
+        # recurrence residual on ill-conditioned problems.
+        slope = _vdot_real(s.x, ap) - _vdot_real(b, s.p)
+        phi_new = jnp.where(moved, s.phi + step * (slope + 0.5 * step * pap), s.phi)
+        hist, stalled = s.phi_hist, jnp.asarray(False)
+        if martens:
+            k = jnp.maximum(10, (i_new + 9) // 10)
+            phi_old = s.phi_hist[(i_new - k) % hist_len]
+            stalled = (
+                (i_new > k) & (phi_new < 0) & ((phi_new - phi_old) / phi_new < k * eps_m)
+            )
+            hist = jnp.where(moved, s.phi_hist.at[i_new % hist_len].set(phi_new), s.phi_hist)
+
+        status = jnp.where(
+            ~good,
+            CGStatus.NONFINITE,
+            jnp.where(
+                neg,
+                CGStatus.NEGATIVE_CURVATURE,
+                jnp.where(
+                    rr_new <= thresh2,
+                    CGStatus.CONVERGED,
+                    jnp.where(
+                        stalled,
+                        CGStatus.PROGRESS_STALLED,
+                        jnp.where(i_new >= maxiter, CGStatus.MAX_STEPS, _RUNNING),
+                    ),
+                ),
+            ),
+        ).astype(jnp.int32)
+
+        rec = s.rec
+        if record_iterates:
+            hit = jnp.asarray(rec_steps) == i_new
+            # Misses go to the last slot, which is overwritten by the final x anyway;
+            # writing one slot keeps each step O(N) instead of touching the whole buffer.
+            slot = jnp.where(moved & ~neg & hit.any(), jnp.argmax(hit), n_rec - 1)
+            rec = jax.tree.map(
+                lambda buf, leaf: jax.lax.dynamic_update_index_in_dim(buf, leaf, slot, 0),
+                s.rec,
+                x_new,
+            )
+
+        beta = rz_new / s.rz
+        p_new = tree_axpy(beta, s.p, z_new)
+        return _State(
+            i=i_new,
+            x=tree_where(moved, x_new, s.x),
+            r=tree_where(moved, r_new, s.r),
+            p=p_new,
+            rz=rz_new,
+            rr=jnp.where(moved, rr_new, s.rr),
+            status=status,
+            curvature=pap,
+            max_rayleigh=max_rayleigh,
+            phi=phi_new,
+            phi_hist=hist,
+            rec=rec,
+        )
+
+    s = jax.lax.while_loop(cond_fun, body_fun, state)
+
+    iterates = iterate_steps = None
+    if record_iterates:
+        iterates = jax.tree.map(
+            lambda buf, leaf: buf.at[n_rec - 1].set(leaf), s.rec, s.x
+        )
+        iterate_steps = jnp.concatenate(
+            [jnp.where(jnp.asarray(rec_steps) <= s.i, rec_steps, -1), s.i[None]]
+        ).astype(jnp.int32)
+    info = CGInfo(
+        num_steps=s.i,
+        residual_norm=jnp.sqrt(s.rr),
+        status=s.status,
+        quadratic_value=s.phi,
+        curvature=s.curvature,
+        iterates=iterates,
+        iterate_steps=iterate_steps,
+    )
+    return s.x, info

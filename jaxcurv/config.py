@@ -1,0 +1,550 @@
+"""Typed run configuration, read from TOML with the standard library's ``tomllib``.
+
+A config file has up to seven tables -- ``[run]``, ``[data]``, ``[model]``,
+``[optimizer]``, ``[landscape]``, ``[demo]`` and ``[bench]`` -- each a frozen dataclass
+below, every key optional (the defaults are the dataclass defaults). Anything the file
+says is checked before any work starts: an unknown table or key, a value of the wrong type
+or outside its range is a :class:`ConfigError` that names the key, the value received and
+the fix (and suggests the closest valid key for a typo). Any value can be overridden from
+the command line with ``--set section.key=value``, parsed by the key's declared type.
+
+Example:
+  >>> cfg = load_config(None, overrides=["optimizer.damping=10", "run.steps=5"])
+  >>> cfg.optimizer.damping, cfg.run.steps
+  (10.0, 5)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import tomllib
+import typing
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = [
+    "BenchConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DemoConfig",
+    "LandscapeConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "RunConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "config_to_toml",
+    "describe_keys",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says how to fix it."""
+
+
+def _field(
+    default: Any,
+    *,
+    choices: tuple | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    help: str = "",
+) -> Any:
+    meta = {"choices": choices, "low": low, "high": high, "low_open": low_open, "help": help}
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """``[run]``: how long to train and what to record."""
+
+    seed: int = _field(0, help="PRNG seed of the parameter initialization")
+    steps: int = _field(50, low=0, help="optimizer steps in total")
+    log_every: int = _field(1, low=1, help="write a metrics line every this many steps")
+    eval_every: int = _field(10, low=1, help="evaluate the test loss every this many steps")
+    checkpoint_every: int = _field(
+        0, low=0, help="save params and optimizer state every this many steps (0: at the end)"
+    )
+    progress: bool = _field(True, help="show a progress bar")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """``[data]``: the embedded dataset (generated from a seed, never downloaded)."""
+
+    kind: str = _field("curves", choices=("curves", "regression", "classification"))
+    num_train: int = _field(2000, low=1, help="training examples")
+    num_test: int = _field(500, low=1, help="test examples")
+    batch_size: int = _field(0, low=0, help="examples per step (0: the whole training set)")
+    seed: int = _field(0, help="seed of the data generator and of the batch shuffling")
+    size: int = _field(28, low=2, help="curves: image side in pixels")
+    num_control_points: int = _field(3, low=2, help="curves: points each curve runs through")
+    in_dim: int = _field(2, low=1, help="regression / classification: input dimension")
+    out_dim: int = _field(1, low=1, help="regression: target dimension")
+    num_classes: int = _field(3, low=2, help="classification: number of classes")
+    noise: float = _field(0.05, low=0.0, help="regression: target noise standard deviation")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """``[model]``: a reference model of :mod:`jaxcurv.models`."""
+
+    kind: str = _field("autoencoder", choices=("autoencoder", "mlp"))
+    sizes: tuple[int, ...] = _field(
+        (784, 400, 200, 100, 50, 25, 6),
+        help="autoencoder: encoder widths, input to code (the decoder mirrors them); "
+        "mlp: all layer widths, input first",
+    )
+    activation: str = _field("logistic", choices=("logistic", "tanh", "relu", "softplus"))
+    loss: str = _field(
+        "auto",
+        choices=("auto", "mse", "softmax_cross_entropy", "sigmoid_cross_entropy"),
+        help="mlp only; auto: softmax_cross_entropy for classification, else mse",
+    )
+    init: str = _field("sparse", choices=("sparse", "glorot"))
+    dtype: str = _field("float32", choices=("float32", "float64"))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """``[optimizer]``: ``hessian_free`` (Martens 2010) or an optax baseline."""
+
+    name: str = _field("hessian_free", choices=("hessian_free", "adam", "sgd", "lbfgs"))
+    learning_rate: float = _field(1.0, low=0.0, low_open=True)
+    # hessian_free
+    curvature: str = _field("ggn", choices=("ggn", "hessian"))
+    damping: float = _field(1.0, low=0.0, help="hessian_free: initial damping lambda")
+    adapt_damping: bool = _field(True)
+    cg_maxiter: int = _field(250, low=1)
+    cg_tol: float = _field(1e-5, low=0.0)
+    cg_stop: str = _field("martens", choices=("martens", "residual"))
+    cg_backtracking: bool = _field(True)
+    line_search: bool = _field(True)
+    preconditioner: str = _field("none", choices=("none", "martens"))
+    curvature_fraction: float = _field(
+        1.0, low=0.0, high=1.0, low_open=True, help="share of the batch used for curvature"
+    )
+    # optax baselines
+    momentum: float = _field(0.0, low=0.0, high=1.0, help="sgd: momentum (0: plain SGD)")
+    b1: float = _field(0.9, low=0.0, high=1.0, help="adam: first-moment decay")
+    b2: float = _field(0.999, low=0.0, high=1.0, help="adam: second-moment decay")
+
+
+@dataclasses.dataclass(frozen=True)
+class LandscapeConfig:
+    """``[landscape]``: curvature diagnostics of the loss at the trained parameters."""
+
+    checkpoint: str = _field("", help="analyze this checkpoint (file or run folder) instead")
+    num_examples: int = _field(500, low=1, help="training examples the loss is measured on")
+    top_k: int = _field(5, low=1, help="largest Hessian eigenvalues to report")
+    bottom_k: int = _field(5, low=1, help="smallest Hessian eigenvalues to report")
+    num_lanczos: int = _field(40, low=2, help="Lanczos steps for eigenvalues and density")
+    trace_samples: int = _field(30, low=2, help="Hutchinson probes for the trace")
+    density_probes: int = _field(4, low=1, help="probes of stochastic Lanczos quadrature")
+    slice_points: int = _field(21, low=3, help="grid points per axis of the loss slices")
+    slice_radius: float = _field(1.0, low=0.0, low_open=True, help="slice half-width")
+    seed: int = _field(0, help="PRNG seed of the random probes")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """``[demo]``: the Hessian-free vs baseline race and the spectrum in ``jaxcurv demo``."""
+
+    baseline: str = _field("adam", choices=("adam", "sgd", "lbfgs"))
+    baseline_learning_rate: float = _field(1e-3, low=0.0, low_open=True)
+    baseline_steps: int = _field(200, low=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """``[bench]``: the benchmark suite (``benchmarks/run.py`` reads ``settings``)."""
+
+    quick: bool = _field(False, help="small sizes and few repeats")
+    out: str = _field("benchmarks/results", help="folder for the JSON and Markdown results")
+    settings: dict = _field({}, help="free-form options passed to the benchmark suite")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole configuration file: one dataclass per table."""
+
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    landscape: LandscapeConfig = dataclasses.field(default_factory=LandscapeConfig)
+    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+    bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
+
+
+_SECTIONS: dict[str, type] = {
+    "run": RunConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optimizer": OptimizerConfig,
+    "landscape": LandscapeConfig,
+    "demo": DemoConfig,
+    "bench": BenchConfig,
+}
+
+
+def _suggest(name: str, valid: Iterable[str], prefix: str = "") -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" Did you mean `{prefix}{close[0]}`?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    if tp == tuple[int, ...]:
+        return "a list of integers"
+    return {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "a string",
+        dict: "a table",
+    }.get(tp, str(tp))
+
+
+def _convert(where: str, tp: Any, value: Any, source: str) -> Any:
+    """``value`` as type ``tp``, or a ConfigError naming ``where``."""
+
+    def bad(extra: str = "") -> ConfigError:
+        return ConfigError(
+            f"`{where}` must be {_type_name(tp)}, got {value!r} ({type(value).__name__}) "
+            f"in {source}.{extra}"
+        )
+
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad(" Write `true` or `false` (lower case, no quotes).")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad(" Write a whole number such as `100`.")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = float(value)
+            if math.isfinite(value):
+                return value
+        raise bad(" Write a finite number such as `1.0` or `1e-3`.")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad(' Quote it, e.g. `"adam"`.')
+    if tp is dict:
+        if isinstance(value, Mapping):
+            return dict(value)
+        raise bad(" Write it as a TOML table.")
+    if tp == tuple[int, ...]:
+        if isinstance(value, list | tuple) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            return tuple(value)
+        raise bad(" Write a list such as `[784, 400, 6]`.")
+    raise TypeError(f"internal: unsupported config type {tp!r} for {where}")  # pragma: no cover
+
+
+def _check_range(where: str, field: dataclasses.Field, value: Any, source: str) -> None:
+    meta = field.metadata
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(
+            f"`{where}` must be one of {', '.join(repr(c) for c in choices)}, got {value!r} in "
+            f"{source}.{_suggest(str(value), [str(c) for c in choices])}"
+        )
+    low, high = meta.get("low"), meta.get("high")
+    if low is not None:
+        ok = value > low if meta.get("low_open") else value >= low
+        if not ok:
+            op = ">" if meta.get("low_open") else ">="
+            raise ConfigError(f"`{where}` must be {op} {low}, got {value!r} in {source}.")
+    if high is not None and value > high:
+        raise ConfigError(f"`{where}` must be <= {high}, got {value!r} in {source}.")
+    if isinstance(value, tuple):
+        if not value or any(v <= 0 for v in value):
+            raise ConfigError(
+                f"`{where}` must be a non-empty list of positive integers, got {list(value)} "
+                f"in {source}."
+            )
+
+
+def _section_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build_section(name: str, cls: type, table: Any, source: str) -> Any:
+    if not isinstance(table, Mapping):
+        raise ConfigError(
+            f"`{name}` must be a table (`[{name}]` followed by `key = value` lines), got "
+            f"{table!r} in {source}."
+        )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    types_ = _section_types(cls)
+    values = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(
+                f"Unknown key `{name}.{key}` in {source}.{_suggest(key, fields, name + '.')} "
+                f"Valid keys of "
+                f"[{name}]: {', '.join(fields)}."
+            )
+        where = f"{name}.{key}"
+        converted = _convert(where, types_[key], value, source)
+        _check_range(where, fields[key], converted, source)
+        values[key] = converted
+    return cls(**values)
+
+
+def _parse_override(text: str, cfg_types: dict[str, dict[str, Any]]) -> tuple[str, str, Any]:
+    source = f"--set {text}"
+    if "=" not in text:
+        raise ConfigError(
+            f"`--set {text}` is not of the form `section.key=value`; for example "
+            f"`--set optimizer.damping=10`."
+        )
+    path, raw = text.split("=", 1)
+    path, raw = path.strip(), raw.strip()
+    if "." not in path:
+        raise ConfigError(
+            f"`--set {text}` needs a dotted key `section.key`, got `{path}`; for example "
+            f"`--set run.steps=100`. Sections: {', '.join(_SECTIONS)}."
+        )
+    section, key = path.split(".", 1)
+    if section not in _SECTIONS:
+        raise ConfigError(
+            f"Unknown section `{section}` in `{source}`.{_suggest(section, _SECTIONS)} "
+            f"Sections: {', '.join(_SECTIONS)}."
+        )
+    types_ = cfg_types[section]
+    if section == "bench" and key.startswith("settings."):
+        return section, key, _parse_toml_value(raw)
+    if key not in types_:
+        raise ConfigError(
+            f"Unknown key `{section}.{key}` in `{source}`.{_suggest(key, types_, section + '.')} "
+            f"Valid keys "
+            f"of [{section}]: {', '.join(types_)}."
+        )
+    tp = types_[key]
+    if tp is str:
+        value: Any = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
+    elif tp == tuple[int, ...] and not raw.startswith("["):
+        try:
+            value = [int(v) for v in raw.split(",") if v.strip()]
+        except ValueError:
+            value = raw
+    else:
+        value = _parse_toml_value(raw)
+    return section, key, value
+
+
+def _parse_toml_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _check_consistency(cfg: Config, source: str) -> None:
+    m, d = cfg.model, cfg.data
+    if d.kind == "curves":
+        pixels = d.size * d.size
+        if m.sizes[0] != pixels:
+            raise ConfigError(
+                f"`model.sizes` starts with {m.sizes[0]} inputs but `data.size` = {d.size} "
+                f"gives {d.size}x{d.size} = {pixels} pixels ({source}). Make the first entry "
+                f"of `model.sizes` {pixels}, or change `data.size`."
+            )
+    elif m.kind == "mlp" and m.sizes[0] != d.in_dim:
+        raise ConfigError(
+            f"`model.sizes` starts with {m.sizes[0]} inputs but `data.in_dim` = {d.in_dim} "
+            f"({source}). Make them equal."
+        )
+    if m.kind == "mlp":
+        want = {"regression": d.out_dim, "classification": d.num_classes}.get(d.kind)
+        if d.kind == "curves":
+            want = d.size * d.size
+        if m.sizes[-1] != want:
+            what = {"regression": "data.out_dim", "classification": "data.num_classes"}.get(
+                d.kind, "data.size^2"
+            )
+            raise ConfigError(
+                f"`model.sizes` ends with {m.sizes[-1]} outputs but `{what}` needs {want} "
+                f"({source}). Make the last entry of `model.sizes` {want}."
+            )
+        if d.kind == "classification" and m.loss not in ("auto", "softmax_cross_entropy"):
+            raise ConfigError(
+                f"`model.loss` = {m.loss!r} does not fit integer class labels "
+                f"(`data.kind` = 'classification') in {source}. Use 'softmax_cross_entropy' "
+                f"or 'auto'."
+            )
+    if m.kind == "autoencoder" and d.kind != "curves":
+        raise ConfigError(
+            f"`model.kind` = 'autoencoder' reconstructs images, but `data.kind` = {d.kind!r} "
+            f'({source}). Use `data.kind = "curves"` or `model.kind = "mlp"`.'
+        )
+    if m.kind == "autoencoder" and len(m.sizes) < 2:
+        raise ConfigError(
+            f"`model.sizes` for an autoencoder needs the input width and at least the code "
+            f"width, got {list(m.sizes)} in {source}."
+        )
+    if d.batch_size > d.num_train:
+        raise ConfigError(
+            f"`data.batch_size` = {d.batch_size} exceeds `data.num_train` = {d.num_train} in "
+            f"{source}. Lower it, or 0 for the whole training set."
+        )
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    base: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Config:
+    """Read a TOML config, apply ``section.key=value`` overrides, and check everything.
+
+    Args:
+      path: a ``.toml`` file, or ``None`` for the defaults (plus ``base``).
+      overrides: ``"section.key=value"`` strings, applied in order after the file; the value
+        is parsed by the key's type (strings need no quotes, lists may be ``784,400,6``).
+      base: tables applied before the file (a program's own defaults, e.g. the demo's).
+
+    Returns:
+      A :class:`Config`.
+
+    Raises:
+      ConfigError: a missing or unparsable file, an unknown table or key, a value of the
+        wrong type or out of range, or tables that contradict each other; the message
+        names the key, the value and the fix.
+    """
+    tables: dict[str, dict[str, Any]] = {}
+    for name, table in (base or {}).items():
+        tables.setdefault(name, {}).update(table)
+    source = "the defaults"
+    if path is not None:
+        source = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"Config file {source} does not exist. Pass an existing file to `--config` "
+                f"(examples are in the repository's configs/ folder)."
+            ) from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{source} is not valid TOML: {e}.") from None
+        for name, table in raw.items():
+            if name not in _SECTIONS:
+                raise ConfigError(
+                    f"Unknown table `[{name}]` in {source}.{_suggest(name, _SECTIONS)} Valid "
+                    f"tables: {', '.join(f'[{s}]' for s in _SECTIONS)}."
+                )
+            if not isinstance(table, Mapping):
+                raise ConfigError(
+                    f"`{name}` must be a table (`[{name}]` then `key = value` lines), got "
+                    f"`{name} = {table!r}` at the top of {source}."
+                )
+            tables.setdefault(name, {}).update(table)
+
+    sections = {
+        name: _build_section(name, cls, tables.get(name, {}), source)
+        for name, cls in _SECTIONS.items()
+    }
+    cfg_types = {name: _section_types(cls) for name, cls in _SECTIONS.items()}
+    overrides = list(overrides)
+    for text in overrides:
+        section, key, value = _parse_override(text, cfg_types)
+        where = f"--set {text}"
+        if section == "bench" and key.startswith("settings."):
+            settings = dict(sections["bench"].settings)
+            settings[key.split(".", 1)[1]] = value
+            sections["bench"] = dataclasses.replace(sections["bench"], settings=settings)
+            continue
+        field = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}[key]
+        converted = _convert(f"{section}.{key}", cfg_types[section][key], value, f"`{where}`")
+        _check_range(f"{section}.{key}", field, converted, f"`{where}`")
+        sections[section] = dataclasses.replace(sections[section], **{key: converted})
+    cfg = Config(**sections)
+    _check_consistency(cfg, source if not overrides else f"{source} with --set overrides")
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """The config as plain tables (tuples become lists), for JSON and TOML output."""
+    out = dataclasses.asdict(cfg)
+    for table in out.values():
+        for k, v in table.items():
+            if isinstance(v, tuple):
+                table[k] = list(v)
+    return out
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {v!r} as TOML")  # pragma: no cover
+
+
+def config_to_toml(cfg: Config) -> str:
+    """The config as TOML text that :func:`load_config` reads back to an equal config."""
+    lines = []
+    for name, table in config_to_dict(cfg).items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def config_from_dict(tables: Mapping[str, Mapping[str, Any]], source: str) -> Config:
+    """A config from plain tables (e.g. a run's saved ``config.json``), fully checked."""
+    sections = {}
+    for name, table in tables.items():
+        if name not in _SECTIONS:
+            raise ConfigError(
+                f"Unknown table `[{name}]` in {source}.{_suggest(name, _SECTIONS)} Valid "
+                f"tables: {', '.join(f'[{s}]' for s in _SECTIONS)}."
+            )
+        sections[name] = _build_section(name, _SECTIONS[name], table, source)
+    cfg = Config(**sections)
+    _check_consistency(cfg, source)
+    return cfg
+
+
+def describe_keys(section: str | None = None) -> str:
+    """Human-readable list of the config keys, their types, defaults and meaning."""
+    lines = []
+    for name, cls in _SECTIONS.items():
+        if section is not None and name != section:
+            continue
+        doc = (cls.__doc__ or "").strip().split(": ", 1)[-1]
+        lines.append(f"[{name}]  {doc}")
+        types_ = _section_types(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            extra = f.metadata.get("help", "")
+            choices = f.metadata.get("choices")
+            if choices:
+                extra = (extra + "; " if extra else "") + "one of " + ", ".join(map(str, choices))
+            shown = _toml_value(list(default) if isinstance(default, tuple) else default)
+            kind = _type_name(types_[f.name])
+            lines.append(f"  {f.name} = {shown}  ({kind}){'  ' + extra if extra else ''}")
+    return "\n".join(lines)

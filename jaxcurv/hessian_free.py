@@ -1,0 +1,737 @@
+"""Hessian-free optimization (Martens 2010) as an optax gradient transformation.
+
+Each update solves the damped Newton system ``(B + lambda I) p = -g`` with truncated
+conjugate gradient on curvature-vector products -- Gauss-Newton (``B = J^T H_loss J``,
+positive semi-definite) or the Hessian -- without ever forming ``B``. Around that solve it
+runs the whole of Martens' recipe: Levenberg-Marquardt damping driven by the reduction ratio,
+warm-started CG with a relative-progress stop, CG-iterate backtracking, an Armijo line search,
+a diagonal preconditioner and curvature on a sub-batch. Every part can be switched off.
+
+References:
+  J. Martens. "Deep learning via Hessian-free optimization." ICML 2010.
+  J. Martens and I. Sutskever. "Training deep and recurrent networks with Hessian-free
+  optimization." Neural Networks: Tricks of the Trade, 2nd ed., Springer 2012.
+  N. N. Schraudolph. "Fast curvature matrix-vector products for second-order gradient
+  descent." Neural Computation 14(7), 2002. (Gauss-Newton products.)
+  J. Nocedal and S. J. Wright. "Numerical Optimization", 2nd ed., Springer 2006.
+  (Ch. 3 line search, Ch. 4 trust regions and the reduction ratio, Ch. 7 truncated Newton.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxcurv.cg import CGStatus, cg
+from jaxcurv.products import ggn_operator, hessian_operator
+from jaxcurv.tree import (
+    tree_all_finite,
+    tree_check_like,
+    tree_scale,
+    tree_vdot,
+    tree_where,
+    tree_zeros_like,
+)
+
+PyTree = Any
+
+__all__ = [
+    "HessianFreeState",
+    "ModelAndLoss",
+    "hessian_free",
+]
+
+_CURVATURES = ("ggn", "hessian")
+_CG_STOPS = ("martens", "residual")
+_PRECONDITIONERS = (None, "martens")
+
+
+# --------------------------------------------------------------------------------------------
+# Handing over the objective.
+
+
+def _keyword_names(fn: Callable) -> frozenset[str] | None:
+    """Keywords ``fn`` accepts after its first positional argument; ``None`` means any."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    names = []
+    skipped_first = False
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            return None
+        positional = p.kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        )
+        if positional and not skipped_first:
+            skipped_first = True
+            continue
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            names.append(p.name)
+    return frozenset(names)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelAndLoss:
+    """A model and its loss kept apart, usable as one ``value_fn``.
+
+    Gauss-Newton curvature ``J^T H_loss J`` needs the network ``model_fn`` and the loss on its
+    outputs ``loss_fn`` separately (Schraudolph 2002); everything else only needs their
+    composition. ``ModelAndLoss`` carries both and is itself the composed objective, so the
+    same object is passed as ``value_fn`` to :func:`hessian_free` (and to ``jax.grad``).
+
+    Keyword arguments are routed by name: each of ``model_fn`` and ``loss_fn`` receives the
+    keywords its signature names (all of them if it takes ``**kwargs``). A keyword that
+    neither accepts is a ``TypeError``. So ``model_fn(params, x)`` and ``loss_fn(outputs, y)``
+    split a batch naturally, and a keyword both name (say ``batch``) reaches both.
+
+    ``ModelAndLoss(model_fn, loss_fn)(params, **kw) == loss_fn(model_fn(params, **kw_m), **kw_l)``
+    with ``kw_m`` / ``kw_l`` the keywords each function accepts.
+
+    Args:
+      model_fn: ``model_fn(params, **kw) -> outputs``, any pytree of arrays.
+      loss_fn: ``loss_fn(outputs, **kw) -> scalar``; convex in ``outputs`` for the
+        Gauss-Newton matrix to be positive semi-definite (squared error, softmax
+        cross-entropy, ...).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv.hessian_free import ModelAndLoss
+      >>> model_fn = lambda w, x: x @ w
+      >>> loss_fn = lambda out, y: 0.5 * jnp.mean((out - y) ** 2)
+      >>> objective = ModelAndLoss(model_fn, loss_fn)
+      >>> float(objective(jnp.ones(2), x=jnp.eye(2), y=jnp.zeros(2)))
+      0.5
+    """
+
+    model_fn: Callable[..., PyTree]
+    loss_fn: Callable[..., jax.Array]
+
+    def __post_init__(self):
+        for name in ("model_fn", "loss_fn"):
+            if not callable(getattr(self, name)):
+                raise TypeError(
+                    f"`ModelAndLoss({name}=...)` must be callable, got "
+                    f"{type(getattr(self, name)).__name__}."
+                )
+
+    def split_kwargs(self, extra_args: dict[str, Any]) -> tuple[dict, dict]:
+        """Route keyword arguments to ``(model_fn kwargs, loss_fn kwargs)``.
+
+        Raises:
+          TypeError: a keyword that neither function accepts.
+        """
+        m_names, l_names = _keyword_names(self.model_fn), _keyword_names(self.loss_fn)
+        m_kw = {k: v for k, v in extra_args.items() if m_names is None or k in m_names}
+        l_kw = {k: v for k, v in extra_args.items() if l_names is None or k in l_names}
+        unknown = sorted(set(extra_args) - set(m_kw) - set(l_kw))
+        if unknown:
+            raise TypeError(
+                f"Keyword arguments {unknown} are accepted by neither `model_fn` nor "
+                f"`loss_fn` of this ModelAndLoss. Add them to one of the two signatures, "
+                f"or stop passing them."
+            )
+        return m_kw, l_kw
+
+    def __call__(self, params: PyTree, **extra_args: Any) -> jax.Array:
+        m_kw, l_kw = self.split_kwargs(extra_args)
+        return self.loss_fn(self.model_fn(params, **m_kw), **l_kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class _KeywordsAsArg:
+    """``f(p, kw) = value_fn(p, **kw)``: a stable, hashable function for the operators' jit
+    cache (a fresh lambda per update would be a new cache entry every call)."""
+
+    value_fn: Callable[..., jax.Array]
+
+    def __call__(self, params: PyTree, kwargs: dict[str, Any]) -> jax.Array:
+        return self.value_fn(params, **kwargs)
+
+
+def _check_value_fn_kwargs(value_fn: Callable, extra_args: dict[str, Any]) -> None:
+    if isinstance(value_fn, ModelAndLoss):
+        value_fn.split_kwargs(extra_args)
+        return
+    names = _keyword_names(value_fn)
+    if names is None:
+        return
+    unknown = sorted(set(extra_args) - names)
+    if unknown:
+        raise TypeError(
+            f"Unexpected keyword arguments {unknown} passed to `hessian_free(...).update`: "
+            f"`value_fn` does not accept them. Add them to `value_fn`'s signature (it is "
+            f"called as `value_fn(params, **extra_args)`) or stop passing them."
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Batched extra arguments: curvature sub-batch and per-example gradients.
+
+
+def _is_batched(x: Any) -> bool:
+    return jnp.ndim(x) >= 1
+
+
+def _batch_size(extra_args: dict[str, Any], option: str) -> int | None:
+    """Common leading size of the array extra arguments with ndim >= 1 (``None``: none)."""
+    size, first = None, None
+    for path, leaf in jax.tree_util.tree_leaves_with_path(extra_args):
+        if not _is_batched(leaf):
+            continue
+        n = jnp.shape(leaf)[0]
+        where = jax.tree_util.keystr(path)
+        if size is None:
+            size, first = n, where
+        elif n != size:
+            raise ValueError(
+                f"`hessian_free({option}=...)` treats every array extra argument with "
+                f"ndim >= 1 as a batch along axis 0, but {where} has leading size {n} while "
+                f"{first} has {size}. Pass non-batched extras as scalars or close over them "
+                f"in `value_fn` (typed keys from `jax.random.key` are scalars)."
+            )
+    return size
+
+
+def _take_batch(extra_args: dict[str, Any], stop: int) -> dict[str, Any]:
+    return jax.tree.map(lambda x: x[:stop] if _is_batched(x) else x, extra_args)
+
+
+def _mean_squared_example_grads(
+    fn: Callable, params: PyTree, extra_args: dict[str, Any], chunk_size: int
+) -> PyTree:
+    """``(1/n) sum_i grad l_i (.) grad l_i`` with ``l_i = fn`` on example ``i`` alone.
+
+    The per-example gradients come from ``vmap`` over batches of one example, ``chunk_size``
+    at a time inside a ``scan``, so memory is ``chunk_size`` gradients, not ``n``.
+    """
+    n = _batch_size(extra_args, "preconditioner")
+    if n is None:
+        # A full-batch objective (no batched extras): one "example", the whole objective.
+        g = jax.grad(lambda p: fn(p, **extra_args))(params)
+        return jax.tree.map(lambda a: a * a, g)
+    c = min(chunk_size, n)
+    k = -(-n // c)
+    pad = k * c - n
+    leaves, treedef = jax.tree.flatten(extra_args)
+    batched = [_is_batched(x) for x in leaves]
+
+    def chunked(x):
+        # Padding repeats a real example (finite values) and gets weight 0.
+        x = jnp.concatenate([x, jnp.repeat(x[:1], pad, axis=0)]) if pad else x
+        return x.reshape((k, c, 1) + x.shape[1:])
+
+    xs = [chunked(x) for x, b in zip(leaves, batched, strict=True) if b]
+    weights = (jnp.arange(k * c) < n).reshape(k, c)
+
+    def grad_one(example_leaves):
+        it = iter(example_leaves)
+        kw = [next(it) if b else x for x, b in zip(leaves, batched, strict=True)]
+        kw = jax.tree.unflatten(treedef, kw)
+        return jax.grad(lambda p: fn(p, **kw))(params)
+
+    def body(acc, chunk):
+        ex, w = chunk
+        gs = jax.vmap(grad_one)(ex)
+        acc = jax.tree.map(
+            lambda a, gi: a + jnp.tensordot(w.astype(gi.dtype), gi * gi, axes=1), acc, gs
+        )
+        return acc, None
+
+    acc, _ = jax.lax.scan(body, tree_zeros_like(params), (xs, weights))
+    return tree_scale(acc, 1.0 / n)
+
+
+# --------------------------------------------------------------------------------------------
+# The optimizer.
+
+
+class HessianFreeState(NamedTuple):
+    """State of :func:`hessian_free`: arrays only, so it checkpoints and passes through jit.
+
+    Fields about "the last update" hold their initial values before the first update.
+    """
+
+    count: jax.Array  # int32 (), number of `update` calls so far.
+    damping: jax.Array  # float (), Tikhonov damping lambda the next update will use.
+    cg_init: PyTree  # like params: final CG solution of the last update (warm start).
+    rho: jax.Array  # float (), reduction ratio actual / predicted of the last update (nan: none).
+    loss: jax.Array  # float (), value_fn at params at the start of the last update.
+    new_loss: jax.Array  # float (), value_fn at params + alpha p (== loss if rejected).
+    alpha: jax.Array  # float (), line-search step of the last update (0 if rejected).
+    cg_steps: jax.Array  # int32 (), CG iterations of the last update.
+    cg_status: jax.Array  # int32 (), CGStatus of the last CG solve.
+    cg_backtrack_step: jax.Array  # int32 (), CG step whose iterate was taken (-1: none).
+    fn_evals: jax.Array  # int32 (), value_fn evaluations made by the last update.
+    rejected: jax.Array  # bool (), the last update left params unchanged.
+    num_rejected: jax.Array  # int32 (), rejected updates so far.
+    num_nonfinite: jax.Array  # int32 (), updates that met a non-finite loss/gradient/direction.
+
+
+def _scalar_dtype(params: PyTree) -> jnp.dtype:
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("`hessian_free` got `params` with no leaves; nothing to optimize.")
+    dtype = jnp.result_type(*leaves)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"`hessian_free` needs floating-point `params`, got dtype {dtype}. Cast the "
+            f"parameters with `jax.tree.map(lambda x: x.astype(jnp.float32), params)`."
+        )
+    return dtype
+
+
+def _check(cond: bool, option: str, value: Any, requirement: str) -> None:
+    if not cond:
+        raise ValueError(f"`hessian_free({option}=...)` must be {requirement}, got {value!r}.")
+
+
+def hessian_free(
+    learning_rate: float | optax.Schedule = 1.0,
+    *,
+    curvature: str = "ggn",
+    damping: float = 1.0,
+    adapt_damping: bool = True,
+    damping_increase: float = 1.5,
+    damping_decrease: float = 2.0 / 3.0,
+    rho_low: float = 0.25,
+    rho_high: float = 0.75,
+    min_damping: float = 1e-8,
+    max_damping: float = 1e10,
+    cg_maxiter: int = 250,
+    cg_tol: float = 1e-5,
+    cg_stop: str = "martens",
+    martens_eps: float = 5e-4,
+    cg_decay: float = 0.95,
+    cg_backtracking: bool = True,
+    line_search: bool = True,
+    line_search_c: float = 1e-2,
+    line_search_factor: float = 0.8,
+    line_search_max_steps: int = 20,
+    preconditioner: str | None = None,
+    preconditioner_exponent: float = 0.75,
+    preconditioner_chunk_size: int = 32,
+    curvature_fraction: float | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """Hessian-free (truncated Newton) optimizer of Martens (2010), for optax.
+
+    Each update minimizes the local quadratic model of ``value_fn`` by conjugate gradient on
+    curvature-vector products, never forming the curvature matrix ``B``:
+
+    .. math:: p \\approx \\arg\\min_p\\; g^T p + \\tfrac12 p^T (B + \\lambda I) p,
+       \\qquad \\theta \\leftarrow \\theta + \\eta\\, \\alpha\\, p
+
+    with ``B`` the Gauss-Newton matrix ``J^T H_loss J`` (``curvature="ggn"``, positive
+    semi-definite) or the Hessian (``curvature="hessian"``), ``g`` the incoming ``updates``
+    (the gradient, possibly transformed by earlier links of an ``optax.chain``), ``alpha``
+    from the line search and ``eta = learning_rate`` (keep 1 for Martens' algorithm). In
+    order, one update:
+
+    1. builds ``B`` at ``params`` once (linearize-once operators of :mod:`jaxcurv.products`),
+       on the first ``ceil(curvature_fraction * n)`` examples if ``curvature_fraction`` is set;
+    2. runs CG on ``(B + lambda I) p = -g`` from ``cg_decay *`` the previous solution, with
+       Martens' relative-progress stop (``cg_stop="martens"``) or a residual stop, at most
+       ``cg_maxiter`` steps, leaving early on negative curvature, optionally preconditioned
+       by ``(mean_i grad l_i^2 + lambda)^preconditioner_exponent`` (Martens §4.7);
+    3. CG backtracking: of the iterates recorded at steps ``ceil(5 * 1.3^j)`` and the last,
+       walks back from the last while the loss keeps falling, and takes that one;
+    4. reduction ratio ``rho = (f(theta + p) - f(theta)) / (g^T p + p^T B p / 2)`` against the
+       *undamped* model; ``rho < rho_low`` (or non-finite) multiplies ``lambda`` by
+       ``damping_increase``, ``rho > rho_high`` by ``damping_decrease``, clipped to
+       ``[min_damping, max_damping]``;
+    5. Armijo backtracking ``f(theta + a p) <= f(theta) + c a g^T p``, ``a = 1, 0.8, ...``; a
+       step that does not lower the loss within ``line_search_max_steps`` tries is rejected:
+       zero updates (params unchanged) and ``lambda`` raised.
+
+    A non-finite loss, gradient or CG direction always rejects the step, so the parameters
+    never receive a non-finite value; ``state.num_nonfinite`` counts such updates.
+
+    ``update(updates, state, params, *, value_fn, value=None, grad=None, **extra_args)``
+    follows ``optax.lbfgs``: ``value_fn(params, **extra_args)`` is the scalar loss of the
+    current batch; ``value`` (the loss at ``params``) and ``grad`` (the raw gradient, used for
+    the Armijo slope; defaults to ``updates``) save recomputation when given. Gauss-Newton
+    needs the model and the loss apart: pass ``value_fn=ModelAndLoss(model_fn, loss_fn)``.
+    Keyword arguments ``value_fn`` does not accept are a ``TypeError``.
+
+    Batched extra arguments: ``curvature_fraction`` and ``preconditioner="martens"`` treat
+    every array in ``extra_args`` with ``ndim >= 1`` as a batch along axis 0 (they must share
+    that size). The sub-batch is the leading rows, so shuffle batches as usual. Per-example
+    losses are ``value_fn`` on a batch of one example, so ``value_fn`` must be a mean (or
+    sum) of independent per-example terms for the preconditioner; with no batched extras the
+    preconditioner uses ``g * g``.
+
+    Jit the training step (the update is all ``lax`` control flow, and compiles once).
+
+    Args:
+      learning_rate: scale of the accepted step, a float or an ``optax`` schedule of
+        ``state.count``.
+      curvature: ``"ggn"`` (Gauss-Newton; ``value_fn`` must be a :class:`ModelAndLoss`) or
+        ``"hessian"`` (any ``value_fn``; indefinite: CG stops at negative curvature).
+      damping: initial Tikhonov damping ``lambda >= 0``.
+      adapt_damping: Levenberg-Marquardt adaptation of ``lambda`` from ``rho``.
+      damping_increase, damping_decrease: factors (``> 1`` and in ``(0, 1)``).
+      rho_low, rho_high: thresholds ``0 <= rho_low < rho_high``.
+      min_damping, max_damping: bounds kept after every adaptation.
+      cg_maxiter: CG step cap per update.
+      cg_tol: relative residual tolerance of CG (also active under the Martens stop).
+      cg_stop: ``"martens"`` (relative progress of the quadratic, Martens §4.4) or
+        ``"residual"``.
+      martens_eps: tolerance of the relative-progress stop.
+      cg_decay: warm start ``x0 = cg_decay * previous solution``; 0 starts CG from zero.
+      cg_backtracking: choose among recorded CG iterates by the loss (Martens §4.6).
+      line_search: Armijo backtracking; off, the full step is taken if it lowers the loss.
+      line_search_c, line_search_factor, line_search_max_steps: Armijo constant, step
+        shrink factor and number of shrinks.
+      preconditioner: ``None`` or ``"martens"`` (diagonal, from per-example gradients).
+      preconditioner_exponent: the exponent (Martens: 3/4).
+      preconditioner_chunk_size: per-example gradients computed this many at a time.
+      curvature_fraction: in ``(0, 1]``: curvature products on the leading fraction of the
+        batch (Martens used a sub-batch); ``None`` uses the whole batch.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` whose state is a
+      :class:`HessianFreeState`; ``optax.apply_updates(params, updates)`` takes the step.
+
+    Raises:
+      ValueError: an option out of range (at construction).
+      TypeError: at ``update``: no ``value_fn``, ``curvature="ggn"`` with a ``value_fn`` that
+        is not a :class:`ModelAndLoss`, or keywords ``value_fn`` does not accept.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from jaxcurv.hessian_free import ModelAndLoss, hessian_free
+      >>> x = jnp.linspace(-1.0, 1.0, 32)[:, None]
+      >>> y = jnp.sin(3.0 * x)
+      >>> def model_fn(params, x):
+      ...     return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"]
+      >>> def loss_fn(outputs, y):
+      ...     return 0.5 * jnp.mean((outputs - y) ** 2)
+      >>> objective = ModelAndLoss(model_fn, loss_fn)
+      >>> k1, k2 = jax.random.split(jax.random.key(0))
+      >>> params = {"w1": jax.random.normal(k1, (1, 16)), "b1": jnp.zeros(16),
+      ...           "w2": 0.1 * jax.random.normal(k2, (16, 1))}
+      >>> opt = hessian_free(curvature="ggn", damping=1.0)
+      >>> state = opt.init(params)
+      >>> @jax.jit
+      ... def step(params, state, x, y):
+      ...     loss, grads = jax.value_and_grad(objective)(params, x=x, y=y)
+      ...     updates, state = opt.update(grads, state, params, value_fn=objective,
+      ...                                 value=loss, x=x, y=y)
+      ...     return optax.apply_updates(params, updates), state
+      >>> for _ in range(20):
+      ...     params, state = step(params, state, x, y)
+      >>> bool(state.new_loss < 1e-3)
+      True
+
+    References:
+      Martens, "Deep learning via Hessian-free optimization", ICML 2010.
+      Martens & Sutskever, "Training deep and recurrent networks with Hessian-free
+      optimization", Neural Networks: Tricks of the Trade, 2012.
+      Schraudolph, "Fast curvature matrix-vector products for second-order gradient
+      descent", Neural Computation, 2002.
+      Nocedal & Wright, "Numerical Optimization", 2nd ed., 2006 (Ch. 3, 4, 7).
+    """
+    _check(curvature in _CURVATURES, "curvature", curvature, f"one of {_CURVATURES}")
+    _check(cg_stop in _CG_STOPS, "cg_stop", cg_stop, f"one of {_CG_STOPS}")
+    _check(
+        preconditioner in _PRECONDITIONERS,
+        "preconditioner",
+        preconditioner,
+        f"one of {_PRECONDITIONERS}",
+    )
+    _check(float(damping) >= 0, "damping", damping, "non-negative")
+    _check(damping_increase > 1, "damping_increase", damping_increase, "greater than 1")
+    _check(0 < damping_decrease < 1, "damping_decrease", damping_decrease, "in (0, 1)")
+    _check(
+        0 <= rho_low < rho_high,
+        "rho_low",
+        (rho_low, rho_high),
+        "non-negative and below `rho_high`",
+    )
+    _check(
+        0 <= min_damping <= max_damping,
+        "min_damping",
+        (min_damping, max_damping),
+        "non-negative and at most `max_damping`",
+    )
+    _check(
+        isinstance(cg_maxiter, int) and cg_maxiter > 0, "cg_maxiter", cg_maxiter, "a positive int"
+    )
+    _check(cg_tol >= 0, "cg_tol", cg_tol, "non-negative")
+    _check(martens_eps > 0, "martens_eps", martens_eps, "positive")
+    _check(0 <= cg_decay <= 1, "cg_decay", cg_decay, "in [0, 1]")
+    _check(0 < line_search_c < 1, "line_search_c", line_search_c, "in (0, 1)")
+    _check(0 < line_search_factor < 1, "line_search_factor", line_search_factor, "in (0, 1)")
+    _check(
+        isinstance(line_search_max_steps, int) and line_search_max_steps >= 0,
+        "line_search_max_steps",
+        line_search_max_steps,
+        "a non-negative int",
+    )
+    _check(
+        preconditioner_exponent > 0,
+        "preconditioner_exponent",
+        preconditioner_exponent,
+        "positive",
+    )
+    _check(
+        isinstance(preconditioner_chunk_size, int) and preconditioner_chunk_size > 0,
+        "preconditioner_chunk_size",
+        preconditioner_chunk_size,
+        "a positive int",
+    )
+    _check(
+        curvature_fraction is None or 0 < curvature_fraction <= 1,
+        "curvature_fraction",
+        curvature_fraction,
+        "None or in (0, 1]",
+    )
+
+    def init_fn(params: PyTree) -> HessianFreeState:
+        dtype = _scalar_dtype(params)
+        i32 = lambda v: jnp.asarray(v, jnp.int32)
+        f = lambda v: jnp.asarray(v, dtype)
+        return HessianFreeState(
+            count=i32(0),
+            damping=f(damping),
+            cg_init=tree_zeros_like(params),
+            rho=f(jnp.nan),
+            loss=f(jnp.nan),
+            new_loss=f(jnp.nan),
+            alpha=f(0.0),
+            cg_steps=i32(0),
+            cg_status=i32(CGStatus.CONVERGED),
+            cg_backtrack_step=i32(-1),
+            fn_evals=i32(0),
+            rejected=jnp.asarray(False),
+            num_rejected=i32(0),
+            num_nonfinite=i32(0),
+        )
+
+    def update_fn(
+        updates: PyTree,
+        state: HessianFreeState,
+        params: PyTree | None = None,
+        *,
+        value_fn: Callable[..., jax.Array] | None = None,
+        value: jax.typing.ArrayLike | None = None,
+        grad: PyTree | None = None,
+        **extra_args: Any,
+    ) -> tuple[PyTree, HessianFreeState]:
+        if params is None:
+            raise ValueError(
+                "`hessian_free(...).update` needs `params`: call "
+                "`opt.update(grads, state, params, value_fn=...)`."
+            )
+        if value_fn is None:
+            raise TypeError(
+                "`hessian_free(...).update` needs the objective: call `opt.update(grads, "
+                "state, params, value_fn=loss, **batch)` with `loss(params, **batch)` the "
+                "scalar loss (for curvature='ggn', `value_fn=ModelAndLoss(model_fn, "
+                "loss_fn)`)."
+            )
+        if not callable(value_fn):
+            raise TypeError(f"`value_fn` must be callable, got {type(value_fn).__name__}.")
+        if curvature == "ggn" and not isinstance(value_fn, ModelAndLoss):
+            raise TypeError(
+                "`hessian_free(curvature='ggn')` needs the model and the loss apart, got a "
+                f"plain `value_fn` ({type(value_fn).__name__}). Pass "
+                "`value_fn=ModelAndLoss(model_fn, loss_fn)` (it is itself the loss), or use "
+                "`hessian_free(curvature='hessian')`."
+            )
+        _check_value_fn_kwargs(value_fn, extra_args)
+        tree_check_like("updates", updates, params, "params")
+        if grad is not None:
+            tree_check_like("grad", grad, params, "params")
+
+        dtype = state.damping.dtype
+        as_f = lambda v: jnp.asarray(v, dtype)
+        i32 = lambda v: jnp.asarray(v, jnp.int32)
+
+        def raw_loss(p):
+            out = value_fn(p, **extra_args)
+            if jnp.shape(out) != ():
+                raise ValueError(
+                    f"`value_fn` must return a scalar loss, got shape {jnp.shape(out)}. "
+                    f"Reduce it with `.mean()` or `.sum()`."
+                )
+            return as_f(out)
+
+        def loss_at(p):
+            # Non-finite trial losses compare as +inf: never "better", never accepted.
+            v = raw_loss(p)
+            return jnp.where(jnp.isfinite(v), v, jnp.inf)
+
+        def shifted(step):
+            return jax.tree.map(lambda t, s: t + s.astype(t.dtype), params, step)
+
+        if value is None:
+            f0 = raw_loss(params)
+            evals = i32(1)
+        else:
+            if jnp.shape(value) != ():
+                raise ValueError(f"`value` must be a scalar, got shape {jnp.shape(value)}.")
+            f0 = as_f(value)
+            evals = i32(0)
+        g = updates
+        slope_grad = updates if grad is None else grad
+        lam = state.damping
+
+        # Curvature at params, on the sub-batch when asked; linearized once for all of CG.
+        curv_args = extra_args
+        if curvature_fraction is not None:
+            n = _batch_size(extra_args, "curvature_fraction")
+            if n is None:
+                raise ValueError(
+                    "`hessian_free(curvature_fraction=...)` needs batched extra arguments "
+                    "(arrays with a leading batch axis) to take a sub-batch of, got none. "
+                    "Pass the batch as keywords of `update`, or set `curvature_fraction=None`."
+                )
+            curv_args = _take_batch(extra_args, max(1, math.ceil(curvature_fraction * n)))
+        if curvature == "ggn":
+            m_kw, l_kw = value_fn.split_kwargs(curv_args)
+            op = ggn_operator(
+                lambda p: value_fn.model_fn(p, **m_kw),
+                lambda o: value_fn.loss_fn(o, **l_kw),
+                params,
+            )
+        else:
+            op = hessian_operator(_KeywordsAsArg(value_fn), params, curv_args)
+
+        precond = None
+        if preconditioner == "martens":
+            sq = _mean_squared_example_grads(
+                value_fn, params, extra_args, preconditioner_chunk_size
+            )
+            diag = jax.tree.map(lambda s: (s + lam.astype(s.dtype)) ** preconditioner_exponent, sq)
+            # Guard zero entries (lambda = 0 and a dead parameter): leave them unscaled.
+            diag = jax.tree.map(lambda d: jnp.where(d > 0, d, jnp.ones_like(d)), diag)
+            precond = lambda r: jax.tree.map(lambda ri, di: ri / di.astype(ri.dtype), r, diag)
+
+        x0 = tree_scale(state.cg_init, cg_decay) if cg_decay > 0 else None
+        b = tree_scale(g, -1.0)
+        x, info = cg(
+            op,
+            b,
+            x0,
+            tol=cg_tol,
+            maxiter=cg_maxiter,
+            M=precond,
+            damping=lam,
+            stop_rule=cg_stop,
+            record_iterates=cg_backtracking,
+            martens_eps=martens_eps,
+        )
+
+        if cg_backtracking:
+            # Slots hold the iterates at steps ceil(5 * 1.3^j) (-1: not reached), then the
+            # final one in the last slot; walk back over the filled slots (Martens §4.6).
+            steps = info.iterate_steps
+            slots = jnp.arange(steps.shape[0])
+            last = steps.shape[0] - 1
+            take = lambda j: jax.tree.map(lambda a: a[j], info.iterates)
+
+            def previous(j):
+                return jnp.max(jnp.where((slots < j) & (steps >= 0), slots, -1))
+
+            def back_cond(c):
+                j, _, done, _ = c
+                return (~done) & (previous(j) >= 0)
+
+            def back_body(c):
+                j, fj, _, ev = c
+                k = previous(j)
+                fk = loss_at(shifted(take(k)))
+                better = fk < fj
+                return jnp.where(better, k, j), jnp.where(better, fk, fj), ~better, ev + 1
+
+            f_last = loss_at(shifted(take(last)))
+            j, f_p, _, back_evals = jax.lax.while_loop(
+                back_cond, back_body, (jnp.asarray(last), f_last, jnp.asarray(False), i32(1))
+            )
+            p = take(j)
+            back_step = steps[j].astype(jnp.int32)
+            evals = evals + back_evals
+        else:
+            p = x
+            f_p = loss_at(shifted(x))
+            back_step = i32(-1)
+            evals = evals + 1
+
+        f0_finite = jnp.isfinite(f0)
+        direction_finite = tree_all_finite(p) & tree_all_finite(g)
+        nonfinite = ~(f0_finite & direction_finite)
+
+        # Reduction ratio against the undamped model (Martens §4.1; Nocedal & Wright §4.1).
+        predicted = as_f(tree_vdot(g, p)) + 0.5 * as_f(tree_vdot(p, op(p)))
+        rho = jnp.where(predicted < 0, (f_p - f0) / predicted, jnp.nan)
+
+        slope = jnp.minimum(as_f(tree_vdot(slope_grad, p)), 0.0)
+
+        def sufficient(a, fa):
+            return (fa < f0) & (fa <= f0 + line_search_c * a * slope)
+
+        alpha, f_new = as_f(1.0), f_p
+        if line_search and line_search_max_steps > 0:
+
+            def ls_cond(c):
+                a, fa, k, _ = c
+                return ~sufficient(a, fa) & (k < line_search_max_steps) & ~nonfinite
+
+            def ls_body(c):
+                a, _, k, ev = c
+                a = a * line_search_factor
+                return a, loss_at(shifted(tree_scale(p, a))), k + 1, ev + 1
+
+            alpha, f_new, _, ls_evals = jax.lax.while_loop(
+                ls_cond, ls_body, (alpha, f_new, i32(0), i32(0))
+            )
+            evals = evals + ls_evals
+
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        step = tree_scale(p, as_f(lr) * alpha)
+        accepted = sufficient(alpha, f_new) & ~nonfinite & tree_all_finite(step)
+        new_updates = tree_where(accepted, step, tree_zeros_like(step))
+        new_updates = jax.tree.map(lambda u, t: u.astype(t.dtype), new_updates, params)
+
+        new_lam = lam
+        if adapt_damping:
+            bad = ~(rho >= rho_low)  # also true for a non-finite rho
+            new_lam = jnp.where(
+                bad, lam * damping_increase, jnp.where(rho > rho_high, lam * damping_decrease, lam)
+            )
+            new_lam = jnp.where(accepted, new_lam, lam * damping_increase)
+            new_lam = jnp.clip(new_lam, min_damping, max_damping).astype(dtype)
+
+        # Martens warm-starts from the final CG solution, not the backtracked iterate.
+        new_init = tree_where(tree_all_finite(x), x, tree_zeros_like(x))
+        new_init = jax.tree.map(lambda a, t: a.astype(t.dtype), new_init, state.cg_init)
+
+        new_state = HessianFreeState(
+            count=optax.safe_increment(state.count),
+            damping=new_lam,
+            cg_init=new_init,
+            rho=as_f(rho),
+            loss=f0,
+            new_loss=jnp.where(accepted, f_new, f0),
+            alpha=jnp.where(accepted, alpha, 0.0).astype(dtype),
+            cg_steps=jnp.asarray(info.num_steps, jnp.int32),
+            cg_status=jnp.asarray(info.status, jnp.int32),
+            cg_backtrack_step=back_step,
+            fn_evals=evals,
+            rejected=~accepted,
+            num_rejected=state.num_rejected + (~accepted).astype(jnp.int32),
+            num_nonfinite=state.num_nonfinite + nonfinite.astype(jnp.int32),
+        )
+        return new_updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,158 @@
+"""Data-parallel placement in three calls: a mesh, a sharded batch, replicated parameters.
+
+jaxcurv has no distribution code of its own: every product, solver and the optimizer are
+plain ``jax.jit``-compiled functions, so when their inputs are ``jax.Array``s laid out over
+a ``jax.sharding.Mesh`` XLA partitions the work and inserts the collectives (the gradient
+and curvature products become all-reduces over the batch axis). These helpers only put the
+data there, the same way on one device, on eight, and on several hosts after
+``jax.distributed.initialize()``::
+
+    mesh = data_parallel_mesh()                  # every device, one axis "batch"
+    params = replicate(params, mesh)             # a full copy on each device
+    batch = shard_batch({"x": x, "y": y}, mesh)  # each device holds a slice of the batch
+
+Parameters may instead be sharded along a model axis with ``jax.device_put`` and a
+``NamedSharding`` of the user's choosing; the results of jaxcurv's functions keep whatever
+sharding the parameters have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+PyTree = Any
+
+__all__ = [
+    "data_parallel_mesh",
+    "replicate",
+    "shard_batch",
+]
+
+
+def data_parallel_mesh(axis_name: str = "batch", devices: Sequence[Any] | None = None) -> Mesh:
+    """A one-axis mesh over ``devices`` (default: every device of every process).
+
+    Args:
+      axis_name: the mesh axis the batch is split along.
+      devices: the devices, in order; ``jax.devices()`` when None (all hosts' devices
+        after ``jax.distributed.initialize()``).
+
+    Returns:
+      A ``jax.sharding.Mesh`` with one axis ``axis_name`` of length ``len(devices)``.
+
+    Raises:
+      ValueError: an empty ``devices``. TypeError: ``axis_name`` not a string.
+
+    Example:
+      >>> from jaxcurv.sharding import data_parallel_mesh
+      >>> mesh = data_parallel_mesh()
+      >>> mesh.axis_names
+      ('batch',)
+    """
+    if not isinstance(axis_name, str):
+        raise TypeError(
+            f"`data_parallel_mesh(axis_name=...)` must be a string, got "
+            f"{type(axis_name).__name__}: {axis_name!r}."
+        )
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError(
+            "`data_parallel_mesh(devices=...)` got no devices. Pass None to use "
+            "`jax.devices()`."
+        )
+    return Mesh(np.asarray(devices, dtype=object), (axis_name,))
+
+
+def _check_axis(fn: str, mesh: Mesh, axis: str) -> None:
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            f"`{fn}(mesh)` must be a `jax.sharding.Mesh`, got {type(mesh).__name__}. Build "
+            f"one with `jaxcurv.sharding.data_parallel_mesh()` or `jax.make_mesh`."
+        )
+    if axis not in mesh.axis_names:
+        raise ValueError(
+            f"`{fn}(axis=...)` must name an axis of the mesh {mesh.axis_names}, got {axis!r}."
+        )
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+    """Place a full copy of every leaf of ``tree`` on every device of ``mesh``.
+
+    On several hosts every process must pass the same values (e.g. parameters initialized
+    from the same key).
+
+    Args:
+      tree: a pytree of arrays (parameters, optimizer state).
+      mesh: the mesh.
+
+    Returns:
+      The same tree of ``jax.Array``s with sharding ``NamedSharding(mesh, P())``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv.sharding import data_parallel_mesh, replicate
+      >>> w = replicate({"w": jnp.ones(3)}, data_parallel_mesh())
+      >>> w["w"].sharding.is_fully_replicated
+      True
+    """
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            f"`replicate(mesh)` must be a `jax.sharding.Mesh`, got {type(mesh).__name__}. "
+            "Build one with `jaxcurv.sharding.data_parallel_mesh()`."
+        )
+    sharding = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
+
+
+def shard_batch(batch: PyTree, mesh: Mesh, axis: str = "batch") -> PyTree:
+    """Split every leaf of ``batch`` along its leading axis over the mesh axis ``axis``.
+
+    Each process passes the part of the batch it loaded (on one host: the whole batch);
+    the result is one global array per leaf whose leading size is the sum over processes,
+    built with ``jax.make_array_from_process_local_data``. Scalars are replicated.
+
+    Args:
+      batch: a pytree of arrays with a common leading (batch) axis.
+      mesh: the mesh, e.g. from :func:`data_parallel_mesh`.
+      axis: the mesh axis to split the batch over.
+
+    Returns:
+      The batch as global ``jax.Array``s sharded ``P(axis)`` along their first dimension.
+
+    Raises:
+      ValueError: ``axis`` not in the mesh; a leading size that the devices of this process
+        along ``axis`` do not divide (say how many examples to drop or pad).
+      TypeError: ``mesh`` not a ``Mesh``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv.sharding import data_parallel_mesh, shard_batch
+      >>> x = shard_batch(jnp.zeros((16, 3)), data_parallel_mesh())
+      >>> x.shape
+      (16, 3)
+    """
+    _check_axis("shard_batch", mesh, axis)
+    # Devices of this process along `axis`: each holds an equal slice of the local data.
+    local = mesh.local_mesh.shape[axis]
+
+    def put(path, x):
+        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        if np.ndim(x) == 0:
+            return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+        n = np.shape(x)[0]
+        if n % local:
+            where = jax.tree_util.keystr(path) or "<root>"
+            raise ValueError(
+                f"`shard_batch(batch)` leaf {where} has leading size {n}, which the {local} "
+                f"device(s) of this process along mesh axis {axis!r} do not divide. Drop "
+                f"the last {n % local} example(s) or pad to {n + (-n) % local}."
+            )
+        sharding = NamedSharding(mesh, PartitionSpec(axis))
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree_util.tree_map_with_path(put, batch)

@@ -1,0 +1,194 @@
+"""Derivative wrappers against the seed's worked examples, closed forms, finite differences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxcurv
+from tests.helpers import fd_gradient, fd_hessian, fd_jacobian
+
+# ------------------------------------------------------------------- seed examples
+
+
+@pytest.mark.parametrize("mode", ["auto", "fwd", "rev"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_seed_jacobian_example(mode, dtype):
+    # f(x, y) = [x^2 + y, xy] has J = [[2x, 1], [y, x]], J(2, 3) = [[4, 1], [3, 2]].
+    f = lambda v: jnp.stack([v[0] ** 2 + v[1], v[0] * v[1]])
+    j = jaxcurv.jacobian(f, mode=mode)(jnp.array([2.0, 3.0], dtype))
+    assert j.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(j), [[4.0, 1.0], [3.0, 2.0]])
+
+
+def test_seed_jacobian_two_arguments():
+    f = lambda x, y: jnp.stack([x**2 + y, x * y])
+    jx, jy = jaxcurv.jacobian(f, argnums=(0, 1))(2.0, 3.0)
+    np.testing.assert_array_equal(np.stack([jx, jy], axis=1), [[4.0, 1.0], [3.0, 2.0]])
+
+
+@pytest.mark.parametrize("point", [(0.0, 0.0), (1.0, -2.0), (3.5, 0.25)])
+def test_seed_hessian_example(point):
+    # f(x, y) = x^2 + 3xy + y^2: gradient [2x + 3y, 3x + 2y], H = [[2, 3], [3, 2]] everywhere.
+    f = lambda v: v[0] ** 2 + 3 * v[0] * v[1] + v[1] ** 2
+    x = jnp.array(point, jnp.float64)
+    np.testing.assert_allclose(
+        jaxcurv.gradient(f)(x), [2 * x[0] + 3 * x[1], 3 * x[0] + 2 * x[1]], rtol=1e-12
+    )
+    np.testing.assert_array_equal(np.asarray(jaxcurv.hessian(f)(x)), [[2.0, 3.0], [3.0, 2.0]])
+
+
+def test_derivative_scalar():
+    np.testing.assert_allclose(jaxcurv.derivative(jnp.sin)(0.3), np.cos(0.3), rtol=1e-6)
+    d = jax.vmap(jaxcurv.derivative(lambda x: x**3))(jnp.arange(4.0))
+    np.testing.assert_allclose(d, 3 * np.arange(4.0) ** 2)
+
+
+# ------------------------------------------------------------------ independent oracles
+
+
+def _smooth(x):
+    return jnp.sum(jnp.sin(x) * x**2) + jnp.prod(jnp.cos(x[:3])) + jnp.sum(jnp.tanh(x)) ** 2
+
+
+def test_gradient_and_hessian_match_finite_differences():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(6)
+    fnp = lambda z: float(_smooth(jnp.asarray(z)))
+    np.testing.assert_allclose(jaxcurv.gradient(_smooth)(jnp.asarray(x)), fd_gradient(fnp, x),
+                               rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(jaxcurv.hessian(_smooth)(jnp.asarray(x)), fd_hessian(fnp, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_quadratic_hessian_is_a_plus_a_transpose():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((7, 7))
+    f = lambda x: x @ jnp.asarray(a) @ x
+    h = jaxcurv.hessian(f, chunk_size=3)(jnp.zeros(7))
+    np.testing.assert_allclose(h, a + a.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape_in,shape_out", [((9,), 3), ((3,), 9), ((2, 3), 4)])
+def test_jacobian_modes_agree_with_finite_differences(shape_in, shape_out):
+    rng = np.random.default_rng(2)
+    w = jnp.asarray(rng.standard_normal((shape_out, int(np.prod(shape_in)))))
+    f = lambda x: jnp.tanh(w @ jnp.ravel(x)) + jnp.sum(x**2)
+    x = rng.standard_normal(shape_in)
+    expected = fd_jacobian(lambda z: np.asarray(f(jnp.asarray(z))), x).reshape(
+        (shape_out,) + shape_in
+    )
+    for mode in ["auto", "fwd", "rev"]:
+        np.testing.assert_allclose(
+            jaxcurv.jacobian(f, mode=mode)(jnp.asarray(x)), expected, rtol=1e-6, atol=1e-8
+        )
+
+
+def test_jacobian_auto_picks_mode_by_shape(monkeypatch):
+    picked = []
+    import jaxcurv.derivatives as d
+
+    real = d._choose_mode
+    monkeypatch.setattr(d, "_choose_mode", lambda n, m: picked.append(real(n, m)) or real(n, m))
+    jaxcurv.jacobian(lambda x: jnp.sum(x) * jnp.ones(3))(jnp.ones(10))
+    jaxcurv.jacobian(lambda x: jnp.sum(x) * jnp.ones(10))(jnp.ones(3))
+    assert picked == ["rev", "fwd"]
+
+
+@pytest.mark.parametrize("container", ["dict", "tuple"])
+def test_hessian_pytree_matches_jax_hessian(container):
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal(3), rng.standard_normal((2, 2))
+    tree = {"a": jnp.asarray(a), "b": jnp.asarray(b)} if container == "dict" else (
+        jnp.asarray(a), (jnp.asarray(b),))
+    leaves = lambda t: jax.tree.leaves(t)
+    f = lambda t: jnp.sum(jnp.sin(leaves(t)[0])) * jnp.sum(leaves(t)[1] ** 3) + jnp.sum(
+        leaves(t)[0] ** 2)
+    mine, ref = jaxcurv.hessian(f, chunk_size=2)(tree), jax.hessian(f)(tree)
+    assert jax.tree.structure(mine) == jax.tree.structure(ref)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12), mine, ref)
+
+
+def test_hessian_has_aux_and_argnums():
+    f = lambda x, y: (jnp.sum(x**2 * y), {"y": y})
+    h, aux = jaxcurv.hessian(f, argnums=0, has_aux=True)(jnp.ones(2), jnp.array([2.0, 5.0]))
+    np.testing.assert_allclose(h, np.diag([4.0, 10.0]))
+    np.testing.assert_allclose(aux["y"], [2.0, 5.0])
+    g, aux = jaxcurv.gradient(f, argnums=1, has_aux=True)(jnp.array([1.0, 3.0]), jnp.ones(2))
+    np.testing.assert_allclose(g, [1.0, 9.0])
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_wrappers_under_jit_and_vmap(jit):
+    f = lambda x: jnp.sum(jnp.sin(x) ** 2)
+    hess = jaxcurv.hessian(f)
+    hess = jax.jit(hess) if jit else hess
+    xs = jnp.linspace(0.0, 1.0, 6).reshape(2, 3)
+    batched = jax.vmap(hess)(xs)
+    for x, h in zip(xs, batched):
+        np.testing.assert_allclose(h, np.diag(2 * np.cos(2 * np.asarray(x))), atol=1e-6)
+
+
+def test_float32_stays_float32():
+    f = lambda x: jnp.sum(x**3)
+    x = jnp.ones(3, jnp.float32)
+    assert jaxcurv.gradient(f)(x).dtype == jnp.float32
+    assert jaxcurv.hessian(f)(x).dtype == jnp.float32
+
+
+# ------------------------------------------------------------------------ describe
+
+
+def test_describe_reproduces_seed_table():
+    scalar = jaxcurv.describe(lambda x: x**2, 1.0)
+    assert (scalar.kind, scalar.shape) == ("derivative", (1, 1))
+    grad = jaxcurv.describe(lambda x: jnp.sum(x**2), jnp.zeros(5))
+    assert (grad.kind, grad.shape, grad.hessian.kind, grad.hessian.shape) == (
+        "gradient", (5,), "hessian", (5, 5))
+    jac = jaxcurv.describe(lambda x: jnp.stack([x[0] ** 2 + x[1], x[0] * x[1], x[0]]),
+                           jnp.zeros(2))
+    assert (jac.kind, jac.shape, jac.hessian) == ("jacobian", (3, 2), None)
+    table = jaxcurv.derivative_table([("f", lambda x: jnp.sum(x**2), (jnp.zeros(4),))])
+    assert "| f | vector | scalar | gradient | 4 x 1 |" in table
+    assert "| f | vector | scalar | hessian | 4 x 4 |" in table
+
+
+def test_describe_pytree_blocks():
+    params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(3)}
+    d = jaxcurv.describe(lambda p, x: p["w"] @ x + p["b"], params, jnp.zeros(2))
+    assert d.kind == "jacobian" and d.shape == (3, 9)
+    assert sorted(b[2] for b in d.blocks) == [(3, 3), (3, 3, 2)]
+
+
+# ------------------------------------------------------------------------ bad input
+
+
+def test_bad_inputs_name_the_argument():
+    with pytest.raises(ValueError, match=r"scalar output.*shape \(3,\).*jacobian"):
+        jaxcurv.gradient(lambda x: x)(jnp.ones(3))
+    with pytest.raises(ValueError, match=r"scalar output"):
+        jaxcurv.hessian(lambda x: x)(jnp.ones(3))
+    with pytest.raises(TypeError, match=r"integer.*int32.*jnp.asarray"):
+        jaxcurv.gradient(lambda x: jnp.sum(x))(jnp.arange(3, dtype=jnp.int32))
+    with pytest.raises(TypeError, match=r"complex"):
+        jaxcurv.hessian(lambda x: jnp.sum(jnp.abs(x)))(jnp.ones(2, jnp.complex64))
+    with pytest.raises(ValueError, match=r"mode.*'bogus'"):
+        jaxcurv.jacobian(jnp.sin, mode="bogus")
+    with pytest.raises(ValueError, match=r"argnums=2.*out of range.*2 positional"):
+        jaxcurv.gradient(lambda x, y: jnp.sum(x * y), argnums=2)(jnp.ones(2), jnp.ones(2))
+    with pytest.raises(TypeError, match=r"argnums"):
+        jaxcurv.gradient(jnp.sum, argnums="0")
+    with pytest.raises(TypeError, match=r"callable"):
+        jaxcurv.hessian(3.0)
+    with pytest.raises(ValueError, match=r"derivative.*scalar -> scalar.*gradient"):
+        jaxcurv.derivative(jnp.sin)(jnp.ones(2))
+
+
+def test_hessian_over_memory_budget_points_to_products():
+    f = lambda x: jnp.sum(x**2)
+    with pytest.raises(ValueError, match=r"100000 x 100000.*max_bytes.*hvp.*hessian_operator"):
+        jaxcurv.hessian(f)(jax.ShapeDtypeStruct((100_000,), jnp.float32))
+    with pytest.raises(ValueError, match=r"max_bytes"):
+        jaxcurv.hessian(f, max_bytes=100)(jnp.ones(10))
+    with pytest.raises(ValueError, match=r"chunk_size"):
+        jaxcurv.hessian(f, chunk_size=0)

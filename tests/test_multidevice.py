@@ -1,0 +1,270 @@
+"""Data-parallel and model-parallel curvature on 8 devices.
+
+Runs in its own process (``make test`` sets
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` and selects ``-m multidevice``), so
+the 8 "devices" are CPU partitions of this host. Every sharded result is compared with the
+same computation on one device (the oracle), within 1e-5 relative in float32, and must keep
+the parameters' sharding. The two layouts:
+
+* ``data``: mesh ``(8,)`` named ``batch``; batch split along it, parameters replicated;
+* ``model``: mesh ``(4, 2)`` named ``(batch, model)``; batch split along ``batch``,
+  hidden units split along ``model`` (``w1`` by columns, ``b1``, ``w2`` by rows).
+
+Device-to-host transfers are disallowed around every library call: a host round-trip
+(``float(x)``, ``np.asarray(x)``, a Python ``if`` on an array) would raise.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxcurv
+from jaxcurv.cg import cg
+from jaxcurv.hessian_free import ModelAndLoss, hessian_free
+from jaxcurv.sharding import data_parallel_mesh, replicate, shard_batch
+
+pytestmark = pytest.mark.multidevice
+
+if jax.device_count() < 8:
+    pytest.skip(
+        "needs 8 devices: run with XLA_FLAGS=--xla_force_host_platform_device_count=8 "
+        "(`make test` does)",
+        allow_module_level=True,
+    )
+
+spectral = pytest.importorskip("jaxcurv.spectral")
+
+RTOL = 1e-5
+BATCH, D_IN, HIDDEN, D_OUT = 64, 6, 8, 3
+LAYOUTS = ("data", "model")
+PARAM_SPECS = {"w1": P(None, "model"), "b1": P("model"), "w2": P("model", None)}
+
+
+def model_fn(p, x):
+    return jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"]
+
+
+def loss_fn(out, y):
+    return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))
+
+
+def objective(p, x, y):
+    return loss_fn(model_fn(p, x), y)
+
+
+def _problem():
+    k = jax.random.split(jax.random.key(42), 5)
+    f32 = jnp.float32
+    params = {
+        "w1": jax.random.normal(k[0], (D_IN, HIDDEN), f32) / np.sqrt(D_IN),
+        "b1": 0.1 * jax.random.normal(k[1], (HIDDEN,), f32),
+        "w2": jax.random.normal(k[2], (HIDDEN, D_OUT), f32) / np.sqrt(HIDDEN),
+    }
+    x = jax.random.normal(k[3], (BATCH, D_IN), f32)
+    y = jnp.sin(x[:, :D_OUT]) + 0.1 * jax.random.normal(k[4], (BATCH, D_OUT), f32)
+    v = jax.tree.map(lambda a: jnp.cos(jnp.arange(a.size, dtype=f32)).reshape(a.shape), params)
+    return params, x, y, v
+
+
+@pytest.fixture(scope="module")
+def single():
+    """The problem on one device: the oracle every sharded result is compared with."""
+    params, x, y, v = _problem()
+    dev = jax.devices()[0]
+    return jax.device_put((params, x, y, v), dev)
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def sharded(request):
+    params, x, y, v = _problem()
+    if request.param == "data":
+        mesh = data_parallel_mesh()
+        params, v = replicate(params, mesh), replicate(v, mesh)
+    else:
+        mesh = Mesh(np.asarray(jax.devices()[:8]).reshape(4, 2), ("batch", "model"))
+        put = lambda t: {
+            name: jax.device_put(a, NamedSharding(mesh, PARAM_SPECS[name])) for name, a in t.items()
+        }
+        params, v = put(params), put(v)
+    x, y = shard_batch((x, y), mesh)
+    return request.param, mesh, (params, x, y, v)
+
+
+def _rel(a, b):
+    """Normwise relative difference over the whole tree, in float64 on the host."""
+    a = np.concatenate([np.ravel(np.asarray(t, np.float64)) for t in jax.tree.leaves(a)])
+    b = np.concatenate([np.ravel(np.asarray(t, np.float64)) for t in jax.tree.leaves(b)])
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+def _assert_close(a, b, rtol=RTOL):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    rel = _rel(a, b)
+    assert rel <= rtol, f"sharded result differs from one device by {rel:.2e} relative"
+
+
+def _assert_sharded_like(out, like, leading=0):
+    """Every leaf of ``out`` lives on the mesh and is sharded like the matching ``like``."""
+    for path, o, p in zip(
+        jax.tree_util.tree_leaves_with_path(like), jax.tree.leaves(out), jax.tree.leaves(like)
+    ):
+        where = jax.tree_util.keystr(path[0])
+        assert isinstance(o, jax.Array), where
+        assert len(o.sharding.device_set) == 8, f"{where} left the mesh: {o.sharding}"
+        if leading:
+            spec = P(*((None,) * leading), *p.sharding.spec)
+            expected = NamedSharding(p.sharding.mesh, spec)
+        else:
+            expected = p.sharding
+        assert o.sharding.is_equivalent_to(expected, o.ndim), (
+            f"{where}: output sharding {o.sharding} is not the parameters' {p.sharding}"
+        )
+
+
+no_host_sync = lambda: jax.transfer_guard_device_to_host("disallow")
+
+
+def test_inputs_are_laid_out_as_intended(sharded):
+    layout, mesh, (params, x, y, v) = sharded
+    assert x.sharding.is_equivalent_to(NamedSharding(mesh, P("batch")), 2)
+    assert len(x.addressable_shards) == 8
+    assert x.addressable_shards[0].data.shape[0] == BATCH // mesh.shape["batch"]
+    if layout == "data":
+        assert params["w1"].sharding.is_fully_replicated
+    else:
+        assert params["w1"].addressable_shards[0].data.shape == (D_IN, HIDDEN // 2)
+
+
+def test_hvp(single, sharded):
+    _, _, (params, x, y, v) = sharded
+    with no_host_sync():
+        out = jaxcurv.hvp(objective, params, v, x, y)
+    _assert_sharded_like(out, params)
+    _assert_close(out, jaxcurv.hvp(objective, *single[:1], single[3], *single[1:3]))
+
+
+def test_ggn_vp(single, sharded):
+    _, _, (params, x, y, v) = sharded
+    with no_host_sync():
+        out = jaxcurv.ggn_vp(lambda p: model_fn(p, x), lambda o: loss_fn(o, y), params, v)
+    _assert_sharded_like(out, params)
+    p1, x1, y1, v1 = single
+    ref = jaxcurv.ggn_vp(lambda p: model_fn(p, x1), lambda o: loss_fn(o, y1), p1, v1)
+    _assert_close(out, ref)
+
+
+def _operators(params, x, y):
+    hess = jaxcurv.hessian_operator(objective, params, x, y)
+    ggn = jaxcurv.ggn_operator(lambda p: model_fn(p, x), lambda o: loss_fn(o, y), params)
+    return hess, ggn
+
+
+def test_operators(single, sharded):
+    _, _, (params, x, y, v) = sharded
+    with no_host_sync():
+        ops = _operators(params, x, y)
+        outs = [op(v) for op in ops]
+    refs = _operators(*single[:3])
+    for op, out, ref in zip(ops, outs, refs):
+        _assert_sharded_like(out, params)
+        _assert_sharded_like(op.grad, params)
+        _assert_close(out, ref(single[3]))
+        _assert_close(op.grad, ref.grad)
+        _assert_close(op.value, ref.value)
+
+
+def test_cg(single, sharded):
+    _, _, (params, x, y, _) = sharded
+    with no_host_sync():
+        _, ggn = _operators(params, x, y)
+        sol, info = cg(ggn, ggn.grad, maxiter=15, damping=0.5)
+    _, ref_op = _operators(*single[:3])
+    ref, ref_info = cg(ref_op, ref_op.grad, maxiter=15, damping=0.5)
+    _assert_sharded_like(sol, params)
+    _assert_close(sol, ref)
+    assert int(info.status) == int(ref_info.status)
+    assert int(info.num_steps) == int(ref_info.num_steps)
+    # The solution really solves the damped system (independent of the reference run).
+    p1 = single[0]
+    dense = np.asarray(ref_op.to_dense(), np.float64) + 0.5 * np.eye(ref_op.size)
+    rhs = np.asarray(jax.flatten_util.ravel_pytree(ref_op.grad)[0], np.float64)
+    exact = np.linalg.solve(dense, rhs)
+    got = np.asarray(jax.flatten_util.ravel_pytree(jax.device_get(sol))[0], np.float64)
+    assert np.linalg.norm(got - exact) <= 1e-4 * np.linalg.norm(exact), p1.keys()
+
+
+def test_spectral(single, sharded):
+    _, _, (params, x, y, _) = sharded
+    key = jax.random.key(3)
+    with no_host_sync():
+        hess, ggn = _operators(params, x, y)
+        eig = spectral.eigenvalues(hess, 3, which="both", key=key, num_iters=20,
+                                   dense_threshold=0, return_eigenvectors=True)
+        trace = spectral.hutchinson_trace(ggn, key, 8)
+        diag = spectral.hutchinson_diagonal(ggn, key, 8)
+    ref_hess, ref_ggn = _operators(*single[:3])
+    ref_eig = spectral.eigenvalues(ref_hess, 3, which="both", key=key, num_iters=20,
+                                   dense_threshold=0)
+    np.testing.assert_allclose(
+        eig.eigenvalues, ref_eig.eigenvalues, rtol=0, atol=RTOL * np.abs(ref_eig.eigenvalues).max()
+    )
+    # Oracle for the values themselves: numpy on the dense single-device Hessian.
+    exact = np.linalg.eigvalsh(np.asarray(ref_hess.to_dense(), np.float64))
+    np.testing.assert_allclose(
+        eig.eigenvalues, np.concatenate([exact[:3], exact[-3:]]), atol=1e-4 * np.abs(exact).max()
+    )
+    _assert_sharded_like(eig.eigenvectors, params, leading=1)
+    _assert_close(trace.estimate, spectral.hutchinson_trace(ref_ggn, key, 8).estimate)
+    _assert_sharded_like(diag, params)
+    _assert_close(diag, spectral.hutchinson_diagonal(ref_ggn, key, 8))
+
+
+def _hf_run(params, x, y, num_steps=3):
+    value_fn = ModelAndLoss(model_fn, loss_fn)
+    opt = hessian_free(damping=1.0, cg_maxiter=10)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, x, y):
+        loss, grads = jax.value_and_grad(value_fn)(params, x=x, y=y)
+        updates, state = opt.update(grads, state, params, value_fn=value_fn, value=loss, x=x, y=y)
+        return optax.apply_updates(params, updates), state
+
+    trajectory = []
+    for _ in range(num_steps):
+        params, state = step(params, state, x, y)
+        trajectory.append((params, state))
+    return trajectory
+
+
+def test_hessian_free_takes_identical_steps(single, sharded):
+    _, _, (params, x, y, _) = sharded
+    with no_host_sync():
+        run = _hf_run(params, x, y)
+    ref = _hf_run(*single[:3])
+    for (p, s), (p_ref, s_ref) in zip(run, ref):
+        _assert_sharded_like(p, params)
+        _assert_sharded_like(s.cg_init, params)
+        _assert_close(p, p_ref)
+        assert int(s.cg_steps) == int(s_ref.cg_steps)
+        assert bool(s.rejected) == bool(s_ref.rejected)
+        np.testing.assert_allclose(s.damping, s_ref.damping, rtol=RTOL)
+        np.testing.assert_allclose(s.new_loss, s_ref.new_loss, rtol=RTOL)
+    # The steps did something: the loss went down on the single-device run.
+    assert float(ref[-1][1].new_loss) < float(ref[0][1].loss)
+
+
+def test_check_determinism_on_the_mesh(sharded):
+    _, _, (params, x, y, _) = sharded
+    report = jaxcurv.determinism.check_determinism(objective, params, x, y)
+    assert report.deterministic, report.summary
+
+
+def test_shard_batch_rejects_a_batch_the_devices_do_not_divide():
+    mesh = data_parallel_mesh()
+    with pytest.raises(ValueError, match=r"`shard_batch\(batch\)` leaf .* leading size 10.*pad"):
+        shard_batch({"x": jnp.zeros((10, 2))}, mesh)
