@@ -7,6 +7,9 @@ loss-landscape analysis, and a Hessian-free optimizer for optax.
 
 from jaxcurv.backprop import BackpropResult as BackpropResult
 from jaxcurv.backprop import backprop as backprop
+from jaxcurv.cg import CGInfo as CGInfo
+from jaxcurv.cg import CGStatus as CGStatus
+from jaxcurv.cg import cg as cg
 from jaxcurv.derivatives import Description as Description
 from jaxcurv.derivatives import derivative as derivative
 from jaxcurv.derivatives import derivative_table as derivative_table
@@ -14,6 +17,11 @@ from jaxcurv.derivatives import describe as describe
 from jaxcurv.derivatives import gradient as gradient
 from jaxcurv.derivatives import hessian as hessian
 from jaxcurv.derivatives import jacobian as jacobian
+from jaxcurv.determinism import DeterminismReport as DeterminismReport
+from jaxcurv.determinism import check_determinism as check_determinism
+from jaxcurv.hessian_free import HessianFreeState as HessianFreeState
+from jaxcurv.hessian_free import ModelAndLoss as ModelAndLoss
+from jaxcurv.hessian_free import hessian_free as hessian_free
 from jaxcurv.products import CurvatureOperator as CurvatureOperator
 from jaxcurv.products import GaussNewtonOperator as GaussNewtonOperator
 from jaxcurv.products import HessianOperator as HessianOperator
@@ -21,34 +29,54 @@ from jaxcurv.products import ggn_operator as ggn_operator
 from jaxcurv.products import ggn_vp as ggn_vp
 from jaxcurv.products import hessian_operator as hessian_operator
 from jaxcurv.products import hvp as hvp
+from jaxcurv.spectral import CriticalPoint as CriticalPoint
+from jaxcurv.spectral import EigenResult as EigenResult
+from jaxcurv.spectral import PowerIterationResult as PowerIterationResult
+from jaxcurv.spectral import SpectralDensity as SpectralDensity
+from jaxcurv.spectral import TraceEstimate as TraceEstimate
+from jaxcurv.spectral import classify_critical_point as classify_critical_point
+from jaxcurv.spectral import eigenvalues as eigenvalues
+from jaxcurv.spectral import hutchinson_diagonal as hutchinson_diagonal
+from jaxcurv.spectral import hutchinson_trace as hutchinson_trace
+from jaxcurv.spectral import power_iteration as power_iteration
+from jaxcurv.spectral import spectral_density as spectral_density
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackpropResult",
+    "CGInfo",
+    "CGStatus",
+    "CriticalPoint",
     "CurvatureOperator",
     "Description",
+    "DeterminismReport",
+    "EigenResult",
     "GaussNewtonOperator",
+    "HessianFreeState",
     "HessianOperator",
+    "ModelAndLoss",
+    "PowerIterationResult",
+    "SpectralDensity",
+    "TraceEstimate",
     "backprop",
+    "cg",
+    "check_determinism",
+    "classify_critical_point",
     "derivative",
     "derivative_table",
     "describe",
+    "eigenvalues",
     "ggn_operator",
     "ggn_vp",
     "gradient",
     "hessian",
+    "hessian_free",
     "hessian_operator",
+    "hutchinson_diagonal",
+    "hutchinson_trace",
     "hvp",
     "jacobian",
+    "power_iteration",
+    "spectral_density",
 ]
-
-# Modules written in parallel register themselves below as they land.
-try:  # noqa: SIM105
-    from jaxcurv.cg import CGInfo as CGInfo
-    from jaxcurv.cg import CGStatus as CGStatus
-    from jaxcurv.cg import cg as cg
-
-    __all__ += ["CGInfo", "CGStatus", "cg"]
-except ImportError:  # pragma: no cover
-    pass

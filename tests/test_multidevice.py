@@ -60,9 +60,9 @@ def _problem():
     k = jax.random.split(jax.random.key(42), 5)
     f32 = jnp.float32
     params = {
-        "w1": jax.random.normal(k[0], (D_IN, HIDDEN), f32) / np.sqrt(D_IN),
+        "w1": jax.random.normal(k[0], (D_IN, HIDDEN), f32) / D_IN**0.5,
         "b1": 0.1 * jax.random.normal(k[1], (HIDDEN,), f32),
-        "w2": jax.random.normal(k[2], (HIDDEN, D_OUT), f32) / np.sqrt(HIDDEN),
+        "w2": jax.random.normal(k[2], (HIDDEN, D_OUT), f32) / HIDDEN**0.5,
     }
     x = jax.random.normal(k[3], (BATCH, D_IN), f32)
     y = jnp.sin(x[:, :D_OUT]) + 0.1 * jax.random.normal(k[4], (BATCH, D_OUT), f32)

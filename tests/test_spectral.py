@@ -1,0 +1,489 @@
+"""Spectral tools against numpy.linalg.eigvalsh, exact traces/diagonals and closed forms.
+
+Matrices come from ``helpers.random_symmetric`` (a random orthogonal basis around a chosen
+spectrum), so every eigenvalue, trace and density is known exactly. Randomized estimators
+run with fixed keys and are held to a stated error for a stated budget of products.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import jaxcurv
+from jaxcurv.spectral import (
+    classify_critical_point,
+    eigenvalues,
+    hutchinson_diagonal,
+    hutchinson_trace,
+    power_iteration,
+    spectral_density,
+)
+from tests.helpers import random_symmetric
+
+KEY = jax.random.key(0)
+
+
+def _spectrum(case: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    if case == "spread":  # a decaying spectrum of both signs, like a network's Hessian
+        ev = rng.standard_normal(n) * np.geomspace(10.0, 0.1, n)
+    elif case == "clustered":  # outliers, a tight cluster at the top of the bulk, a bulk
+        ev = np.concatenate([[100.0, 50.0], 10.0 + 2e-3 * np.arange(3), rng.uniform(0, 1, n - 5)])
+    elif case == "negative":  # negative definite with a cluster at the bottom
+        ev = np.concatenate([[-80.0, -40.0 - 1e-2, -40.0], -rng.uniform(1, 5, n - 3)])
+    else:
+        raise AssertionError(case)
+    return ev
+
+
+def _tol(dtype, scale):
+    return (1e-4 if dtype == np.float32 else 1e-9) * scale
+
+
+# ------------------------------------------------------------------------- eigenvalues
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", ["spread", "clustered", "negative"])
+def test_lanczos_extremes_match_eigvalsh(case, dtype):
+    n, k = 200, 3
+    rng = np.random.default_rng(0)
+    A = random_symmetric(rng, _spectrum(case, n, rng))
+    exact = np.linalg.eigvalsh(A)
+    res = eigenvalues(jnp.asarray(A, dtype), k, which="both", dense_threshold=0, num_iters=100)
+    assert res.eigenvalues.dtype == dtype and res.eigenvalues.shape == (2 * k,)
+    want = np.concatenate([exact[:k], exact[-k:]])
+    np.testing.assert_allclose(res.eigenvalues, want, atol=_tol(dtype, np.abs(exact).max()))
+    assert int(res.num_matvecs) == 100
+    # The residual bound says they converged (to rounding, which it does not include).
+    assert np.all(np.asarray(res.residual_norms) <= 1e-3 * np.abs(exact).max())
+
+
+def _plain_lanczos_ritz(A: np.ndarray, m: int, seed: int = 0) -> np.ndarray:
+    """Textbook Lanczos without reorthogonalization (the thing that makes ghosts)."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(A.shape[0]).astype(A.dtype)
+    v /= np.linalg.norm(v)
+    v_prev, beta, alphas, betas = np.zeros_like(v), 0.0, [], []
+    for _ in range(m):
+        w = A @ v - beta * v_prev
+        alpha = w @ v
+        w = w - alpha * v
+        beta = np.linalg.norm(w)
+        alphas.append(alpha)
+        betas.append(beta)
+        v_prev, v = v, w / beta
+    T = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
+    return np.linalg.eigvalsh(T.astype(np.float64))
+
+
+def test_no_ghost_eigenvalues_on_clustered_spectrum_float32():
+    n, m, k = 200, 150, 5
+    rng = np.random.default_rng(0)
+    A = random_symmetric(rng, _spectrum("clustered", n, rng)).astype(np.float32)
+    exact = np.linalg.eigvalsh(A.astype(np.float64))[-k:]  # [10, 10.002, 10.004, 50, 100]
+    # The setting is hard enough: plain Lanczos reports 100 several times.
+    plain = _plain_lanczos_ritz(A, m)
+    assert np.sum(np.abs(plain - 100.0) < 1e-2) >= 2
+    res = eigenvalues(jnp.asarray(A), k, dense_threshold=0, num_iters=m)
+    np.testing.assert_allclose(res.eigenvalues, exact, atol=1e-3)
+    assert np.all(np.diff(np.asarray(res.eigenvalues)) > 1e-3)  # each value once
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_krylov_exhaustion_restarts_and_keeps_multiplicities(dtype):
+    # Three distinct eigenvalues: the first Krylov space has dimension 3. Restarting on
+    # breakdown must recover every copy -- no ghost, none missing.
+    rng = np.random.default_rng(1)
+    spectrum = np.repeat([-1.0, 2.0, 3.0], 20)
+    A = jnp.asarray(random_symmetric(rng, spectrum), dtype)
+    res = eigenvalues(A, 30, which="both", dense_threshold=0, num_iters=60)
+    np.testing.assert_allclose(res.eigenvalues, np.sort(spectrum), atol=_tol(dtype, 30.0))
+    eye = eigenvalues(jnp.eye(40, dtype=dtype), 2, dense_threshold=0, num_iters=5)
+    np.testing.assert_allclose(eye.eigenvalues, [1.0, 1.0], atol=_tol(dtype, 1.0))
+    assert np.all(np.isfinite(eye.residual_norms))
+
+
+@pytest.mark.parametrize("dense_threshold", [0, 1000])
+def test_eigenvectors_residuals_and_orthonormality(dense_threshold):
+    rng = np.random.default_rng(2)
+    n = 120
+    A = random_symmetric(rng, _spectrum("spread", n, rng))
+    res = eigenvalues(
+        jnp.asarray(A),
+        4,
+        which="smallest",
+        num_iters=100,
+        dense_threshold=dense_threshold,
+        return_eigenvectors=True,
+    )
+    exact = np.linalg.eigvalsh(A)[:4]
+    np.testing.assert_allclose(res.eigenvalues, exact, atol=1e-8)
+    V = np.asarray(res.eigenvectors)
+    assert V.shape == (4, n)
+    np.testing.assert_allclose(V @ V.T, np.eye(4), atol=1e-10)
+    true_res = np.linalg.norm(A @ V.T - V.T * exact, axis=0)
+    np.testing.assert_allclose(true_res, 0.0, atol=1e-7)
+    # The reported residuals agree with the true ones to rounding.
+    np.testing.assert_allclose(res.residual_norms, true_res, atol=1e-10 * np.abs(A).sum())
+    assert int(res.num_matvecs) == (100 if dense_threshold == 0 else 0)
+
+
+def _mlp(container="dict", dtype=jnp.float64):
+    """A 4-8-3 tanh MLP with squared loss: 67 parameters, an indefinite Hessian."""
+    rng = np.random.default_rng(3)
+    w1, b1 = rng.standard_normal((4, 8)), 0.1 * rng.standard_normal(8)
+    w2, b2 = rng.standard_normal((8, 3)) / 3, 0.1 * rng.standard_normal(3)
+    if container == "dict":
+        params = {"hidden": {"w": w1, "b": b1}, "out": {"w": w2, "b": b2}}
+        unpack = lambda p: (p["hidden"]["w"], p["hidden"]["b"], p["out"]["w"], p["out"]["b"])
+    else:
+        params = ((w1, b1), (w2, b2))
+        unpack = lambda p: (p[0][0], p[0][1], p[1][0], p[1][1])
+    params = jax.tree.map(lambda a: jnp.asarray(a, dtype), params)
+    X = jnp.asarray(rng.standard_normal((16, 4)), dtype)
+    Y = jnp.asarray(rng.standard_normal((16, 3)), dtype)
+
+    def loss(p, X, Y):
+        a, b, c, d = unpack(p)
+        return 0.5 * jnp.mean(jnp.sum((jnp.tanh(X @ a + b) @ c + d - Y) ** 2, axis=-1))
+
+    return loss, params, X, Y
+
+
+def _dense_hessian(loss, params, *args):
+    flat, unravel = ravel_pytree(params)
+    H = jax.hessian(lambda z: loss(unravel(z), *args))(flat)
+    return np.asarray(H, np.float64)
+
+
+def test_mlp_hessian_extremes_via_operator():
+    loss, params, X, Y = _mlp("dict")
+    H = _dense_hessian(loss, params, X, Y)
+    exact = np.linalg.eigvalsh(H)
+    assert exact[0] < 0 < exact[-1]  # an indefinite Hessian: both ends matter
+    op = jaxcurv.hessian_operator(loss, params, X, Y)
+    res = eigenvalues(
+        op, 2, which="both", dense_threshold=0, num_iters=60, return_eigenvectors=True
+    )
+    want = np.concatenate([exact[:2], exact[-2:]])
+    np.testing.assert_allclose(res.eigenvalues, want, atol=1e-8 * np.abs(exact).max())
+    # Eigenvectors come back as stacked pytrees shaped like the parameters.
+    assert jax.tree.structure(res.eigenvectors) == jax.tree.structure(params)
+    assert res.eigenvectors["hidden"]["w"].shape == (4, 4, 8)
+    V = np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(res.eigenvectors))
+    np.testing.assert_allclose(H @ V.T, V.T * want, atol=1e-7)
+    dense = eigenvalues(op, 2, which="both")  # N = 67 <= dense_threshold: eigh of to_dense
+    np.testing.assert_allclose(dense.eigenvalues, want, atol=1e-10)
+
+
+def test_bare_callable_with_tuple_example_float32():
+    loss, params, X, Y = _mlp("tuple", jnp.float32)
+    H = _dense_hessian(loss, jax.tree.map(lambda a: a.astype(jnp.float64), params), X, Y)
+    exact = np.linalg.eigvalsh(H)
+
+    def matvec(v):
+        return jaxcurv.hvp(loss, params, v, X, Y)
+
+    res = eigenvalues(matvec, 3, example=params, dense_threshold=0, num_iters=67)
+    assert res.eigenvalues.dtype == jnp.float32
+    np.testing.assert_allclose(res.eigenvalues, exact[-3:], atol=1e-4 * np.abs(exact).max())
+    small = eigenvalues(matvec, 1, which="smallest", example=params)  # dense path, N products
+    np.testing.assert_allclose(small.eigenvalues, exact[:1], atol=1e-4 * np.abs(exact).max())
+    assert int(small.num_matvecs) == 67
+
+
+def test_one_compilation_per_configuration_and_jit():
+    traces = []
+    A = random_symmetric(np.random.default_rng(4), np.linspace(-1.0, 4.0, 50))
+    A = jnp.asarray(A)
+
+    def matvec(v):
+        traces.append(None)
+        return A @ v
+
+    example = jnp.zeros(50)
+    first = eigenvalues(matvec, 2, example=example, dense_threshold=0, num_iters=30)
+    count = len(traces)
+    for seed in (1, 2):
+        again = eigenvalues(
+            matvec, 2, example=example, key=jax.random.key(seed), dense_threshold=0, num_iters=30
+        )
+        np.testing.assert_allclose(again.eigenvalues, first.eigenvalues, atol=1e-10)
+    assert len(traces) == count  # new keys, same compiled code
+    # Operators and matrices are traced arguments: usable inside the caller's jit.
+    jitted = jax.jit(lambda M, key: eigenvalues(M, 2, key=key, dense_threshold=0, num_iters=30))
+    out = jitted(A, jax.random.key(1))
+    np.testing.assert_allclose(out.eigenvalues, np.linalg.eigvalsh(np.asarray(A))[-2:], atol=1e-9)
+
+
+# ---------------------------------------------------------------------- power iteration
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_power_iteration_top_magnitude_is_signed(dtype):
+    rng = np.random.default_rng(5)
+    spectrum = np.concatenate([[-10.0, 6.0], rng.uniform(-3, 3, 58)])
+    A = jnp.asarray(random_symmetric(rng, spectrum), dtype)
+    res = power_iteration(A, key=KEY, tol=1e-4)
+    assert bool(res.converged)
+    np.testing.assert_allclose(float(res.eigenvalue), -10.0, rtol=1e-6)
+    assert float(res.residual_norm) <= 1e-4 * 10.0
+    v = np.asarray(res.eigenvector, np.float64)
+    np.testing.assert_allclose(np.linalg.norm(v), 1.0, atol=1e-6)
+    # Convergence rate |6/10| per step: about log(1e-4)/log(0.6) = 18 steps, not 1000.
+    assert 10 < int(res.num_matvecs) < 60
+
+
+def test_power_iteration_reports_failure_for_plus_minus_pair():
+    rng = np.random.default_rng(6)
+    A = jnp.asarray(random_symmetric(rng, np.concatenate([[5.0, -5.0], rng.uniform(-1, 1, 18)])))
+    res = power_iteration(A, key=KEY, num_iters=200)
+    assert not bool(res.converged) and int(res.num_matvecs) == 200
+    assert np.isfinite(float(res.eigenvalue))
+
+
+# ------------------------------------------------------------------------ Hutchinson
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_hutchinson_trace_within_stated_error(dtype):
+    # Budget: 1000 products on a 100 x 100 matrix. Theory: std = sqrt(2 (||A||_F^2 -
+    # sum_i A_ii^2) / 1000); the fixed-key estimate must be within 4 std, and the reported
+    # stderr within 25% of the theoretical one.
+    rng = np.random.default_rng(7)
+    A = random_symmetric(rng, rng.uniform(-1.0, 3.0, 100))
+    budget = 1000
+    sd = np.sqrt(2 * (np.sum(A**2) - np.sum(np.diag(A) ** 2)) / budget)
+    est = hutchinson_trace(jnp.asarray(A, dtype), KEY, budget)
+    assert abs(float(est.estimate) - np.trace(A)) <= 4 * sd
+    np.testing.assert_allclose(float(est.stderr), sd, rtol=0.25)
+    assert int(est.num_matvecs) == budget
+
+
+def test_hutchpp_beats_hutchinson_on_low_rank_plus_noise():
+    # 10 large eigenvalues plus small noise: Hutch++ captures the top exactly and leaves
+    # only the noise to the random probes. Same budget of 60 products each; mean absolute
+    # error over 8 fixed keys.
+    rng = np.random.default_rng(8)
+    n = 300
+    spectrum = np.concatenate([np.geomspace(100, 10, 10), 0.05 * rng.standard_normal(n - 10)])
+    A = jnp.asarray(random_symmetric(rng, spectrum))
+    exact = spectrum.sum()
+    errs = {}
+    for method in ("hutchinson", "hutch++"):
+        e = []
+        for seed in range(8):
+            est = hutchinson_trace(A, jax.random.key(seed), 60, method=method)
+            assert int(est.num_matvecs) == 60
+            e.append(abs(float(est.estimate) - exact))
+        errs[method] = np.mean(e)
+    assert errs["hutch++"] < errs["hutchinson"] / 20
+    assert errs["hutch++"] < 0.5  # the noise part alone has trace std ~ 0.05 * sqrt(2 n / 20)
+
+
+def test_hutchpp_is_exact_on_low_rank():
+    rng = np.random.default_rng(9)
+    spectrum = np.concatenate([[5.0, -3.0, 2.0], np.zeros(47)])
+    A = jnp.asarray(random_symmetric(rng, spectrum))
+    est = hutchinson_trace(A, KEY, 12, method="hutch++")  # sketch of 4 >= rank 3
+    np.testing.assert_allclose(float(est.estimate), 4.0, atol=1e-9)
+
+
+def test_hutchinson_diagonal_within_stated_error_dense():
+    # Budget: 2000 products. Entry i has std sqrt(sum_{j != i} A_ij^2 / 2000); every entry
+    # must be within 4.5 of its std (50 entries, fixed key).
+    rng = np.random.default_rng(10)
+    A = random_symmetric(rng, rng.uniform(0.5, 2.0, 50)) + np.diag(rng.uniform(0, 5, 50))
+    budget = 2000
+    sd = np.sqrt((np.sum(A**2, axis=1) - np.diag(A) ** 2) / budget)
+    est = np.asarray(hutchinson_diagonal(jnp.asarray(A), KEY, budget))
+    assert np.all(np.abs(est - np.diag(A)) <= 4.5 * sd)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_hutchinson_diagonal_of_mlp_hessian_is_a_pytree(dtype):
+    loss, params, X, Y = _mlp("dict", dtype)
+    op = jaxcurv.hessian_operator(loss, params, X, Y)
+    H = _dense_hessian(loss, jax.tree.map(lambda a: a.astype(jnp.float64), params), X, Y)
+    budget = 3000
+    sd = np.sqrt((np.sum(H**2, axis=1) - np.diag(H) ** 2) / budget)
+    est = hutchinson_diagonal(op, KEY, budget)
+    assert jax.tree.structure(est) == jax.tree.structure(params)
+    assert all(e.dtype == dtype for e in jax.tree.leaves(est))
+    flat = np.asarray(ravel_pytree(est)[0], np.float64)
+    assert np.all(np.abs(flat - np.diag(H)) <= 5 * sd + 1e-5)
+
+
+# ------------------------------------------------------------------------ SLQ density
+
+
+def test_spectral_density_matches_exact_spectrum():
+    # 20 probes x 40 Lanczos steps = 800 products on N = 400.
+    rng = np.random.default_rng(11)
+    n = 400
+    spectrum = np.concatenate([rng.normal(0.0, 1.0, n - 20), rng.normal(8.0, 0.5, 20)])
+    A = random_symmetric(rng, spectrum)
+    d = spectral_density(jnp.asarray(A), KEY, num_probes=20, num_lanczos=40, num_grid=1000)
+    assert d.nodes.shape == (20, 40) and d.weights.shape == (20, 40)
+    np.testing.assert_allclose(np.sum(d.weights, axis=1), 1.0, atol=1e-10)
+    grid, dens = np.asarray(d.grid), np.asarray(d.density)
+    assert np.all(dens >= 0)
+    np.testing.assert_allclose(np.trapezoid(dens, grid), 1.0, atol=1e-4)
+
+    # Moments: Gauss quadrature is exact for degree <= 79 per probe, so the only error is
+    # the probes' (Hutchinson) noise: z^T A^p z / N has std sqrt(2 ||A^p||_F^2) / N.
+    for p in (1, 2):
+        Ap = np.linalg.matrix_power(A, p)
+        slq = np.mean(np.sum(np.asarray(d.weights) * np.asarray(d.nodes) ** p, axis=1))
+        sd = np.sqrt(2 * np.sum(Ap**2)) / n / np.sqrt(20)
+        assert abs(slq - np.mean(spectrum**p)) <= 4 * sd
+
+    # CDF of the quadrature measure vs the exact eigenvalue CDF (Kolmogorov distance).
+    ts = np.linspace(spectrum.min(), spectrum.max(), 200)
+    exact_cdf = np.mean(spectrum[None, :] <= ts[:, None], axis=1)
+    nodes, weights = np.asarray(d.nodes).ravel(), np.asarray(d.weights).ravel() / 20
+    slq_cdf = np.sum(weights[None, :] * (nodes[None, :] <= ts[:, None]), axis=1)
+    assert np.max(np.abs(slq_cdf - exact_cdf)) < 0.05
+    # The outlier bulk at 8 carries 5% of the mass, in the smoothed density too.
+    np.testing.assert_allclose(np.trapezoid(dens * (grid > 5), grid), 0.05, atol=0.015)
+
+
+def test_spectral_density_on_pytree_operator_with_grid():
+    loss, params, X, Y = _mlp("tuple")
+    op = jaxcurv.hessian_operator(loss, params, X, Y)
+    exact = np.linalg.eigvalsh(_dense_hessian(loss, params, X, Y))
+    grid = jnp.linspace(exact[0] - 1, exact[-1] + 1, 300)
+    d = spectral_density(op, KEY, num_probes=4, num_lanczos=67, grid=grid, sigma=0.05)
+    np.testing.assert_allclose(d.grid, grid)
+    # A full-length Lanczos run sees the whole spectrum: nodes are the exact eigenvalues.
+    np.testing.assert_allclose(np.sort(np.asarray(d.nodes[0])), exact, atol=1e-8)
+    np.testing.assert_allclose(np.trapezoid(np.asarray(d.density), np.asarray(grid)), 1.0, 1e-3)
+
+
+# ---------------------------------------------------------------- critical points
+
+
+def _xy(f):
+    return lambda p: f(p[0], p[1])
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+@pytest.mark.parametrize(
+    ("f", "kind", "eigs"),
+    [
+        (lambda x, y: x**2 + y**2, "minimum", [2.0, 2.0]),
+        (lambda x, y: -(x**2) - y**2, "maximum", [-2.0, -2.0]),
+        (lambda x, y: x**2 - y**2, "saddle", [-2.0, 2.0]),
+        (lambda x, y: x**4 + y**2, "degenerate", [0.0, 2.0]),
+        (lambda x, y: x**2 + 3 * x * y + y**2, "saddle", [-1.0, 5.0]),  # the seed's example
+    ],
+)
+def test_classify_two_dimensional_critical_points(f, kind, eigs, dtype):
+    cp = classify_critical_point(_xy(f), jnp.zeros(2, dtype))
+    assert cp.kind == kind, cp.reason
+    assert cp.method == "dense"
+    np.testing.assert_allclose(cp.eigenvalues, eigs, atol=1e-6)
+    assert float(cp.gradient_norm) == 0.0
+    signs = np.sign(np.round(np.asarray(eigs)))
+    assert (cp.num_positive, cp.num_negative, cp.num_zero) == (
+        int(np.sum(signs > 0)),
+        int(np.sum(signs < 0)),
+        int(np.sum(signs == 0)),
+    )
+    assert kind in cp.reason or kind == "degenerate"
+
+
+def test_classify_point_away_from_critical_point():
+    f = _xy(lambda x, y: x**2 + y**2)
+    cp = classify_critical_point(f, jnp.array([1.0, 2.0]))
+    assert cp.kind == "not critical"
+    np.testing.assert_allclose(float(cp.gradient_norm), np.hypot(2.0, 4.0))
+    np.testing.assert_allclose(cp.eigenvalues, [2.0, 2.0])  # still reported
+    assert "not a critical point" in cp.reason
+    # Near the minimum the gradient tolerance decides, relative to max(1, |f|).
+    assert classify_critical_point(f, jnp.array([1e-9, 0.0])).kind == "minimum"
+    assert classify_critical_point(f, jnp.array([1e-3, 0.0])).kind == "not critical"
+    loose = classify_critical_point(f, jnp.array([1e-3, 0.0]), grad_tol=1e-2)
+    assert loose.kind == "minimum"
+
+
+@pytest.mark.parametrize("signs", ["positive", "mixed", "negative"])
+def test_classify_lanczos_path_above_dense_threshold(signs):
+    # N = 300 > dense_threshold = 100: only the extremes, by Lanczos on hessian_operator,
+    # with a pytree point. f = x^T A x / 2 has Hessian A and a critical point at 0.
+    rng = np.random.default_rng(12)
+    n = 300
+    spectrum = rng.uniform(0.5, 4.0, n)
+    if signs == "mixed":
+        spectrum[:2] = [-0.5, -0.1]
+    elif signs == "negative":
+        spectrum = -spectrum
+    A = jnp.asarray(random_symmetric(rng, spectrum))
+    x = {"a": jnp.zeros(100), "b": jnp.zeros((20, 10))}
+
+    def f(p, A):
+        z = ravel_pytree(p)[0]
+        return 0.5 * z @ A @ z
+
+    cp = classify_critical_point(f, x, A, dense_threshold=100, k=2, num_iters=80)
+    assert cp.method == "lanczos"
+    assert cp.kind == {"positive": "minimum", "mixed": "saddle", "negative": "maximum"}[signs]
+    exact = np.sort(spectrum)
+    np.testing.assert_allclose(
+        cp.eigenvalues, np.concatenate([exact[:2], exact[-2:]]), atol=1e-8
+    )
+    if signs == "positive":
+        assert (cp.num_positive, cp.num_negative, cp.num_zero) == (n, 0, 0)
+    if signs == "mixed":
+        assert cp.num_positive is None  # only the extremes are known
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_with_the_argument_named():
+    A = jnp.eye(4)
+    with pytest.raises(ValueError, match="which"):
+        eigenvalues(A, 1, which="middle")
+    with pytest.raises(ValueError, match="k="):
+        eigenvalues(A, 0)
+    with pytest.raises(ValueError, match="k="):
+        eigenvalues(A, 5)
+    with pytest.raises(ValueError, match="k="):
+        eigenvalues(A, 3, which="both")
+    with pytest.raises(TypeError, match="k="):
+        eigenvalues(A, 1.5)
+    with pytest.raises(ValueError, match="num_iters"):
+        eigenvalues(A, 3, num_iters=2)
+    with pytest.raises(ValueError, match="num_iters"):
+        eigenvalues(A, 1, num_iters=9)
+    with pytest.raises(ValueError, match="example"):
+        eigenvalues(lambda v: v, 1)
+    with pytest.raises(TypeError, match="key"):
+        eigenvalues(A, 1, key=0)
+    with pytest.raises(ValueError, match="square"):
+        eigenvalues(jnp.ones((3, 4)), 1)
+    with pytest.raises(TypeError, match="floating"):
+        eigenvalues(jnp.eye(3, dtype=jnp.int32), 1)
+    with pytest.raises(ValueError, match="A\\(v\\)"):
+        eigenvalues(lambda v: v[:2], 1, example=jnp.zeros(3), dense_threshold=0)
+    with pytest.raises(ValueError, match="method"):
+        hutchinson_trace(A, KEY, 10, method="exact")
+    with pytest.raises(ValueError, match="num_samples"):
+        hutchinson_trace(A, KEY, 2, method="hutch++")
+    with pytest.raises(ValueError, match="num_samples"):
+        hutchinson_diagonal(A, KEY, 0)
+    with pytest.raises(ValueError, match="num_lanczos"):
+        spectral_density(A, KEY, num_lanczos=5)
+    with pytest.raises(ValueError, match="grid"):
+        spectral_density(A, KEY, grid=jnp.zeros((2, 2)))
+    with pytest.raises(ValueError, match="sigma"):
+        spectral_density(A, KEY, sigma=0.0)
+    with pytest.raises(ValueError, match="tol"):
+        power_iteration(A, key=KEY, tol=-1.0)
+    with pytest.raises(TypeError, match="key"):
+        power_iteration(A, key=None)
+    with pytest.raises(ValueError, match="grad_tol"):
+        classify_critical_point(lambda p: jnp.sum(p**2), jnp.zeros(2), grad_tol=-1.0)
