@@ -10,6 +10,7 @@ from jaxcurv.backprop import backprop as backprop
 from jaxcurv.cg import CGInfo as CGInfo
 from jaxcurv.cg import CGStatus as CGStatus
 from jaxcurv.cg import cg as cg
+from jaxcurv.cg import cg_status_message as cg_status_message
 from jaxcurv.derivatives import Description as Description
 from jaxcurv.derivatives import derivative as derivative
 from jaxcurv.derivatives import derivative_table as derivative_table
@@ -61,6 +62,7 @@ __all__ = [
     "TraceEstimate",
     "backprop",
     "cg",
+    "cg_status_message",
     "check_determinism",
     "classify_critical_point",
     "derivative",

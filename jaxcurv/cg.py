@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcurv.products import as_matvec
+from jaxcurv.products import CurvatureOperator, as_matvec
 from jaxcurv.tree import (
     tree_all_finite,
     tree_axpy,
@@ -62,8 +62,21 @@ _STOP_RULES = ("residual", "martens")
 _RUNNING = -1
 
 
+class _Message:
+    """``CGStatus.X.message`` is X's text; ``CGStatus.message(code)`` looks a code up."""
+
+    def __get__(self, member, owner=None):
+        if member is None:
+            return cg_status_message
+        return _MESSAGES[member]
+
+
 class CGStatus(enum.IntEnum):
-    """Why :func:`cg` stopped. ``CGStatus(int(info.status)).message`` says what to try."""
+    """Why :func:`cg` stopped.
+
+    ``CGStatus.NONFINITE.message``, ``CGStatus.message(3)`` and ``info.message`` say what
+    happened and what to try.
+    """
 
     CONVERGED = 0
     MAX_STEPS = 1
@@ -71,9 +84,7 @@ class CGStatus(enum.IntEnum):
     NONFINITE = 3
     PROGRESS_STALLED = 4
 
-    @property
-    def message(self) -> str:
-        return _MESSAGES[self]
+    message = _Message()
 
 
 _MESSAGES = {
@@ -174,9 +185,7 @@ def _is_concrete(v: Any) -> bool:
 
 def _check_args(tol, atol, maxiter, stop_rule, martens_eps, size) -> int:
     if stop_rule not in _STOP_RULES:
-        raise ValueError(
-            f"`cg(stop_rule=...)` must be one of {_STOP_RULES}, got {stop_rule!r}."
-        )
+        raise ValueError(f"`cg(stop_rule=...)` must be one of {_STOP_RULES}, got {stop_rule!r}.")
     if maxiter is None:
         maxiter = 10 * max(size, 1)
     if isinstance(maxiter, bool):
@@ -255,9 +264,10 @@ class _State(NamedTuple):
     p: PyTree  # search direction
     rz: jax.Array  # r^T M r
     rr: jax.Array  # r^T r
+    pmp: jax.Array  # p^T M^{-1} p (p^T p without a preconditioner)
     status: jax.Array  # int32, _RUNNING while iterating
     curvature: jax.Array
-    max_rayleigh: jax.Array  # largest p^T A p / p^T p seen: a running lower bound on ||A||
+    max_rayleigh: jax.Array  # largest p^T A p / p^T M^{-1} p seen
     phi: jax.Array  # quadratic model at x
     phi_hist: jax.Array | None  # ring buffer of past phi (martens rule only)
     rec: PyTree | None  # recorded iterates (record_iterates only)
@@ -283,17 +293,22 @@ def cg(
     over the Krylov space. Stops at the first of: :math:`\|r\| \le \max(\mathrm{tol}\,
     \|b\|, \mathrm{atol})` (``CONVERGED``, as in ``jax.scipy.sparse.linalg.cg``), a direction
     with :math:`p^\top (A + \lambda I) p \le 0` (``NEGATIVE_CURVATURE``; also when it is
-    below ``eps * ||p||^2`` times the largest curvature seen, i.e. numerically zero), a
-    non-finite value (``NONFINITE``), Martens' progress rule (``PROGRESS_STALLED``, with
-    ``stop_rule="martens"``), or ``maxiter`` steps (``MAX_STEPS``).
+    numerically zero: below machine epsilon times :math:`p^\top M^{-1} p` times the largest
+    Rayleigh quotient seen), a non-finite value (``NONFINITE``), Martens' progress rule
+    (``PROGRESS_STALLED``, with ``stop_rule="martens"``), or ``maxiter`` steps
+    (``MAX_STEPS``). Each step costs one product with ``A`` (plus one with ``M``);
+    ``info.residual_norm`` and ``info.quadratic_value`` come from the CG recurrences, so
+    they cost no extra product and agree with the directly computed values to rounding.
 
     At a negative-curvature exit the returned ``x`` is the last iterate before the bad
     direction; if that happens at the very first step (so there is no CG iterate yet) it is
     ``x0 + p0`` with ``p0 = M r0`` (``M b`` when ``x0`` is None): the steepest-descent
-    direction of :math:`\phi`, along which :math:`\phi` decreases without bound — the
-    truncated-Newton convention (Nocedal & Wright, Alg. 7.1), so a caller always gets a
-    descent direction. At a ``NONFINITE`` exit ``x`` is the last finite iterate (zeros if
-    ``x0`` itself is not finite); nothing non-finite is returned in ``x``.
+    direction of :math:`\phi` (preconditioned), along which :math:`\phi` decreases without
+    bound: the truncated-Newton convention (Nocedal & Wright, Alg. 7.1), so a caller always
+    gets a descent direction. With a singular positive semi-definite ``A`` and ``b`` outside
+    its range, :math:`\phi` is unbounded below too, and the exit is the same. At a
+    ``NONFINITE`` exit ``x`` is the last finite iterate (zeros if ``x0`` itself is not
+    finite); nothing non-finite is returned in ``x``.
 
     Unlike ``jax.scipy.sparse.linalg.cg``: ``info`` is never None; non-positive curvature
     and non-finite values stop the loop instead of producing NaN; ``damping``,
@@ -348,8 +363,10 @@ def cg(
     References:
       Hestenes & Stiefel 1952, "Methods of conjugate gradients for solving linear
       systems". Steihaug 1983, "The conjugate gradient method and trust regions in large
-      scale optimization"; Nocedal & Wright 2006, *Numerical Optimization*, Alg. 5.3 and
-      7.1 (truncated Newton). Martens 2010, "Deep learning via Hessian-free optimization".
+      scale optimization"; Nocedal & Wright 2006, *Numerical Optimization*, Alg. 5.3
+      (preconditioned CG), 7.1 (line-search Newton-CG) and 7.2 (CG-Steihaug). Martens
+      2010, "Deep learning via Hessian-free optimization", §4.4 (termination), §4.6
+      (CG backtracking).
     """
     if isinstance(A, (jax.Array, np.ndarray)) and A.ndim == 2:
         if not isinstance(b, (jax.Array, np.ndarray)) or jnp.shape(b) != A.shape[:1]:
@@ -358,7 +375,8 @@ def cg(
                 f"{A.shape}, got {jax.tree.map(jnp.shape, b)}. For pytree right-hand sides "
                 "pass `A` as a callable `v -> A v` or a jaxcurv operator."
             )
-    matvec, domain = as_matvec(A, example=b)
+    # An operator's own domain (op.x) fixes the dtypes its products run in.
+    matvec, domain = as_matvec(A, example=None if isinstance(A, CurvatureOperator) else b)
     tree_check_like("b", b, domain, "A's domain")
     _check_floating(b)
     maxiter = _check_args(tol, atol, maxiter, stop_rule, martens_eps, tree_size(b))
@@ -373,7 +391,7 @@ def cg(
     use_damping = not (_is_concrete(damping) and np.all(np.asarray(damping) == 0))
 
     def apply_a(v):
-        av = matvec(v)
+        av = matvec(_like(v, domain))
         tree_check_like("A(v)", av, b, "b")
         av = _like(av, b)
         return tree_axpy(lam, v, av) if use_damping else av
@@ -407,7 +425,7 @@ def cg(
         ~finite0, CGStatus.NONFINITE, jnp.where(rr <= thresh2, CGStatus.CONVERGED, _RUNNING)
     ).astype(jnp.int32)
 
-    # phi(x0) = -x0^T (r0 + b) / 2, exact since r0 comes from a real product.
+    # phi(x0) = -x0^T (r0 + b) / 2 with r0 = b - A x0 from a real product.
     if x0 is None:
         phi0 = jnp.zeros((), real)
     else:
@@ -431,6 +449,7 @@ def cg(
         p=z,
         rz=rz,
         rr=rr,
+        pmp=rz,
         status=status0,
         curvature=jnp.zeros((), real),
         max_rayleigh=jnp.zeros((), real),
@@ -445,44 +464,43 @@ def cg(
     def body_fun(s: _State) -> _State:
         ap = apply_a(s.p)
         pap = _vdot_real(s.p, ap)
-        pp = _vdot_real(s.p, s.p)
         first = s.i == 0
-        # Numerically zero curvature counts as non-positive: relative to the largest
-        # Rayleigh quotient seen so far (a lower bound on ||A||), as a singular PSD matrix
-        # otherwise yields a huge step along its null space instead of stopping.
-        max_rayleigh = jnp.maximum(s.max_rayleigh, pap / jnp.where(pp > 0, pp, 1))
-        neg = pap <= tiny * pp * max_rayleigh
+        # Numerically zero curvature counts as non-positive: below eps times the largest
+        # Rayleigh quotient seen so far (a lower bound on ||M^{1/2} A M^{1/2}||), the sign
+        # of p^T A p is rounding noise, and a singular PSD matrix would otherwise take a
+        # huge step along its null space instead of stopping.
+        max_rayleigh = jnp.maximum(s.max_rayleigh, pap / s.pmp)
+        neg = pap <= tiny * s.pmp * max_rayleigh
         alpha = s.rz / jnp.where(neg, 1, pap)
         # At a first-step negative-curvature exit take x0 + p0 (a descent direction).
         step = jnp.where(neg, jnp.where(first, 1, 0), alpha)
-        x_new = tree_axpy(step, s.p, s.x)
+        # Scale by a zero step rather than select whole trees: p is finite whenever the
+        # loop runs (every quantity below is checked), so x + 0 * p == x exactly.
         r_new = tree_axpy(-step, ap, s.r)
         z_new = apply_m(r_new)
         rr_new = _vdot_real(r_new, r_new)
         rz_new = rr_new if precond is None else _vdot_real(r_new, z_new)
+        beta = rz_new / s.rz
         good = (
             jnp.isfinite(pap)
-            & jnp.isfinite(pp)
             & jnp.isfinite(step)
             & jnp.isfinite(rr_new)
             & jnp.isfinite(rz_new)
+            & jnp.isfinite(beta)
         )
         moved = good & (~neg | first)
+        step_x = jnp.where(moved, step, 0)
+        x_new = tree_axpy(step_x, s.p, s.x)
         i_new = s.i + moved.astype(jnp.int32)
-
-        # phi(x + t p) = phi(x) + t (x^T A p - b^T p) + t^2 p^T A p / 2 uses only the
-        # product A p, so unlike -x^T (r + b) / 2 it does not inherit the drift of the
-        # recurrence residual on ill-conditioned problems.
-        slope = _vdot_real(s.x, ap) - _vdot_real(b, s.p)
-        phi_new = jnp.where(moved, s.phi + step * (slope + 0.5 * step * pap), s.phi)
+        # phi(x + t p) = phi(x) - t r^T p + t^2 p^T A p / 2, and r^T p = r^T z in CG: the
+        # model value comes free of products (as accurate as -x^T (r + b) / 2 would be).
+        phi_new = jnp.where(moved, s.phi + step * (0.5 * step * pap - s.rz), s.phi)
         hist, stalled = s.phi_hist, jnp.asarray(False)
         if martens:
             k = jnp.maximum(10, (i_new + 9) // 10)
             phi_old = s.phi_hist[(i_new - k) % hist_len]
-            stalled = (
-                (i_new > k) & (phi_new < 0) & ((phi_new - phi_old) / phi_new < k * eps_m)
-            )
-            hist = jnp.where(moved, s.phi_hist.at[i_new % hist_len].set(phi_new), s.phi_hist)
+            stalled = (i_new > k) & (phi_new < 0) & ((phi_new - phi_old) / phi_new < k * eps_m)
+            hist = s.phi_hist.at[i_new % hist_len].set(phi_new)  # unmoved: rewrites phi_i
 
         status = jnp.where(
             ~good,
@@ -514,15 +532,16 @@ def cg(
                 x_new,
             )
 
-        beta = rz_new / s.rz
         p_new = tree_axpy(beta, s.p, z_new)
         return _State(
             i=i_new,
-            x=tree_where(moved, x_new, s.x),
-            r=tree_where(moved, r_new, s.r),
+            x=x_new,
+            r=r_new,
             p=p_new,
             rz=rz_new,
             rr=jnp.where(moved, rr_new, s.rr),
+            # p^T M^{-1} p by recurrence (r_{i+1} is orthogonal to p_i): no extra product.
+            pmp=rz_new + beta**2 * s.pmp,
             status=status,
             curvature=pap,
             max_rayleigh=max_rayleigh,
@@ -535,9 +554,7 @@ def cg(
 
     iterates = iterate_steps = None
     if record_iterates:
-        iterates = jax.tree.map(
-            lambda buf, leaf: buf.at[n_rec - 1].set(leaf), s.rec, s.x
-        )
+        iterates = jax.tree.map(lambda buf, leaf: buf.at[n_rec - 1].set(leaf), s.rec, s.x)
         iterate_steps = jnp.concatenate(
             [jnp.where(jnp.asarray(rec_steps) <= s.i, rec_steps, -1), s.i[None]]
         ).astype(jnp.int32)

@@ -61,19 +61,24 @@ def _bezier_basis(num_control_points: int, num_samples: int) -> np.ndarray:
 
 
 _CHUNK = 2048
+_FINE = 1024
+_PER_PIXEL = 3.0  # samples per pixel of arc length
 
 
 def _render(control: np.ndarray, size: int, width: float) -> np.ndarray:
     """Rasterize the Bezier curves ``control`` ``(n, k, 2)`` to ``(n, size * size)`` float32."""
     n, k, _ = control.shape
-    # Samples evenly spaced in arc length, half a pixel apart, so the stroke has no gaps and
-    # its edge is off by ~1e-2 at most. Each curve gets as many as its length needs (a
-    # ragged list tagged with the image index), not as many as the longest curve needs.
-    fine = np.einsum("tk,nkd->ntd", _bezier_basis(k, 257), control)
-    seg = np.linalg.norm(np.diff(fine, axis=1), axis=-1)  # (n, 256)
+    # Samples evenly spaced in arc length, a third of a pixel apart: no gaps in the stroke,
+    # and its anti-aliased edge within ~0.03 of the exact coverage (see the tests).
+    # Each curve gets as many as its length needs (a ragged list tagged with the image
+    # index), not as many as the longest curve needs. Arc length is measured on a fine
+    # polyline in t whose 1024 chords cut the tightest turns by far less than a pixel.
+    nf = _FINE
+    fine = np.einsum("tk,nkd->ntd", _bezier_basis(k, nf + 1), control)
+    seg = np.linalg.norm(np.diff(fine, axis=1), axis=-1)  # (n, nf)
     cum = np.concatenate([np.zeros((n, 1)), np.cumsum(seg, axis=1)], axis=1)
     length = cum[:, -1]
-    counts = np.ceil(2.0 * length).astype(np.int64) + 1
+    counts = np.ceil(_PER_PIXEL * length).astype(np.int64) + 1
     image = np.repeat(np.arange(n), counts)
     first = np.cumsum(counts) - counts
     rank = np.arange(image.size) - first[image]
@@ -82,14 +87,20 @@ def _render(control: np.ndarray, size: int, width: float) -> np.ndarray:
     # searchsorted locate every sample on its own curve's polyline.
     shift = np.cumsum(length + 1.0) - (length + 1.0)
     where = np.searchsorted((cum + shift[:, None]).ravel(), arc + shift[image], side="right") - 1
-    where = np.clip(where, image * 257, image * 257 + 255)
-    j = where - image * 257
+    where = np.clip(where, image * (nf + 1), image * (nf + 1) + nf - 1)
+    j = where - image * (nf + 1)
     frac = (arc - cum[image, j]) / np.maximum(seg[image, j], 1e-12)
     flat_fine = fine.reshape(-1, 2)
     points = flat_fine[where] + np.clip(frac, 0.0, 1.0)[:, None] * (
         flat_fine[where + 1] - flat_fine[where]
     )
-    points = points.astype(np.float32)  # (total samples, 2)
+    # Where a curve doubles back on itself (a hairpin), the tip lies between two arc-length
+    # samples and the stroke would end short of it by up to half their spacing. The curve
+    # moves slowest exactly there, so samples evenly spaced in t land on the tip: adding 33
+    # of them gives the tip its full coverage.
+    by_t = fine[:, :: nf // 32]
+    points = np.concatenate([points, by_t.reshape(-1, 2)]).astype(np.float32)
+    image = np.concatenate([image, np.repeat(np.arange(n), by_t.shape[1])])
 
     # Splat each sample onto the pixels its stroke disc can reach and keep, per pixel, the
     # largest coverage: the coverage ramp is monotone in distance, so the max over samples

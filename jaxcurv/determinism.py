@@ -238,10 +238,14 @@ def check_determinism(
     def compute(p, v, a, kw):
         return _quantities(value_fn, p, v, a, kw, with_ggn)
 
-    compiled = jax.jit(compute)
+    def fresh_jit():
+        # jit caches on the function object: a new closure forces a new trace.
+        return jax.jit(lambda p, v, a, kw: compute(p, v, a, kw))
+
+    compiled = fresh_jit()
     runs = []
     for _ in range(num_repeats):
-        fn = jax.jit(compute) if retrace else compiled
+        fn = fresh_jit() if retrace else compiled
         runs.append(jax.block_until_ready(fn(params, v, args, extra_args)))
 
     names = tuple(q for q in ("loss", "gradient", "hvp", "ggn_vp") if q in runs[0])

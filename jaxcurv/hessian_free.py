@@ -270,11 +270,25 @@ class HessianFreeState(NamedTuple):
     alpha: jax.Array  # float (), line-search step of the last update (0 if rejected).
     cg_steps: jax.Array  # int32 (), CG iterations of the last update.
     cg_status: jax.Array  # int32 (), CGStatus of the last CG solve.
-    cg_backtrack_step: jax.Array  # int32 (), CG step whose iterate was taken (-1: none).
+    cg_backtrack_step: jax.Array  # int32 (), CG step whose iterate was taken.
     fn_evals: jax.Array  # int32 (), value_fn evaluations made by the last update.
     rejected: jax.Array  # bool (), the last update left params unchanged.
     num_rejected: jax.Array  # int32 (), rejected updates so far.
     num_nonfinite: jax.Array  # int32 (), updates that met a non-finite loss/gradient/direction.
+
+
+_BACK, _SEARCH, _DONE = 0, 1, 2
+
+
+class _Search(NamedTuple):
+    phase: jax.Array  # int32: _BACK, _SEARCH or _DONE
+    candidate: jax.Array  # int32: slot of the recorded CG iterate to try next (phase _BACK)
+    best: jax.Array  # int32: slot of the best iterate so far
+    f_best: jax.Array  # loss at params + iterate[best]
+    alpha: jax.Array  # step to try next (phase _SEARCH), else the step taken
+    f_alpha: jax.Array  # loss at params + alpha * iterate[best]
+    tries: jax.Array  # int32: line-search shrinks so far
+    evals: jax.Array  # int32: loss evaluations so far
 
 
 def _scalar_dtype(params: PyTree) -> jnp.dtype:
@@ -503,7 +517,9 @@ def hessian_free(
         return HessianFreeState(
             count=i32(0),
             damping=f(damping),
-            cg_init=tree_zeros_like(params),
+            # Strongly typed even for weakly typed params, so the state's types never
+            # change across updates (a change would retrace a jitted step).
+            cg_init=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params),
             rho=f(jnp.nan),
             loss=f(jnp.nan),
             new_loss=f(jnp.nan),
@@ -552,7 +568,15 @@ def hessian_free(
         tree_check_like("updates", updates, params, "params")
         if grad is not None:
             tree_check_like("grad", grad, params, "params")
+        try:
+            hash(value_fn)
+        except TypeError:
+            run = update_impl
+        else:
+            run = update_jit
+        return run(updates, state, params, value_fn, value, grad, extra_args)
 
+    def update_impl(updates, state, params, value_fn, value, grad, extra_args):
         dtype = state.damping.dtype
         as_f = lambda v: jnp.asarray(v, dtype)
         i32 = lambda v: jnp.asarray(v, jnp.int32)
@@ -632,74 +656,103 @@ def hessian_free(
             martens_eps=martens_eps,
         )
 
+        start_finite = jnp.isfinite(f0) & tree_all_finite(g)
+
+        # One loop evaluates every trial point (a single copy of the forward pass in the
+        # compiled program). Phase _BACK walks back over the recorded CG iterates while the
+        # loss keeps falling (Martens §4.6); phase _SEARCH is Armijo backtracking on the
+        # chosen iterate (Nocedal & Wright, Alg. 3.1).
         if cg_backtracking:
             # Slots hold the iterates at steps ceil(5 * 1.3^j) (-1: not reached), then the
-            # final one in the last slot; walk back over the filled slots (Martens §4.6).
+            # final one in the last slot.
             steps = info.iterate_steps
             slots = jnp.arange(steps.shape[0])
             last = steps.shape[0] - 1
-            take = lambda j: jax.tree.map(lambda a: a[j], info.iterates)
-
-            def previous(j):
-                return jnp.max(jnp.where((slots < j) & (steps >= 0), slots, -1))
-
-            def back_cond(c):
-                j, _, done, _ = c
-                return (~done) & (previous(j) >= 0)
-
-            def back_body(c):
-                j, fj, _, ev = c
-                k = previous(j)
-                fk = loss_at(shifted(take(k)))
-                better = fk < fj
-                return jnp.where(better, k, j), jnp.where(better, fk, fj), ~better, ev + 1
-
-            f_last = loss_at(shifted(take(last)))
-            j, f_p, _, back_evals = jax.lax.while_loop(
-                back_cond, back_body, (jnp.asarray(last), f_last, jnp.asarray(False), i32(1))
-            )
-            p = take(j)
-            back_step = steps[j].astype(jnp.int32)
-            evals = evals + back_evals
+            direction = lambda j: jax.tree.map(lambda a: a[j], info.iterates)
+            previous = lambda j: jnp.max(jnp.where((slots < j) & (steps >= 0), slots, -1))
         else:
-            p = x
-            f_p = loss_at(shifted(x))
-            back_step = i32(-1)
-            evals = evals + 1
+            last = 0
+            direction = lambda j: x
+            previous = lambda j: jnp.asarray(-1)
+        searching = line_search and line_search_max_steps > 0
 
-        f0_finite = jnp.isfinite(f0)
-        direction_finite = tree_all_finite(p) & tree_all_finite(g)
-        nonfinite = ~(f0_finite & direction_finite)
+        def slope_at(j):
+            return jnp.minimum(as_f(tree_vdot(slope_grad, direction(j))), 0.0)
+
+        def sufficient(a, fa, slope):
+            return (fa < f0) & (fa <= f0 + line_search_c * a * slope)
+
+        def search_cond(c):
+            return c.phase != _DONE
+
+        def search_body(c):
+            back = c.phase == _BACK
+            j = jnp.where(back, c.candidate, c.best)
+            a = jnp.where(back, 1.0, c.alpha).astype(dtype)
+            f = loss_at(shifted(tree_scale(direction(j), a)))
+            # Walking back.
+            improved = back & (f < c.f_best)
+            best = jnp.where(improved, c.candidate, c.best)
+            f_best = jnp.where(improved, f, c.f_best)
+            walk_on = improved & (previous(c.candidate) >= 0)
+            slope = slope_at(best)
+            full_ok = sufficient(1.0, f_best, slope)
+            # Line search.
+            ok = sufficient(a, f, slope)
+            tries = c.tries + (~back).astype(jnp.int32)
+            shrink_on = ~back & ~ok & (tries < line_search_max_steps)
+            leave_back_to_search = back & ~walk_on & ~full_ok & searching
+            phase = jnp.where(
+                walk_on,
+                _BACK,
+                jnp.where(leave_back_to_search | shrink_on, _SEARCH, _DONE),
+            )
+            alpha = jnp.where(
+                back,
+                jnp.where(leave_back_to_search, line_search_factor, 1.0),
+                jnp.where(shrink_on, a * line_search_factor, a),
+            ).astype(dtype)
+            f_alpha = jnp.where(back, f_best, f)
+            return _Search(
+                phase=phase.astype(jnp.int32),
+                candidate=previous(c.candidate).astype(jnp.int32),
+                best=best.astype(jnp.int32),
+                f_best=f_best,
+                alpha=alpha,
+                f_alpha=f_alpha,
+                tries=tries,
+                evals=c.evals + 1,
+            )
+
+        found = jax.lax.while_loop(
+            search_cond,
+            search_body,
+            _Search(
+                phase=jnp.where(start_finite, _BACK, _DONE).astype(jnp.int32),
+                candidate=i32(last),
+                best=i32(last),
+                f_best=as_f(jnp.inf),
+                alpha=as_f(1.0),
+                f_alpha=as_f(jnp.inf),
+                tries=i32(0),
+                evals=i32(0),
+            ),
+        )
+        p = direction(found.best)
+        f_p, alpha, f_new = found.f_best, found.alpha, found.f_alpha
+        evals = evals + found.evals
+        back_step = info.iterate_steps[found.best] if cg_backtracking else info.num_steps
+        nonfinite = ~(start_finite & tree_all_finite(p))
 
         # Reduction ratio against the undamped model (Martens §4.1; Nocedal & Wright §4.1).
         predicted = as_f(tree_vdot(g, p)) + 0.5 * as_f(tree_vdot(p, op(p)))
         rho = jnp.where(predicted < 0, (f_p - f0) / predicted, jnp.nan)
 
-        slope = jnp.minimum(as_f(tree_vdot(slope_grad, p)), 0.0)
-
-        def sufficient(a, fa):
-            return (fa < f0) & (fa <= f0 + line_search_c * a * slope)
-
-        alpha, f_new = as_f(1.0), f_p
-        if line_search and line_search_max_steps > 0:
-
-            def ls_cond(c):
-                a, fa, k, _ = c
-                return ~sufficient(a, fa) & (k < line_search_max_steps) & ~nonfinite
-
-            def ls_body(c):
-                a, _, k, ev = c
-                a = a * line_search_factor
-                return a, loss_at(shifted(tree_scale(p, a))), k + 1, ev + 1
-
-            alpha, f_new, _, ls_evals = jax.lax.while_loop(
-                ls_cond, ls_body, (alpha, f_new, i32(0), i32(0))
-            )
-            evals = evals + ls_evals
-
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         step = tree_scale(p, as_f(lr) * alpha)
-        accepted = sufficient(alpha, f_new) & ~nonfinite & tree_all_finite(step)
+        accepted = (
+            sufficient(alpha, f_new, slope_at(found.best)) & ~nonfinite & tree_all_finite(step)
+        )
         new_updates = tree_where(accepted, step, tree_zeros_like(step))
         new_updates = jax.tree.map(lambda u, t: u.astype(t.dtype), new_updates, params)
 
@@ -726,7 +779,7 @@ def hessian_free(
             alpha=jnp.where(accepted, alpha, 0.0).astype(dtype),
             cg_steps=jnp.asarray(info.num_steps, jnp.int32),
             cg_status=jnp.asarray(info.status, jnp.int32),
-            cg_backtrack_step=back_step,
+            cg_backtrack_step=jnp.asarray(back_step, jnp.int32),
             fn_evals=evals,
             rejected=~accepted,
             num_rejected=state.num_rejected + (~accepted).astype(jnp.int32),
@@ -734,4 +787,7 @@ def hessian_free(
         )
         return new_updates, new_state
 
+    # Jitted here too, so that an un-jitted training loop compiles once per `value_fn` rather
+    # than re-tracing every loop; inside the user's jit this is inlined.
+    update_jit = jax.jit(update_impl, static_argnums=3)
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

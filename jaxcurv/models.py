@@ -19,6 +19,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -211,19 +212,35 @@ def init_mlp(
         raise ValueError(
             f"`init_mlp(num_nonzero=...)` must be a positive integer, got {num_nonzero!r}."
         )
-    params = []
-    keys = jax.random.split(key, len(sizes) - 1)
-    for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:], strict=True):
-        kw, kmask = jax.random.split(k)
+    return _init_mlp(key, sizes, init, num_nonzero, jnp.dtype(dtype))
+
+
+# Jitted as a whole, with one normal and one uniform draw for the whole network sliced
+# into layers: compiling the random-bit generator once instead of once per layer shape
+# makes this several times cheaper to compile, which dominates its cost.
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
+def _init_mlp(key, sizes, init, num_nonzero, dtype) -> Params:
+    counts = [fan_in * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True)]
+    k_normal, k_uniform = jax.random.split(key)
+    normal = jax.random.normal(k_normal, (sum(counts),), dtype)
+    uniform = jax.random.uniform(k_uniform, (sum(counts),), dtype)
+    params, start = [], 0
+    for count, fan_in, fan_out in zip(counts, sizes[:-1], sizes[1:], strict=True):
+        # Drawn as (fan_out, fan_in): one row per unit, its incoming weights.
+        z = normal[start : start + count].reshape(fan_out, fan_in)
+        u = uniform[start : start + count].reshape(fan_out, fan_in)
+        start += count
         if init == "sparse":
-            w = jax.random.normal(kw, (fan_in, fan_out), dtype)
-            # The ranks of iid uniforms down a column are a uniform random permutation, so
-            # keeping ranks < num_nonzero picks that many distinct inputs per unit.
-            ranks = jnp.argsort(jnp.argsort(jax.random.uniform(kmask, (fan_in, fan_out)), 0), 0)
-            w = jnp.where(ranks < num_nonzero, w, jnp.zeros((), dtype))
+            if fan_in > num_nonzero:
+                # The top-k positions of iid uniforms are a uniformly random k-subset.
+                _, idx = jax.lax.top_k(u, num_nonzero)
+                rows = jnp.arange(fan_out)[:, None]
+                mask = jnp.zeros((fan_out, fan_in), bool).at[rows, idx].set(True)
+                z = jnp.where(mask, z, jnp.zeros((), dtype))
+            w = z.T
         else:
             limit = (6.0 / (fan_in + fan_out)) ** 0.5
-            w = jax.random.uniform(kw, (fan_in, fan_out), dtype, -limit, limit)
+            w = ((2.0 * u - 1.0) * limit).astype(dtype).T
         params.append({"w": w, "b": jnp.zeros((fan_out,), dtype)})
     return params
 
@@ -248,7 +265,10 @@ def mlp_apply(
         )
     x = jnp.asarray(inputs)
     for layer, act in zip(params, activations, strict=True):
-        x = ACTIVATIONS[act](x @ layer["w"] + layer["b"])
+        h = x @ layer["w"]
+        # Explicit broadcast of the bias over the batch axes (no implicit rank promotion).
+        b = jnp.reshape(layer["b"], (1,) * (h.ndim - 1) + layer["b"].shape)
+        x = ACTIVATIONS[act](h + b)
     return x
 
 

@@ -429,16 +429,20 @@ def ggn_operator(model_fn: Callable, loss_fn: Callable, params: PyTree) -> Gauss
 # ------------------------------------------------------------------------- as_matvec
 
 
-def as_matvec(A: Any, example: PyTree | None = None) -> tuple[Callable, PyTree]:
+def as_matvec(
+    A: Any, example: PyTree | None = None, *, example_name: str = "example"
+) -> tuple[Callable, PyTree]:
     """Normalise ``A`` to ``(matvec, example)`` for the Krylov and spectral routines.
 
     Args:
       A: a ``CurvatureOperator`` (knows its domain), a dense square 2-D array (acts on 1-D
         vectors), or a callable ``v -> A v`` on pytrees (then ``example`` is required).
       example: a pytree with the structure, shapes and dtypes of the domain.
+      example_name: what the caller calls ``example`` (e.g. ``"b"`` in ``cg``), for errors.
 
     Returns:
-      ``(matvec, example)`` where ``example`` is a pytree of the domain's shape.
+      ``(matvec, example)`` where ``example`` is a pytree of the domain's shape. For an
+      operator it is always ``A.x``, so the operator's own dtypes are kept.
 
     Raises:
       ValueError: a non-square matrix, a callable without ``example``, an ``example`` that
@@ -447,8 +451,8 @@ def as_matvec(A: Any, example: PyTree | None = None) -> tuple[Callable, PyTree]:
     """
     if isinstance(A, CurvatureOperator):
         if example is not None:
-            tree_check_like("example", example, A.x, "A.x")
-        return A.mv, A.x if example is None else example
+            tree_check_like(example_name, example, A.x, "A.x")
+        return A.mv, A.x
     if isinstance(A, (jax.Array, np.ndarray)):
         if A.ndim != 2 or A.shape[0] != A.shape[1]:
             raise ValueError(
@@ -463,8 +467,8 @@ def as_matvec(A: Any, example: PyTree | None = None) -> tuple[Callable, PyTree]:
             example = jnp.zeros((n,), mat.dtype)
         elif jnp.shape(example) != (n,):
             raise ValueError(
-                f"`example` must be a vector of shape ({n},) for a {n} x {n} matrix `A`, got "
-                f"{jax.tree.map(jnp.shape, example)}."
+                f"`{example_name}` must be a vector of shape ({n},) for a {n} x {n} matrix "
+                f"`A`, got {jax.tree.map(jnp.shape, example)}."
             )
         return (lambda v: mat @ v), example
     if callable(A):

@@ -62,8 +62,7 @@ def data_parallel_mesh(axis_name: str = "batch", devices: Sequence[Any] | None =
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError(
-            "`data_parallel_mesh(devices=...)` got no devices. Pass None to use "
-            "`jax.devices()`."
+            "`data_parallel_mesh(devices=...)` got no devices. Pass None to use `jax.devices()`."
         )
     return Mesh(np.asarray(devices, dtype=object), (axis_name,))
 

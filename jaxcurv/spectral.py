@@ -38,12 +38,11 @@ from jaxcurv.products import CurvatureOperator, as_matvec, hessian_operator
 from jaxcurv.tree import (
     tree_check_like,
     tree_norm,
-    tree_random_normal,
-    tree_random_rademacher,
     tree_scale,
     tree_size,
     tree_sub,
     tree_vdot,
+    tree_where,
     tree_zeros_like,
 )
 
@@ -65,7 +64,6 @@ __all__ = [
 
 _WHICH = ("largest", "smallest", "both")
 _TRACE_METHODS = ("hutchinson", "hutch++")
-_KINDS = ("minimum", "maximum", "saddle", "degenerate", "not critical")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -81,9 +79,11 @@ class EigenResult(NamedTuple):
         carry a leading axis of the same length: ``eigenvectors[j]`` (leafwise) belongs to
         ``eigenvalues[j]``. Unit norm, mutually orthogonal.
       residual_norms: ``||A v_j - lambda_j v_j||`` per eigenpair, the convergence
-        diagnostic. For Lanczos it is the classical bound ``|beta_m s_{m j}|``, which
-        equals the true residual of the Ritz pair (full reorthogonalization keeps it so);
-        for the dense path it is computed from the matrix.
+        diagnostic. For Lanczos it is the classical ``|beta_m s_{m j}|`` (no extra
+        products), which equals the true residual of the Ritz pair up to rounding, about
+        ``eps * ||A||`` (full reorthogonalization keeps it so); for the dense path it is
+        computed from the matrix. An eigenvalue with residual ``r`` is within ``r`` of a
+        true eigenvalue.
       num_matvecs: products with ``A`` spent (``N`` to form a matrix-free operator densely,
         ``0`` for a dense matrix given as ``A``).
     """
@@ -299,9 +299,33 @@ def _orthogonalize(V: PyTree, w: PyTree) -> PyTree:
     ("twice is enough", Giraud et al. 2005); once is not, and the lost orthogonality is
     what creates the ghost eigenvalues of plain Lanczos.
     """
-    for _ in range(2):
-        w = tree_sub(w, _basis_combine(_basis_dot(V, w), V))
-    return w
+    # A two-trip loop rather than two copies: the products compile once (per leaf).
+    return jax.lax.fori_loop(0, 2, lambda _, u: tree_sub(u, _basis_combine(_basis_dot(V, u), V)), w)
+
+
+def _unflatten_like(flat: jax.Array, like: PyTree) -> PyTree:
+    """Split a flat vector into a pytree with ``like``'s structure, shapes and dtypes."""
+    leaves, treedef = jax.tree.flatten(like)
+    out, start = [], 0
+    for leaf in leaves:
+        size = math.prod(jnp.shape(leaf))
+        out.append(flat[start : start + size].reshape(jnp.shape(leaf)).astype(leaf.dtype))
+        start += size
+    return jax.tree.unflatten(treedef, out)
+
+
+def _random_like(key: jax.Array, like: PyTree, kind: str = "normal") -> tuple[PyTree, jax.Array]:
+    """A random pytree like ``like`` and the flat vector it was cut from.
+
+    One draw for the whole tree rather than one per leaf: the random-number generator is
+    the most expensive part of these loops to compile, and one instance compiles once.
+    """
+    n, dtype = tree_size(like), _real_dtype(like)
+    if kind == "normal":
+        flat = jax.random.normal(key, (n,), dtype)
+    else:
+        flat = jax.random.rademacher(key, (n,), dtype)
+    return _unflatten_like(flat, like), flat
 
 
 def _normalize(v: PyTree) -> tuple[PyTree, jax.Array]:
@@ -323,7 +347,7 @@ def _matvec_checked(matvec: Callable, example: PyTree) -> Callable:
 # --------------------------------------------------------------------------- Lanczos
 
 
-def _lanczos(matvec: Callable, v0: PyTree, m: int, key: jax.Array):
+def _lanczos(matvec: Callable, v0: PyTree, m: int, seed: jax.Array):
     """``m`` Lanczos steps with full reorthogonalization from the unit vector ``v0``.
 
     Returns ``(alphas, betas, V)``: the diagonal ``(m,)`` and off-diagonal ``(m,)`` of the
@@ -335,7 +359,11 @@ def _lanczos(matvec: Callable, v0: PyTree, m: int, key: jax.Array):
     invariant subspace, e.g. a spectrum with few distinct eigenvalues) the run restarts
     from a random vector orthogonal to the basis and records ``beta = 0``: ``T`` becomes
     block diagonal and its eigenvalues stay genuine eigenvalues of ``A`` -- repeated ones
-    appear with their true multiplicity instead of being lost or duplicated.
+    appear with their true multiplicity instead of being lost or duplicated. The restart
+    vectors are cyclic shifts of the flat random vector ``seed`` (shift ``i + 1`` at step
+    ``i``): the shifts of a random vector are linearly independent almost surely (a random
+    circulant matrix is invertible), and shifting avoids compiling a random-number
+    generator into the loop body.
     """
     dtype = _real_dtype(v0)
     eps = jnp.finfo(dtype).eps
@@ -351,20 +379,25 @@ def _lanczos(matvec: Callable, v0: PyTree, m: int, key: jax.Array):
         w = matvec(v)
         anorm = jnp.maximum(anorm, tree_norm(w).astype(dtype))
         alpha = tree_vdot(v, w).astype(dtype)
-        w = _orthogonalize(V, w)
-        beta = tree_norm(w).astype(dtype)
-        breakdown = beta <= tol_factor * anorm
+        restart = _unflatten_like(jnp.roll(seed, i + 1), v0)
 
-        def restart(_):
-            r = tree_random_normal(jax.random.fold_in(key, i), v0)
-            return _normalize(_orthogonalize(V, r))[0]
+        # Attempt 0 orthogonalizes A v; attempt 1, only after a breakdown, the restart
+        # vector. One loop instead of a `cond` with two copies keeps compile time down.
+        def attempt(state):
+            j, _, beta = state
+            u = _orthogonalize(V, tree_where(j == 0, w, restart))
+            nrm = tree_norm(u).astype(dtype)
+            return j + 1, u, jnp.where(j == 0, nrm, beta)
 
-        def proceed(_):
-            return tree_scale(w, 1.0 / jnp.where(beta > 0, beta, 1.0))
+        def retry(state):
+            j, u, beta = state
+            return (j == 0) | ((j == 1) & (beta <= tol_factor * anorm) & (i + 1 < m))
 
-        v_next = jax.lax.cond(breakdown & (i + 1 < m), restart, proceed, None)
-        # The last beta is kept as computed: it bounds the Ritz residuals.
-        beta = jnp.where(breakdown & (i + 1 < m), jnp.zeros_like(beta), beta)
+        tries, u, beta = jax.lax.while_loop(retry, attempt, (0, w, jnp.zeros((), dtype)))
+        v_next, _ = _normalize(u)
+        # After a restart T decouples there; the last beta is kept as computed: it bounds
+        # the Ritz residuals.
+        beta = jnp.where(tries == 2, jnp.zeros_like(beta), beta)
         V = _basis_set(V, i + 1, v_next)
         return V, alphas.at[i].set(alpha), betas.at[i].set(beta), anorm
 
@@ -390,10 +423,6 @@ def _select(values: jax.Array, k: int, which: str) -> jax.Array:
     return jnp.concatenate([jnp.arange(k), jnp.arange(n - k, n)])
 
 
-def _unravel_rows(unravel: Callable, rows: jax.Array) -> PyTree:
-    return jax.vmap(unravel)(rows)
-
-
 def _dense_matrix(A: Any, matvec: Callable, example: PyTree) -> jax.Array:
     """``A`` as an ``N x N`` matrix over ``ravel_pytree(example)`` order."""
     if isinstance(A, CurvatureOperator):
@@ -411,6 +440,7 @@ def _dense_matrix(A: Any, matvec: Callable, example: PyTree) -> jax.Array:
 
 def _eigenvalues_impl(A, matvec, example, key, *, k, which, m, dense, vectors):
     n = tree_size(example)
+    matvec = _matvec_checked(matvec, example)
     if dense:
         H = _dense_matrix(A, matvec, example)
         H = 0.5 * (H + H.T)
@@ -419,14 +449,13 @@ def _eigenvalues_impl(A, matvec, example, key, *, k, which, m, dense, vectors):
         lam, U = evals[idx], evecs[:, idx]
         res = jnp.linalg.norm(H @ U - U * lam, axis=0)
         _, unravel = ravel_pytree(example)
-        vecs = _unravel_rows(unravel, U.T) if vectors else None
+        vecs = jax.vmap(unravel)(U.T) if vectors else None
         spent = 0 if isinstance(A, jax.Array) else n
         return EigenResult(lam, vecs, res, jnp.asarray(spent))
 
-    matvec = _matvec_checked(matvec, example)
-    k_start, k_restart = jax.random.split(key)
-    v0, _ = _normalize(tree_random_normal(k_start, example))
-    alphas, betas, V = _lanczos(matvec, v0, m, k_restart)
+    r, seed = _random_like(key, example)
+    v0, _ = _normalize(r)
+    alphas, betas, V = _lanczos(matvec, v0, m, seed)
     theta, S = _tridiagonal_eigh(alphas, betas)
     idx = _select(theta, k, which)
     lam, S_sel = theta[idx], S[:, idx]
@@ -493,9 +522,10 @@ def eigenvalues(
       >>> H = jnp.array([[2.0, 3.0], [3.0, 2.0]])
       >>> jaxcurv.eigenvalues(H, 1, which="both").eigenvalues.round(4).tolist()
       [-1.0, 5.0]
-      >>> D = jnp.diag(jnp.arange(1.0, 301.0))  # Lanczos path: N = 300 > dense_threshold
-      >>> jaxcurv.eigenvalues(D, 2).eigenvalues.round(3).tolist()
-      [299.0, 300.0]
+      >>> d = jnp.linspace(0.0, 1.0, 300).at[-2:].set(jnp.array([5.0, 10.0]))
+      >>> r = jaxcurv.eigenvalues(jnp.diag(d), 2)  # Lanczos: N = 300 > dense_threshold
+      >>> r.eigenvalues.round(4).tolist(), bool(r.residual_norms.max() < 1e-4)
+      ([5.0, 10.0], True)
 
     References:
       Lanczos, "An iteration method for the solution of the eigenvalue problem of linear
@@ -550,7 +580,7 @@ def eigenvalues(
 def _power_impl(A, matvec, example, key, *, num_iters, tol):
     matvec = _matvec_checked(matvec, example)
     dtype = _real_dtype(example)
-    v, _ = _normalize(tree_random_normal(key, example))
+    v, _ = _normalize(_random_like(key, example)[0])
 
     def step(v):
         w = matvec(v)
@@ -567,9 +597,7 @@ def _power_impl(A, matvec, example, key, *, num_iters, tol):
         w, lam, res = step(v)
         # A v = 0 (a zero operator) is an exact eigenpair too: stop there.
         done = (res <= tol * jnp.abs(lam)) | (tree_norm(w) == 0)
-        v_next = jax.tree.map(
-            lambda a, b: jnp.where(done, a, b), v, _normalize(w)[0]
-        )
+        v_next = jax.tree.map(lambda a, b: jnp.where(done, a, b), v, _normalize(w)[0])
         return i + 1, v_next, lam, res, done
 
     zero = jnp.zeros((), dtype)
@@ -635,10 +663,6 @@ def power_iteration(
 # ------------------------------------------------------------------------ Hutchinson
 
 
-def _stack(like: PyTree, num: int) -> PyTree:
-    return jax.tree.map(lambda x: jnp.zeros((num, *jnp.shape(x)), x.dtype), like)
-
-
 def _probe_keys(key: jax.Array, num: int) -> jax.Array:
     return jax.random.split(key, num)
 
@@ -681,7 +705,8 @@ def _hutchinson_impl(A, matvec, example, key, *, num_samples, method):
 
     if method == "hutchinson":
         samples = jax.lax.map(
-            lambda kk: quad(tree_random_rademacher(kk, example)), _probe_keys(key, num_samples)
+            lambda kk: quad(_random_like(kk, example, "rademacher")[0]),
+            _probe_keys(key, num_samples),
         )
         est, err = _mean_and_stderr(samples)
         return TraceEstimate(est, err, jnp.asarray(num_samples))
@@ -692,13 +717,13 @@ def _hutchinson_impl(A, matvec, example, key, *, num_samples, method):
     r = num_samples // 3
     g = num_samples - 2 * r
     k_s, k_g = jax.random.split(key)
-    S = jax.vmap(lambda kk: tree_random_rademacher(kk, example))(_probe_keys(k_s, r))
+    S = jax.vmap(lambda kk: _random_like(kk, example, "rademacher")[0])(_probe_keys(k_s, r))
     AS = jax.lax.map(matvec, S)
     Q = _orthonormal_columns(AS, r)
     exact = jnp.sum(jax.lax.map(quad, Q))
 
     def deflated(kk):
-        z = tree_random_rademacher(kk, example)
+        z = _random_like(kk, example, "rademacher")[0]
         z = tree_sub(z, _basis_combine(_basis_dot(Q, z), Q))
         return quad(z)
 
@@ -771,7 +796,7 @@ def _diagonal_impl(A, matvec, example, key, *, num_samples):
     matvec = _matvec_checked(matvec, example)
 
     def body(acc, kk):
-        z = tree_random_rademacher(kk, example)
+        z = _random_like(kk, example, "rademacher")[0]
         return jax.tree.map(lambda a, zl, azl: a + zl * azl, acc, z, matvec(z)), None
 
     total, _ = jax.lax.scan(body, tree_zeros_like(example), _probe_keys(key, num_samples))
@@ -827,9 +852,8 @@ def _slq_impl(A, matvec, example, key, grid, *, num_probes, m, num_grid, sigma):
     dtype = _real_dtype(example)
 
     def probe(kk):
-        k_v, k_r = jax.random.split(kk)
-        v0, _ = _normalize(tree_random_rademacher(k_v, example))
-        alphas, betas, _ = _lanczos(matvec, v0, m, k_r)
+        z, seed = _random_like(kk, example, "rademacher")
+        alphas, betas, _ = _lanczos(matvec, _normalize(z)[0], m, seed)
         theta, S = _tridiagonal_eigh(alphas, betas)
         return theta, S[0] ** 2
 
@@ -923,9 +947,7 @@ def spectral_density(
     if grid is not None:
         grid = jnp.asarray(grid, dtype)
         if grid.ndim != 1:
-            raise ValueError(
-                f"`spectral_density(grid=...)` must be 1-D, got shape {grid.shape}."
-            )
+            raise ValueError(f"`spectral_density(grid=...)` must be 1-D, got shape {grid.shape}.")
     if sigma is not None:
         if not sigma > 0:
             raise ValueError(f"`spectral_density(sigma=...)` must be positive, got {sigma!r}.")
@@ -978,6 +1000,9 @@ def classify_critical_point(
     direction, so gradient descent slows to a crawl along the few directions of negative
     curvature that lead down -- which is why training plateaus, and why the most negative
     eigenvalue is worth measuring.
+
+    This is a diagnostic that returns Python values (``kind`` is a string), so call it
+    outside ``jax.jit``; the eigenvalue computations inside it are compiled.
 
     The gradient counts as zero when :math:`\|\nabla f(x)\| \le` ``grad_tol`` :math:`\cdot
     \max(1, |f(x)|)`; otherwise the point is ``"not critical"`` (the eigenvalues are still
@@ -1032,17 +1057,32 @@ def classify_critical_point(
         if not tol >= 0:
             raise ValueError(f"`classify_critical_point({name}=...)` must be >= 0, got {tol!r}.")
 
+    dense_threshold = _check_int(
+        "classify_critical_point(dense_threshold=...)",
+        dense_threshold,
+        low=0,
+        fix="Use 0 to force Lanczos.",
+    )
+    dense = n <= dense_threshold
+    if not dense:
+        k = _check_int(
+            "classify_critical_point(k=...)",
+            k,
+            low=1,
+            high=n // 2,
+            fix=f"Lanczos takes k eigenvalues from each end of a spectrum of N={n}.",
+        )
+
     value = op.value
     gradient_norm = tree_norm(op.grad)
-    dense = n <= dense_threshold
     if dense:
         evals = jnp.linalg.eigvalsh(_symmetric_dense(op))
-        method = "dense"
+        method, residual_text = "dense", ""
     else:
-        evals = eigenvalues(
-            op, k, which="both", key=key, num_iters=num_iters, dense_threshold=0
-        ).eigenvalues
+        found = eigenvalues(op, k, which="both", key=key, num_iters=num_iters, dense_threshold=0)
+        evals = found.eigenvalues
         method = "lanczos"
+        residual_text = f", largest Ritz residual {_fmt(float(jnp.max(found.residual_norms)))}"
 
     lam = np.asarray(evals, dtype=np.float64)
     g, f = float(gradient_norm), float(value)
@@ -1056,19 +1096,22 @@ def classify_critical_point(
 
     if n_pos and n_neg:
         curvature = "saddle"
-        why = "eigenvalues of both signs: f curves up along some directions and down along others"
+        why = (
+            "eigenvalues of both signs: f curves up along some directions and down along "
+            "others, a saddle"
+        )
     elif n_zero:
         curvature = "degenerate"
         why = (
             "some eigenvalues are zero within tolerance and the rest have one sign: the "
-            "second-order test is inconclusive"
+            "second-order test is inconclusive, a degenerate point"
         )
     elif n_pos:
         curvature = "minimum"
-        why = "all eigenvalues positive: f curves up in every direction"
+        why = "all eigenvalues positive: f curves up in every direction, a local minimum"
     else:
         curvature = "maximum"
-        why = "all eigenvalues negative: f curves down in every direction"
+        why = "all eigenvalues negative: f curves down in every direction, a local maximum"
 
     if not dense:
         # Only the extremes are known: counts are exact only when one sign covers them all.
@@ -1081,8 +1124,8 @@ def classify_critical_point(
 
     grad_text = f"gradient norm {_fmt(g)}"
     eig_text = (
-        f"Hessian eigenvalues in [{_fmt(lam[0])}, {_fmt(lam[-1])}] ({method}, N={n}; zero "
-        f"means |lambda| <= {_fmt(zero_tol)})"
+        f"Hessian eigenvalues in [{_fmt(lam[0])}, {_fmt(lam[-1])}] ({method}, N={n}"
+        f"{residual_text}; zero means |lambda| <= {_fmt(zero_tol)})"
     )
     if critical:
         kind = curvature

@@ -21,6 +21,7 @@ only when used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -37,7 +38,14 @@ import optax
 
 from jaxcurv import data as data_lib
 from jaxcurv import models as models_lib
-from jaxcurv.config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml
+from jaxcurv.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    config_from_dict,
+    config_to_dict,
+    config_to_toml,
+)
 from jaxcurv.hessian_free import ModelAndLoss, hessian_free
 from jaxcurv.products import hessian_operator
 from jaxcurv.spectral import (
@@ -210,6 +218,17 @@ def _strong(tree: PyTree) -> PyTree:
         return jnp.asarray(x, dtype=jnp.result_type(x))
 
     return jax.tree.map(strong, tree)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_parts(model_cfg, optimizer_cfg, data_kind):
+    # One model, optimizer and jitted step per distinct configuration: a second run with
+    # the same settings (a resume, the demo's rerun, a test) reuses the compiled step
+    # instead of compiling it again. The parts are pure functions, so sharing is safe.
+    cfg = Config(model=model_cfg, optimizer=optimizer_cfg, data=DataConfig(kind=data_kind))
+    model = build_model(cfg)
+    opt = build_optimizer(cfg)
+    return model, opt, _make_step(cfg, model, opt), _evaluate(model)
 
 
 def _make_step(cfg: Config, model: models_lib.Model, opt) -> Callable:
@@ -487,11 +506,8 @@ def train(
       CheckpointError: ``resume`` without a checkpoint, or one from another model/optimizer.
     """
     run_dir = prepare_run_dir(run_dir, overwrite=overwrite, resume=resume)
-    model = build_model(cfg)
-    opt = build_optimizer(cfg)
+    model, opt, step_fn, eval_fn = _compiled_parts(cfg.model, cfg.optimizer, cfg.data.kind)
     train_set, test_set = build_data(cfg)
-    step_fn = _make_step(cfg, model, opt)
-    eval_fn = _evaluate(model)
     metrics_path = run_dir / "metrics.jsonl"
     tables = config_to_dict(cfg)
 
@@ -538,52 +554,82 @@ def train(
             config=tables,
         )
 
+    wall0 = time.perf_counter()
+    compile_time = 0.0
+    if start < total:
+        # Compiled ahead of the loop so that the timings in the metrics are optimizer time
+        # only; the compile time is reported apart, in summary.json.
+        t0 = time.perf_counter()
+        step_fn = step_fn.lower(params, state, *get_batch(start)).compile()
+        compile_time = time.perf_counter() - t0
+
     bar = _progress_bar(cfg, start, progress)
     mode = "a" if resume else "w"
-    with open(metrics_path, mode) as log:
-        if start == 0:
-            record = {
-                "step": 0,
-                "time": 0.0,
-                "test_loss": _json_float(eval_fn(params, test_x, test_y)),
-            }
-            log.write(json.dumps(record) + "\n")
-        for step in range(start, total):
-            inputs, targets = get_batch(step)
-            t0 = time.perf_counter()
-            params, state, loss, info = step_fn(params, state, inputs, targets)
-            loss = jax.block_until_ready(loss)
-            elapsed += time.perf_counter() - t0
-            done = step + 1
-            # Which steps get a line depends on the step alone (not on where this call stops),
-            # so an interrupted-and-resumed run logs exactly what a straight run logs.
-            last = done == cfg.run.steps
-            if done % cfg.run.log_every == 0 or done % cfg.run.eval_every == 0 or last:
-                record = {"step": done, "time": elapsed, "loss": _json_float(loss)}
-                for k, v in info.items():
-                    v = np.asarray(v)
-                    record[k] = (
-                        bool(v)
-                        if v.dtype == bool
-                        else (int(v) if np.issubdtype(v.dtype, np.integer) else _json_float(v))
-                    )
-                if done % cfg.run.eval_every == 0 or last:
-                    record["test_loss"] = _json_float(eval_fn(params, test_x, test_y))
+    done = start
+    try:
+        with open(metrics_path, mode) as log:
+            if start == 0:
+                record = {
+                    "step": 0,
+                    "time": 0.0,
+                    "test_loss": _json_float(eval_fn(params, test_x, test_y)),
+                }
                 log.write(json.dumps(record) + "\n")
-                log.flush()
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(_postfix(loss, info), refresh=False)
-            every = cfg.run.checkpoint_every
-            if (every and done % every == 0) or done == total:
+            for step in range(start, total):
+                inputs, targets = get_batch(step)
+                t0 = time.perf_counter()
+                new_params, new_state, loss, info = step_fn(params, state, inputs, targets)
+                loss = jax.block_until_ready(loss)
+                elapsed += time.perf_counter() - t0
+                params, state, done = new_params, new_state, step + 1
+                # Which steps get a line depends on the step alone (not on where this call
+                # stops), so an interrupted-and-resumed run logs what a straight run logs.
+                last = done == cfg.run.steps
+                if done % cfg.run.log_every == 0 or done % cfg.run.eval_every == 0 or last:
+                    record = {"step": done, "time": elapsed, "loss": _json_float(loss)}
+                    record.update({k: _host_scalar(v) for k, v in info.items()})
+                    if done % cfg.run.eval_every == 0 or last:
+                        record["test_loss"] = _json_float(eval_fn(params, test_x, test_y))
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(_postfix(loss, info), refresh=False)
+                every = cfg.run.checkpoint_every
+                if (every and done % every == 0) or done == total:
+                    save(done)
+            if latest_checkpoint(run_dir) is None:
                 save(done)
-        if total <= start and latest_checkpoint(run_dir) is None:
-            save(start)
-    if bar is not None:
-        bar.close()
+    except KeyboardInterrupt:
+        # Keep what was computed: the last completed step is checkpointed for --resume.
+        _truncate_metrics(metrics_path, done)
+        save(done)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
 
     metrics = read_metrics(metrics_path)
-    files = {"config": "config.toml", "metrics": "metrics.jsonl"}
+    files = {"config": "config.toml", "metrics": "metrics.jsonl", "summary": "summary.json"}
+    last_loss = next((r["loss"] for r in reversed(metrics) if r.get("loss") is not None), None)
+    last_test = next(
+        (r["test_loss"] for r in reversed(metrics) if r.get("test_loss") is not None), None
+    )
+    summary = {
+        "model": model.name,
+        "optimizer": cfg.optimizer.name,
+        "num_parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
+        "steps": done,
+        "final_loss": last_loss,
+        "final_test_loss": last_test,
+        "optimizer_time_s": elapsed,
+        "compile_time_s": compile_time,
+        "wall_time_s": time.perf_counter() - wall0,
+        "backend": jax.default_backend(),
+        "device": str(jax.devices()[0].device_kind),
+    }
+    with open(run_dir / "summary.json", "w") as f:
+        json.dump(summary, f, indent=1)
     if plots:
         files.update(plot_training(metrics, run_dir, title=f"{model.name}, {cfg.optimizer.name}"))
     return TrainResult(params, state, metrics, model, run_dir, files)
@@ -606,6 +652,15 @@ def _check_same_run(saved: Mapping, tables: Mapping, path: pathlib.Path) -> None
             f"({'; '.join(changed)}). Resume with the run's own config.toml (you may raise "
             f"run.steps), or start a fresh run in another --out."
         )
+
+
+def _host_scalar(v):
+    v = np.asarray(v)
+    if v.dtype == bool:
+        return bool(v)
+    if np.issubdtype(v.dtype, np.integer):
+        return int(v)
+    return _json_float(v)
 
 
 def _postfix(loss, info) -> dict:

@@ -80,10 +80,13 @@ def test_spd_matches_numpy_and_scipy_float64(cond, use_jit):
     assert float(info.curvature) > 0
 
     steps_sp = []
-    x_sp, code = spla.cg(A, b, rtol=tol, atol=0.0, maxiter=10 * b.size,
-                         callback=lambda xk: steps_sp.append(1))
+    x_sp, code = spla.cg(
+        A, b, rtol=tol, atol=0.0, maxiter=10 * b.size, callback=lambda xk: steps_sp.append(1)
+    )
     assert code == 0
-    np.testing.assert_allclose(np.asarray(x), x_sp, rtol=0, atol=cond * tol * 10 * np.abs(x_np).max())
+    np.testing.assert_allclose(
+        np.asarray(x), x_sp, rtol=0, atol=cond * tol * 10 * np.abs(x_np).max()
+    )
     # Same algorithm, same stopping rule: the step counts agree up to rounding.
     assert abs(int(info.num_steps) - len(steps_sp)) <= max(2, len(steps_sp) // 20)
 
@@ -187,7 +190,9 @@ def test_damping_equals_solving_shifted_system(use_jit):
     shifted = A + lam * np.eye(25)
     np.testing.assert_allclose(np.asarray(x), np.linalg.solve(shifted, b), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(
-        float(info.residual_norm), np.linalg.norm(b - shifted @ np.asarray(x)), rtol=0.05,
+        float(info.residual_norm),
+        np.linalg.norm(b - shifted @ np.asarray(x)),
+        rtol=0.05,
         atol=1e-14,
     )
     np.testing.assert_allclose(float(info.quadratic_value), phi(shifted, b, x), rtol=1e-10)
@@ -281,8 +286,9 @@ def test_martens_stop_matches_rule_on_independent_phi():
     A = random_symmetric(rng, np.logspace(-2, 0, n))
     b = rng.standard_normal(n)
     eps = 5e-4
-    x, info = cg(jnp.asarray(A), jnp.asarray(b), tol=0.0, maxiter=n, stop_rule="martens",
-                 martens_eps=eps)
+    x, info = cg(
+        jnp.asarray(A), jnp.asarray(b), tol=0.0, maxiter=n, stop_rule="martens", martens_eps=eps
+    )
     assert int(info.status) == CGStatus.PROGRESS_STALLED
     steps = int(info.num_steps)
     assert 10 < steps < n
@@ -309,25 +315,24 @@ def test_record_steps_schedule():
 
 @pytest.mark.parametrize("use_jit", [False, True])
 def test_recorded_iterates_match_numpy_cg(use_jit):
-    A, b = spd(60, 1e2, seed=9)
-    maxiter = 60
+    A, b = spd(60, 10, seed=9)
+    maxiter = 40
     x, info = _maybe_jit(
-        lambda A, b: cg(A, b, tol=1e-6, maxiter=maxiter, record_iterates=True), use_jit
+        lambda A, b: cg(A, b, tol=1e-8, maxiter=maxiter, record_iterates=True), use_jit
     )(jnp.asarray(A), jnp.asarray(b))
     rec_steps = cg_record_steps(maxiter)
     assert info.iterates.shape == (len(rec_steps) + 1, 60)
     n_steps = int(info.num_steps)
     steps = np.asarray(info.iterate_steps)
     assert steps.dtype == np.int32
-    np.testing.assert_array_equal(
-        steps, [s if s <= n_steps else -1 for s in rec_steps] + [n_steps]
-    )
-    assert 41 < n_steps < 53  # some slots filled, one empty
+    np.testing.assert_array_equal(steps, [s if s <= n_steps else -1 for s in rec_steps] + [n_steps])
+    assert 25 < n_steps < 32  # some slots filled, one empty
     xs, _ = np_cg(A, b, maxiter=n_steps)
     for slot, s in enumerate(steps):
         if s >= 0:
-            np.testing.assert_allclose(np.asarray(info.iterates[slot]), xs[s], rtol=1e-7,
-                                       atol=1e-10)
+            np.testing.assert_allclose(
+                np.asarray(info.iterates[slot]), xs[s], rtol=1e-10, atol=1e-13
+            )
         else:
             assert not np.any(np.asarray(info.iterates[slot]))
     np.testing.assert_array_equal(np.asarray(info.iterates[-1]), np.asarray(x))
@@ -383,8 +388,9 @@ def test_singular_psd(dtype):
     x, info = cg(jnp.asarray(A, dtype), jnp.asarray(b, dtype), tol=1e-5)
     assert int(info.status) == CGStatus.CONVERGED
     sol = np.linalg.pinv(A) @ b
-    np.testing.assert_allclose(np.asarray(x, np.float64), sol, rtol=0,
-                               atol=1e-3 * np.abs(sol).max())
+    np.testing.assert_allclose(
+        np.asarray(x, np.float64), sol, rtol=0, atol=1e-3 * np.abs(sol).max()
+    )
     # Inconsistent: phi is unbounded below along the null space -> zero curvature exit.
     b_bad = b + rng.standard_normal(n)
     x, info = cg(jnp.asarray(A, dtype), jnp.asarray(b_bad, dtype))
@@ -404,8 +410,9 @@ def test_extreme_scales_float32(scale):
         x, info = cg(A32, jnp.asarray(bs, jnp.float32), tol=1e-5)
         assert int(info.status) == CGStatus.CONVERGED
         assert np.all(np.isfinite(np.asarray(x)))
-        np.testing.assert_allclose(np.asarray(x, np.float64), expected, rtol=0,
-                                   atol=1e-3 * np.abs(expected).max())
+        np.testing.assert_allclose(
+            np.asarray(x, np.float64), expected, rtol=0, atol=1e-3 * np.abs(expected).max()
+        )
 
 
 # ---------------------------------------------------------------- operators from products
@@ -431,6 +438,13 @@ def test_hessian_operator_newton_step():
     assert int(info.status) == CGStatus.CONVERGED
     got = np.concatenate([np.asarray(x["u"]), np.asarray(x["v"])])
     np.testing.assert_allclose(got, np.linalg.solve(H, -g), rtol=1e-8)
+    # A float32 operator with a float64 right-hand side: products run in the operator's
+    # dtype, the iteration in b's.
+    op32 = hessian_operator(f, jax.tree.map(lambda a: a.astype(jnp.float32), p0))
+    x32, info32 = cg(op32, jax.tree.map(jnp.negative, op.grad), tol=1e-5)
+    assert x32["u"].dtype == jnp.float64 and int(info32.status) == CGStatus.CONVERGED
+    got32 = np.concatenate([np.asarray(x32["u"]), np.asarray(x32["v"])])
+    np.testing.assert_allclose(got32, np.linalg.solve(H, -g), rtol=1e-4)
 
 
 def test_ggn_operator_damped_solve_under_jit():
@@ -464,6 +478,7 @@ def test_ggn_operator_damped_solve_under_jit():
 def test_messages_say_what_to_try():
     for status in CGStatus:
         assert cg_status_message(int(status)) == status.message
+        assert CGStatus.message(int(status)) == status.message
         assert cg_status_message(np.int32(status)) == status.message
     assert "maxiter" in CGStatus.MAX_STEPS.message
     assert "damping" in CGStatus.NEGATIVE_CURVATURE.message

@@ -1,0 +1,582 @@
+"""The method every benchmark shares, and the reference MLP they share.
+
+Method (issue 6): a correctness check first (the compared things must compute the same
+numbers), then each candidate's first call timed on its own (trace + compile + one run;
+``compile_s`` is that minus the steady-state median), a few warm-up calls, and ``repeats``
+interleaved rounds in which every candidate runs once, in an order that rotates from round
+to round, so that a slow spell of a shared machine hits all of them alike. Every call ends
+in ``block_until_ready`` (or ``torch.cuda.synchronize``); nothing syncs inside a timed
+loop otherwise. Results keep every sample, the median and the min-max, and the environment
+(machine, backend, device, versions, date, load average, matmul precision).
+
+Ratios are taken against one ``jax.grad`` timed in the same interleaved run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
+
+# --------------------------------------------------------------------------- environment
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _mem_total_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except Exception:  # noqa: BLE001 - a peer that fails to import is simply absent
+        return None
+    return getattr(mod, "__version__", "unknown")
+
+
+def environment() -> dict[str, Any]:
+    """Machine, backend, device, versions, date: everything a number depends on."""
+    dev = jax.devices()[0]
+    env = {
+        "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "arch": platform.machine(),
+            "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else None,
+            "mem_total_gib": _mem_total_gib(),
+            "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        },
+        "backend": jax.default_backend(),
+        "device": {
+            "kind": dev.device_kind,
+            "platform": dev.platform,
+            "count": jax.device_count(),
+        },
+        "jax_config": {
+            "default_matmul_precision": jax.config.jax_default_matmul_precision,
+            "enable_x64": bool(jax.config.jax_enable_x64),
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "jax": jax.__version__,
+            "jaxlib": _version("jaxlib"),
+            "jaxcurv": _version("jaxcurv"),
+            "numpy": np.__version__,
+            "scipy": _version("scipy"),
+            "optax": _version("optax"),
+        },
+    }
+    torch = optional_torch()
+    if torch is not None:
+        env["versions"]["torch"] = torch.__version__
+        env["torch"] = {
+            "num_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+            "allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        }
+    return env
+
+
+def optional_torch():
+    """PyTorch if installed (the ``bench`` extra), else ``None``: peers are optional."""
+    try:
+        import torch
+    except Exception:  # noqa: BLE001
+        return None
+    return torch
+
+
+# -------------------------------------------------------------------------------- timing
+
+
+def sync(out: Any) -> Any:
+    """Wait until ``out`` is computed: JAX arrays (any pytree) and torch tensors."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return jax.block_until_ready(out)
+
+
+@dataclasses.dataclass
+class Timing:
+    """Samples of one candidate, in seconds."""
+
+    name: str
+    first_s: float  # the first call: trace + compile + one run
+    times: list[float]
+    per_call: int = 1  # units of work per call (e.g. CG iterations): times are divided by it
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times) / self.per_call
+
+    @property
+    def min(self) -> float:
+        return min(self.times) / self.per_call
+
+    @property
+    def max(self) -> float:
+        return max(self.times) / self.per_call
+
+    @property
+    def compile_s(self) -> float:
+        """First call minus one steady-state call: tracing and compilation."""
+        return max(self.first_s - statistics.median(self.times), 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "median_s": self.median,
+            "min_s": self.min,
+            "max_s": self.max,
+            "compile_s": self.compile_s,
+            "first_call_s": self.first_s,
+            "repeats": len(self.times),
+            "per_call": self.per_call,
+            "samples_s": [round(t, 7) for t in self.times],
+        }
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = sync(fn())
+    return time.perf_counter() - t0, out
+
+
+def interleaved(
+    candidates: Mapping[str, Callable[[], Any]],
+    *,
+    repeats: int,
+    warmup: int = 2,
+    per_call: Mapping[str, int] | None = None,
+    check: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Timing]:
+    """Time zero-argument callables A/B interleaved; the order rotates every round.
+
+    ``check`` receives ``{name: result of the first call}`` before anything is timed further
+    and should raise (see :func:`check_close`) if the candidates disagree.
+    """
+    if repeats < 1:
+        raise ValueError(f"`interleaved(repeats=...)` must be >= 1, got {repeats}.")
+    names = list(candidates)
+    first, results = {}, {}
+    for name in names:
+        first[name], results[name] = _timed(candidates[name])
+    if check is not None:
+        check(results)
+    del results
+    for _ in range(warmup):
+        for name in names:
+            _timed(candidates[name])
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(_timed(candidates[name])[0])
+    per_call = per_call or {}
+    out = {n: Timing(n, first[n], samples[n], per_call.get(n, 1)) for n in names}
+    if log is not None:
+        for t in out.values():
+            log(
+                f"  {t.name:<44s} median {t.median * 1e3:9.3f} ms  "
+                f"[{t.min * 1e3:.3f}, {t.max * 1e3:.3f}]  compile {t.compile_s:.2f} s"
+            )
+    return out
+
+
+def time_once(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Wall time of one synchronized call, and its result."""
+    return _timed(fn)
+
+
+def ratio_rows(
+    timings: Mapping[str, Timing],
+    baseline: str,
+    floors: Mapping[str, float] | None = None,
+    hlo_flops: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per candidate: timing, ratio to ``baseline`` (median/median and min/min)."""
+    base = timings[baseline]
+    rows = []
+    for name, t in timings.items():
+        row = t.to_dict()
+        row["ratio"] = t.median / base.median
+        row["ratio_min"] = t.min / base.min
+        if floors and name in floors:
+            row["flop_floor"] = floors[name]
+        if hlo_flops and name in hlo_flops and baseline in hlo_flops:
+            row["hlo_flops"] = hlo_flops[name]
+            row["hlo_flop_ratio"] = hlo_flops[name] / hlo_flops[baseline]
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- correctness
+
+
+def _flat64(tree: Any) -> np.ndarray:
+    leaves = [np.asarray(leaf, dtype=np.float64).ravel() for leaf in jax.tree.leaves(tree)]
+    return np.concatenate(leaves) if leaves else np.zeros(0)
+
+
+def rel_err(got: Any, want: Any) -> float:
+    """``||got - want|| / ||want||`` over all leaves, in float64 (torch tensors welcome)."""
+    g, w = _flat64(_to_numpy(got)), _flat64(_to_numpy(want))
+    if g.shape != w.shape:
+        raise ValueError(f"rel_err: {g.shape} vs {w.shape} scalars; the results differ in size.")
+    return float(np.linalg.norm(g - w) / max(np.linalg.norm(w), 1e-300))
+
+
+def _to_numpy(tree: Any) -> Any:
+    def conv(x):
+        if hasattr(x, "detach"):  # torch
+            return x.detach().cpu().numpy()
+        return np.asarray(x)
+
+    return jax.tree.map(conv, tree)
+
+
+def check_close(checks: list[dict[str, Any]], name: str, got: Any, want: Any, rtol: float) -> None:
+    """Record ``rel_err(got, want) <= rtol`` in ``checks``; raise if it fails (no timing then)."""
+    err = rel_err(got, want)
+    ok = bool(np.isfinite(err) and err <= rtol)
+    checks.append({"name": name, "rel_err": err, "rtol": rtol, "ok": ok})
+    print(f"  check {name:<56s} rel err {err:.2e} (<= {rtol:.0e}) {'ok' if ok else 'FAILED'}")
+    if not ok:
+        raise AssertionError(
+            f"correctness check `{name}` failed: relative error {err:.3e} > {rtol:.1e}; "
+            "the compared implementations do not compute the same numbers, so timing them "
+            "would be meaningless."
+        )
+
+
+# ------------------------------------------------------------------------ compiled HLO
+
+
+def hlo_cost(fn: Callable, *args: Any) -> dict[str, float]:
+    """XLA's cost analysis of ``jax.jit(fn)(*args)``: FLOPs and bytes accessed."""
+    compiled = jax.jit(fn).lower(*args).compile()
+    ca = compiled.cost_analysis()
+    if isinstance(ca, list | tuple):
+        ca = ca[0] if ca else {}
+    ca = ca or {}
+    return {
+        "flops": float(ca.get("flops", float("nan"))),
+        "bytes_accessed": float(ca.get("bytes accessed", float("nan"))),
+    }
+
+
+def hlo_op_counts(fn: Callable, *args: Any) -> dict[str, int]:
+    """Counts of the heavy ops in the optimized HLO (what a profile would show dominates)."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    counts = {"dot": 0, "fusion": 0, "transpose": 0, "copy": 0, "while": 0}
+    for line in text.splitlines():
+        line = line.strip()
+        if "=" not in line or line.startswith(("HloModule", "ENTRY", "}", "ROOT tuple")):
+            continue
+        rhs = line.split("=", 1)[1]
+        for op in counts:
+            if f" {op}(" in rhs:
+                counts[op] += 1
+    return counts
+
+
+# ----------------------------------------------------------------- the reference MLP
+
+
+def mlp_init(key: jax.Array, sizes: Sequence[int], dtype=jnp.float32) -> list[dict[str, Any]]:
+    """Glorot-normal weights, small random biases; a list of ``{"w", "b"}`` per layer."""
+    params = []
+    for k, fan_in, fan_out in zip(
+        jax.random.split(key, len(sizes) - 1), sizes[:-1], sizes[1:], strict=True
+    ):
+        kw, kb = jax.random.split(k)
+        scale = math.sqrt(2.0 / (fan_in + fan_out))
+        params.append(
+            {
+                "w": scale * jax.random.normal(kw, (fan_in, fan_out), dtype),
+                "b": 0.1 * jax.random.normal(kb, (fan_out,), dtype),
+            }
+        )
+    return params
+
+
+def mlp_apply(params: list[dict[str, Any]], x: jax.Array) -> jax.Array:
+    """tanh hidden layers, linear output (logits)."""
+    for layer in params[:-1]:
+        x = jnp.tanh(x @ layer["w"] + layer["b"])
+    return x @ params[-1]["w"] + params[-1]["b"]
+
+
+def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy with integer labels."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=-1))
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPProblem:
+    """The MLP benchmark problem: parameters, a batch and the functions on them."""
+
+    sizes: tuple[int, ...]
+    batch: int
+    params: Any
+    x: jax.Array
+    y: jax.Array
+    v: Any  # a random direction like params
+
+    def loss(self, params, x, y):
+        """``f(params, x, y)``: the objective as ``hvp`` / ``hessian_operator`` take it."""
+        return softmax_xent(mlp_apply(params, x), y)
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(self.params))
+
+
+# Module-level functions so that jaxcurv's jit caches (keyed on the callables) hit.
+def mlp_loss(params, x, y):
+    """Softmax cross-entropy of the tanh MLP."""
+    return softmax_xent(mlp_apply(params, x), y)
+
+
+def mlp_problem(sizes: Sequence[int], batch: int, *, seed: int = 0, dtype=jnp.float32):
+    """The reference problem: an MLP of ``sizes``, tanh, softmax cross-entropy, ``batch``."""
+    kp, kx, ky, kv = jax.random.split(jax.random.key(seed), 4)
+    params = mlp_init(kp, sizes, dtype)
+    x = jax.random.normal(kx, (batch, sizes[0]), dtype)
+    y = jax.random.randint(ky, (batch,), 0, sizes[-1])
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(kv, len(leaves))
+    v = jax.tree.unflatten(
+        treedef, [jax.random.normal(k, leaf.shape, leaf.dtype) for k, leaf in zip(keys, leaves)]
+    )
+    return MLPProblem(tuple(sizes), batch, params, x, y, v)
+
+
+def mlp_flops(sizes: Sequence[int], batch: int) -> dict[str, float]:
+    """Matrix-multiply FLOPs of gradient, HVP and linearized products for the MLP.
+
+    With ``c_i = 2 B d_i d_{i+1}`` per layer, ``S = sum c_i`` and ``c_1`` the first layer
+    (its input needs no tangent and no cotangent): gradient ``3S - c_1``; forward-over-reverse
+    HVP ``9S - 5c_1`` (primal and tangent forward and backward); the Hessian's linear part
+    alone ``6S - 4c_1``; the Gauss-Newton ``J v`` and ``J^T u`` ``4S - 2c_1``.
+    """
+    c = [2.0 * batch * a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    s, c1 = sum(c), c[0]
+    return {
+        "forward": s,
+        "grad": 3 * s - c1,
+        "hvp": 9 * s - 5 * c1,
+        "hessian_apply": 6 * s - 4 * c1,
+        "ggn_apply": 4 * s - 2 * c1,
+    }
+
+
+def mlp_floors(sizes: Sequence[int], batch: int) -> dict[str, float]:
+    """The FLOP ratios to one gradient: the floors the measured ratios are compared with."""
+    f = mlp_flops(sizes, batch)
+    return {k: f[k] / f["grad"] for k in ("hvp", "hessian_apply", "ggn_apply")}
+
+
+# ------------------------------------------------------------------ settings and output
+
+
+def parse_args(name: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
+    p.add_argument("--out", default=None, help="results root (default benchmarks/results)")
+    p.add_argument("--config", default=None, help="TOML file with a [bench] table")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a setting, e.g. `--set {name}.repeats=5` (TOML value)",
+    )
+    p.add_argument("--settings-json", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        tree = tree.setdefault(part, {})
+    tree[parts[-1]] = value
+
+
+def _expand(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dict from a mix of nested tables and dotted keys (``--set`` style)."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        value = _expand(value) if isinstance(value, Mapping) else value
+        if isinstance(value, dict):
+            sub = out
+            for part in key.split("."):
+                sub = sub.setdefault(part, {})
+            sub.update(value)
+        else:
+            _set_dotted(out, key, value)
+    return out
+
+
+def _toml_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def load_settings(
+    config: str | os.PathLike | None, overrides: Sequence[str] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``([bench] table, settings)`` from a TOML file plus ``key=value`` overrides."""
+    bench: dict[str, Any] = {}
+    if config is not None:
+        with open(config, "rb") as fh:
+            bench = dict(tomllib.load(fh).get("bench", {}))
+    settings = _expand(bench.pop("settings", {}))
+    for text in overrides:
+        if "=" not in text:
+            raise ValueError(f"`--set {text}` must be KEY=VALUE, e.g. `--set products.repeats=5`.")
+        key, raw = text.split("=", 1)
+        key = key.strip().removeprefix("bench.settings.")
+        _set_dotted(settings, key, _toml_value(raw.strip()))
+    return bench, settings
+
+
+# Keys every benchmark understands, at the top of [bench.settings] or in its own table.
+COMMON_DEFAULTS = {
+    "full": {"repeats": 25, "warmup": 3, "seed": 0},
+    "quick": {"repeats": 7, "warmup": 1, "seed": 0},
+}
+
+
+def resolve(
+    name: str, defaults: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any], quick: bool
+) -> dict[str, Any]:
+    """A benchmark's settings: its defaults, then ``[bench.settings]``, then its own table.
+
+    ``[bench.settings.<name>]`` applies to full runs and ``[bench.settings.<name>.quick]``
+    to ``--quick`` runs; likewise ``repeats`` / ``warmup`` / ``seed`` at the top level and
+    under ``[bench.settings.quick]``.
+    """
+    mode = "quick" if quick else "full"
+    out = {**COMMON_DEFAULTS[mode], **defaults[mode]}
+    top = {k: v for k, v in settings.items() if k in COMMON_DEFAULTS["full"]}
+    if quick:
+        top.update(
+            {k: v for k, v in settings.get("quick", {}).items() if k in COMMON_DEFAULTS["full"]}
+        )
+    own = dict(settings.get(name, {}))
+    own_quick = own.pop("quick", {})
+    layered = {**top, **(own_quick if quick else own)}
+    unknown = sorted(set(layered) - set(out))
+    if unknown:
+        raise ValueError(
+            f"Unknown setting(s) {unknown} for benchmark `{name}`; valid keys: "
+            f"{sorted(out)}. Fix [bench.settings.{name}] in the config or the --set override."
+        )
+    for key, value in layered.items():
+        if isinstance(out[key], tuple | list) and isinstance(value, list):
+            value = type(out[key])(value) if isinstance(out[key], tuple) else value
+        out[key] = value
+    return out
+
+
+def settings_for(name: str, defaults, argv=None) -> tuple[dict[str, Any], Path, bool]:
+    """Parse a benchmark's command line: ``(settings, results folder, quick)``."""
+    args = parse_args(name, argv)
+    if args.settings_json is not None:
+        settings = json.loads(args.settings_json)
+    else:
+        _, settings = load_settings(args.config, args.overrides)
+    s = resolve(name, defaults, settings, args.quick)
+    root = Path(args.out) if args.out else DEFAULT_OUT
+    return s, results_dir(root, args.quick), args.quick
+
+
+def results_dir(root: Path | str, quick: bool) -> Path:
+    """``<root>/<backend>`` for full runs, ``<root>/<backend>-quick`` for quick ones."""
+    d = Path(root) / (jax.default_backend() + ("-quick" if quick else ""))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic | jax.Array) and np.ndim(obj) == 0:
+        return np.asarray(obj).item()
+    if isinstance(obj, np.ndarray | jax.Array):
+        return np.asarray(obj).tolist()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def write_result(
+    out_dir: Path, name: str, settings: Mapping[str, Any], quick: bool, payload: Mapping
+) -> Path:
+    """Write ``<out_dir>/<name>.json`` with the environment, settings and results."""
+    doc = {
+        "benchmark": name,
+        "quick": quick,
+        "environment": environment(),
+        "settings": dict(settings),
+        **payload,
+    }
+    path = Path(out_dir) / f"{name}.json"
+    path.write_text(json.dumps(_jsonable(doc), indent=1, allow_nan=False) + "\n")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return path
+
+
+def header(name: str, quick: bool) -> None:
+    dev = jax.devices()[0]
+    print(
+        f"== benchmarks.{name} ({'quick' if quick else 'full'}) on {jax.default_backend()} "
+        f"[{dev.device_kind}], jax {jax.__version__}, load {os.getloadavg()[0]:.1f}"
+    )

@@ -1,0 +1,372 @@
+"""Curvature products on the reference MLP, as ratios to one ``jax.grad`` (issue 2, §6).
+
+MLP 784-1000-1000-1000-10, tanh, softmax cross-entropy, batch 256, float32. In one
+interleaved run: ``jax.grad``; ``jaxcurv.hvp`` (the public call) and the cookbook
+``jax.jvp(jax.grad(f))`` under ``jax.jit`` (raw JAX, the peer ``hvp`` must not lose to);
+reverse-over-reverse HVP; ``hessian_operator`` and ``ggn_operator`` build and application;
+``ggn_vp``. Beside each measured ratio: the matrix-multiply FLOP floor and the FLOP ratio
+XLA's cost analysis gives for the compiled program.
+
+Then ``jacobian`` auto/fwd/rev (and ``jax.jacfwd`` / ``jax.jacrev``) for R^1000 -> R^10 and
+R^10 -> R^1000, and the dense ``hessian`` at N = 2000 against ``jax.hessian`` (time here;
+peak memory, each in its own process, in :mod:`benchmarks.memory`).
+
+    python -m benchmarks.products [--quick]
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+import jaxcurv
+from benchmarks import common
+
+DEFAULTS = {
+    "full": {
+        "sizes": [784, 1000, 1000, 1000, 10],
+        "batch": 256,
+        "jacobian_hidden": 500,
+        "hessian_n": 2000,
+        "hessian_batch": 512,
+    },
+    "quick": {
+        "sizes": [784, 1000, 1000, 1000, 10],
+        "batch": 256,
+        "jacobian_hidden": 500,
+        "hessian_n": 1000,
+        "hessian_batch": 256,
+    },
+}
+
+
+# ------------------------------------------------------------------------ raw-JAX peers
+
+
+def cookbook_hvp(f, p, v, *args):
+    """The JAX autodiff cookbook's HVP: forward-over-reverse, under the caller's jit."""
+    return jax.jvp(lambda q: jax.grad(f)(q, *args), (p,), (v,))[1]
+
+
+def rev_over_rev_hvp(f, p, v, *args):
+    """Reverse-over-reverse: the gradient of ``<grad f, v>`` (what double backward does)."""
+    return jax.grad(lambda q: jaxcurv.tree.tree_vdot(jax.grad(f)(q, *args), v))(p)
+
+
+def raw_ggn_vp(model_fn, labels, p, v):
+    """Independent GGN product for the check: jvp, the softmax Hessian in closed form, vjp."""
+    logits, jv = jax.jvp(model_fn, (p,), (v,))
+    prob = jax.nn.softmax(logits, axis=-1)
+    # Hessian of the mean cross-entropy in the logits: (diag(p) - p p^T) / B per example.
+    hjv = (prob * jv - prob * jnp.sum(prob * jv, axis=-1, keepdims=True)) / logits.shape[0]
+    _, vjp = jax.vjp(model_fn, p)
+    return vjp(hjv)[0]
+
+
+# ------------------------------------------------------------------------------- parts
+
+
+def mlp_products(s: dict) -> dict:
+    prob = common.mlp_problem(s["sizes"], s["batch"], seed=s["seed"])
+    f, p, v, x, y = common.mlp_loss, prob.params, prob.v, prob.x, prob.y
+    print(f"MLP {'-'.join(map(str, prob.sizes))}, batch {prob.batch}, N = {prob.num_params:,}")
+
+    def model_fn(q):
+        return common.mlp_apply(q, x)
+
+    def loss_fn(o):
+        return common.softmax_xent(o, y)
+
+    grad = jax.jit(jax.grad(f))
+    cook = jax.jit(cookbook_hvp, static_argnums=0)
+    ror = jax.jit(rev_over_rev_hvp, static_argnums=0)
+    hop = jaxcurv.hessian_operator(f, p, x, y)
+    gop = jaxcurv.ggn_operator(model_fn, loss_fn, p)
+
+    cands = {
+        "jax.grad": lambda: grad(p, x, y),
+        "jaxcurv.hvp": lambda: jaxcurv.hvp(f, p, v, x, y),
+        "raw JAX jvp(grad) (cookbook, jit)": lambda: cook(f, p, v, x, y),
+        "reverse-over-reverse HVP (jit)": lambda: ror(f, p, v, x, y),
+        "hessian_operator build": lambda: jaxcurv.hessian_operator(f, p, x, y),
+        "hessian_operator apply": lambda: hop(v),
+        "jaxcurv.ggn_vp": lambda: jaxcurv.ggn_vp(model_fn, loss_fn, p, v),
+        "ggn_operator build": lambda: jaxcurv.ggn_operator(model_fn, loss_fn, p),
+        "ggn_operator apply": lambda: gop(v),
+    }
+    checks: list[dict] = []
+
+    def check(res):
+        ref_h = res["raw JAX jvp(grad) (cookbook, jit)"]
+        ref_g = jax.jit(lambda q, w: raw_ggn_vp(model_fn, y, q, w))(p, v)
+        c = common.check_close
+        c(checks, "jaxcurv.hvp == cookbook jvp(grad)", res["jaxcurv.hvp"], ref_h, 1e-4)
+        c(
+            checks,
+            "reverse-over-reverse == cookbook",
+            res["reverse-over-reverse HVP (jit)"],
+            ref_h,
+            1e-3,
+        )
+        c(checks, "hessian_operator(v) == cookbook", res["hessian_operator apply"], ref_h, 1e-3)
+        c(checks, "ggn_vp == raw jvp/softmax/vjp", res["jaxcurv.ggn_vp"], ref_g, 1e-3)
+        c(checks, "ggn_operator(v) == raw jvp/softmax/vjp", res["ggn_operator apply"], ref_g, 1e-3)
+        c(
+            checks,
+            "hessian_operator.grad == jax.grad",
+            res["hessian_operator build"].grad,
+            res["jax.grad"],
+            1e-4,
+        )
+        c(
+            checks,
+            "ggn_operator.grad == jax.grad",
+            res["ggn_operator build"].grad,
+            res["jax.grad"],
+            1e-4,
+        )
+
+    timings = common.interleaved(cands, repeats=s["repeats"], warmup=s["warmup"], check=check)
+
+    fl = common.mlp_floors(prob.sizes, prob.batch)
+    floors = {
+        "jaxcurv.hvp": fl["hvp"],
+        "raw JAX jvp(grad) (cookbook, jit)": fl["hvp"],
+        "hessian_operator apply": fl["hessian_apply"],
+        "ggn_operator apply": fl["ggn_apply"],
+    }
+    flops = common.mlp_flops(prob.sizes, prob.batch)
+    floors["jaxcurv.ggn_vp"] = (flops["forward"] + flops["ggn_apply"]) / flops["grad"]
+    floors["reverse-over-reverse HVP (jit)"] = None  # several schedules; no single floor
+
+    hlo = {
+        "jax.grad": common.hlo_cost(jax.grad(f), p, x, y),
+        "jaxcurv.hvp": common.hlo_cost(lambda q, w: jaxcurv.hvp(f, q, w, x, y), p, v),
+        "raw JAX jvp(grad) (cookbook, jit)": common.hlo_cost(
+            lambda q, w: cookbook_hvp(f, q, w, x, y), p, v
+        ),
+        "reverse-over-reverse HVP (jit)": common.hlo_cost(
+            lambda q, w: rev_over_rev_hvp(f, q, w, x, y), p, v
+        ),
+        "hessian_operator apply": common.hlo_cost(lambda op, w: op.mv(w), hop, v),
+        "jaxcurv.ggn_vp": common.hlo_cost(
+            lambda q, w: jaxcurv.ggn_vp(model_fn, loss_fn, q, w), p, v
+        ),
+        "ggn_operator apply": common.hlo_cost(lambda op, w: op.mv(w), gop, v),
+    }
+    hlo_flops = {k: c["flops"] for k, c in hlo.items()}
+    rows = common.ratio_rows(
+        timings, "jax.grad", {k: w for k, w in floors.items() if w is not None}, hlo_flops
+    )
+    for row in rows:
+        if row["name"] in hlo:
+            row["hlo_bytes_accessed"] = hlo[row["name"]]["bytes_accessed"]
+    ops = {
+        name: common.hlo_op_counts(fn, *args)
+        for name, fn, args in [
+            ("jax.grad", jax.grad(f), (p, x, y)),
+            ("jaxcurv.hvp", lambda q, w: jaxcurv.hvp(f, q, w, x, y), (p, v)),
+            ("hessian_operator apply", lambda op, w: op.mv(w), (hop, v)),
+            ("ggn_operator apply", lambda op, w: op.mv(w), (gop, v)),
+        ]
+    }
+    targets = [
+        _target("jaxcurv.hvp <= 2.7x grad", rows, "jaxcurv.hvp", 2.7),
+        _target("hessian_operator apply <= 1.8x grad", rows, "hessian_operator apply", 1.8),
+        _target("ggn_operator apply <= 1.3x grad", rows, "ggn_operator apply", 1.3),
+        {
+            "target": "jaxcurv.hvp no slower than raw JAX jvp(grad) (within 5%)",
+            "value": _ratio(rows, "jaxcurv.hvp")
+            / _ratio(rows, "raw JAX jvp(grad) (cookbook, jit)"),
+            "limit": 1.05,
+        },
+        {
+            "target": "hessian_operator apply no slower than jaxcurv.hvp",
+            "value": _ratio(rows, "hessian_operator apply") / _ratio(rows, "jaxcurv.hvp"),
+            "limit": 1.0,
+        },
+        {
+            "target": "ggn_operator apply no slower than jaxcurv.ggn_vp",
+            "value": _ratio(rows, "ggn_operator apply") / _ratio(rows, "jaxcurv.ggn_vp"),
+            "limit": 1.0,
+        },
+    ]
+    for t in targets:
+        t["met"] = bool(t["value"] <= t["limit"])
+    return {
+        "problem": {
+            "sizes": list(prob.sizes),
+            "batch": prob.batch,
+            "num_params": prob.num_params,
+            "dtype": "float32",
+            "activation": "tanh",
+            "loss": "softmax cross-entropy",
+        },
+        "checks": checks,
+        "rows": rows,
+        "hlo_op_counts": ops,
+        "targets": targets,
+    }
+
+
+def _ratio(rows, name):
+    return next(r["ratio"] for r in rows if r["name"] == name)
+
+
+def _target(text, rows, name, limit):
+    return {"target": text, "value": _ratio(rows, name), "limit": limit}
+
+
+def _two_layer(key, n_in, hidden, n_out):
+    k1, k2 = jax.random.split(key)
+    w1 = jax.random.normal(k1, (hidden, n_in), jnp.float32) / jnp.sqrt(n_in)
+    w2 = jax.random.normal(k2, (n_out, hidden), jnp.float32) / jnp.sqrt(hidden)
+    return lambda z: w2 @ jnp.tanh(w1 @ z)
+
+
+def _jacobian_case(s: dict, label: str, n_in: int, n_out: int) -> dict:
+    print(f"jacobian {label}")
+    k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(s["seed"] + 1), n_in))
+    fun = _two_layer(k1, n_in, s["jacobian_hidden"], n_out)
+    z = jax.random.normal(k2, (n_in,), jnp.float32)
+    fns = {
+        "jaxcurv.jacobian auto": jax.jit(jaxcurv.jacobian(fun, mode="auto")),
+        "jaxcurv.jacobian fwd": jax.jit(jaxcurv.jacobian(fun, mode="fwd")),
+        "jaxcurv.jacobian rev": jax.jit(jaxcurv.jacobian(fun, mode="rev")),
+        "jax.jacfwd": jax.jit(jax.jacfwd(fun)),
+        "jax.jacrev": jax.jit(jax.jacrev(fun)),
+    }
+    checks: list[dict] = []
+
+    def check(res):
+        for name, r in res.items():
+            common.check_close(
+                checks, f"{name} == jax.jacrev ({label})", r, res["jax.jacrev"], 1e-4
+            )
+
+    # The decisive fact behind "auto within 10%": auto compiles to the very program of one
+    # of the two modes (timing differences between identical programs are noise).
+    text = {m: fns[f"jaxcurv.jacobian {m}"].lower(z).as_text() for m in ("auto", "fwd", "rev")}
+    same = [m for m in ("fwd", "rev") if text[m] == text["auto"]]
+    # Each call is microseconds to milliseconds: time `reps` back-to-back calls and divide.
+    reps = 50
+
+    def many(fn):
+        def run():
+            r = None
+            for _ in range(reps):
+                r = fn(z)
+            return r
+
+        return run
+
+    t = common.interleaved(
+        {n: many(fn) for n, fn in fns.items()},
+        repeats=s["repeats"],
+        warmup=s["warmup"],
+        per_call={n: reps for n in fns},
+        check=check,
+    )
+    rows = common.ratio_rows(t, "jax.jacrev")
+    best = min(t["jaxcurv.jacobian fwd"].median, t["jaxcurv.jacobian rev"].median)
+    auto = t["jaxcurv.jacobian auto"].median
+    return {
+        "checks": checks,
+        "rows": rows,
+        "auto_over_best": auto / best,
+        "auto_same_program_as": same,
+        "target": {
+            "target": f"jacobian auto within 10% of the better mode ({label})",
+            "value": auto / best,
+            "limit": 1.10,
+            "met": bool(auto / best <= 1.10),
+        },
+    }
+
+
+def jacobians(s: dict) -> dict:
+    return {
+        label: _jacobian_case(s, label, n_in, n_out)
+        for label, n_in, n_out in [("R^1000 -> R^10", 1000, 10), ("R^10 -> R^1000", 10, 1000)]
+    }
+
+
+def dense_hessian_problem(n: int, batch: int, seed: int = 0):
+    """A scalar function of ``x`` in R^n with batch-sized intermediates (a small classifier).
+
+    ``x`` packs a ``d x d`` hidden layer and a ``d x c`` output layer with ``d`` chosen so
+    ``d * (d + c) == n`` when possible; every Hessian-vector product carries
+    ``batch x d`` activations, which ``jax.hessian`` holds for all ``n`` columns at once.
+    """
+    c = 10
+    d = int((-c + (c * c + 4 * n) ** 0.5) / 2)
+    k1, k2 = jax.random.split(jax.random.key(seed + 7))
+    data = jax.random.normal(k1, (batch, d), jnp.float32)
+    labels = jax.random.randint(k2, (batch,), 0, c)
+    extra = n - d * (d + c)
+
+    def fun(z):
+        w1 = z[: d * d].reshape(d, d)
+        w2 = z[d * d : d * (d + c)].reshape(d, c)
+        logits = jnp.tanh(data @ w1) @ w2
+        reg = 0.5 * jnp.sum(z[d * (d + c) :] ** 2) if extra else 0.0
+        return common.softmax_xent(logits, labels) + reg
+
+    z0 = 0.3 * jax.random.normal(jax.random.key(seed + 8), (n,), jnp.float32)
+    return fun, z0, d
+
+
+def dense_hessian(s: dict) -> dict:
+    n, batch = s["hessian_n"], s["hessian_batch"]
+    fun, z0, d = dense_hessian_problem(n, batch, s["seed"])
+    print(f"dense hessian N = {n} (hidden {d}, batch {batch})")
+    ours = jax.jit(jaxcurv.hessian(fun))
+    theirs = jax.jit(jax.hessian(fun))
+    checks: list[dict] = []
+
+    def check(res):
+        common.check_close(
+            checks,
+            "jaxcurv.hessian == jax.hessian",
+            res["jaxcurv.hessian"],
+            res["jax.hessian"],
+            1e-4,
+        )
+
+    reps = max(3, s["repeats"] // 3)
+    t = common.interleaved(
+        {"jax.hessian": lambda: theirs(z0), "jaxcurv.hessian": lambda: ours(z0)},
+        repeats=reps,
+        warmup=1,
+        check=check,
+    )
+    rows = common.ratio_rows(t, "jax.hessian")
+    ratio = t["jaxcurv.hessian"].median / t["jax.hessian"].median
+    return {
+        "n": n,
+        "batch": batch,
+        "hidden": d,
+        "checks": checks,
+        "rows": rows,
+        "target": {
+            "target": "dense hessian time <= 1.2x jax.hessian (memory: see memory.json)",
+            "value": ratio,
+            "limit": 1.2,
+            "met": bool(ratio <= 1.2),
+        },
+    }
+
+
+def main(argv=None) -> None:
+    s, out_dir, quick = common.settings_for("products", DEFAULTS, argv)
+    common.header("products", quick)
+    payload = {
+        "mlp": mlp_products(s),
+        "jacobian": jacobians(s),
+        "dense_hessian": dense_hessian(s),
+    }
+    common.write_result(out_dir, "products", s, quick, payload)
+
+
+if __name__ == "__main__":
+    main()
