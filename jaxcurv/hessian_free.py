@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxcurv.cg import CGStatus, cg
@@ -148,14 +149,37 @@ class ModelAndLoss:
 
 
 @dataclasses.dataclass(frozen=True)
-class _KeywordsAsArg:
-    """``f(p, kw) = value_fn(p, **kw)``: a stable, hashable function for the operators' jit
-    cache (a fresh lambda per update would be a new cache entry every call)."""
+class _BoundObjective:
+    """``f(params, arrays) = value_fn(params, **kwargs)`` with the array leaves of ``kwargs``
+    as an argument and the rest (Python flags) bound.
+
+    Hashable and equal across updates with the same non-array extras, so the operators'
+    jit cache is hit every update instead of growing by a fresh closure per call; the
+    Python values stay Python values instead of becoming tracers.
+    """
 
     value_fn: Callable[..., jax.Array]
+    treedef: Any
+    is_array: tuple[bool, ...]
+    static: tuple[Any, ...]
 
-    def __call__(self, params: PyTree, kwargs: dict[str, Any]) -> jax.Array:
-        return self.value_fn(params, **kwargs)
+    def __call__(self, params: PyTree, arrays: list[jax.Array]) -> jax.Array:
+        it = iter(arrays)
+        leaves = [next(it) if a else s for a, s in zip(self.is_array, self.static, strict=True)]
+        return self.value_fn(params, **jax.tree.unflatten(self.treedef, leaves))
+
+
+def _bind(value_fn: Callable, kwargs: dict[str, Any]) -> tuple[Callable, list[jax.Array]]:
+    leaves, treedef = jax.tree.flatten(kwargs)
+    is_array = tuple(isinstance(x, jax.Array | np.ndarray) for x in leaves)
+    static = tuple(None if a else x for x, a in zip(leaves, is_array, strict=True))
+    arrays = [x for x, a in zip(leaves, is_array, strict=True) if a]
+    fn = _BoundObjective(value_fn, treedef, is_array, static)
+    try:
+        hash(fn)
+    except TypeError:
+        return (lambda p, arrs: fn(p, arrs)), arrays
+    return fn, arrays
 
 
 def _check_value_fn_kwargs(value_fn: Callable, extra_args: dict[str, Any]) -> None:
@@ -355,7 +379,8 @@ def hessian_free(
     2. runs CG on ``(B + lambda I) p = -g`` from ``cg_decay *`` the previous solution, with
        Martens' relative-progress stop (``cg_stop="martens"``) or a residual stop, at most
        ``cg_maxiter`` steps, leaving early on negative curvature, optionally preconditioned
-       by ``(mean_i grad l_i^2 + lambda)^preconditioner_exponent`` (Martens §4.7);
+       by ``(mean_i grad l_i^2 + lambda)^preconditioner_exponent`` (Martens §4.7 sums the
+       squared per-example gradients; the mean keeps the scale of a batch-mean loss);
     3. CG backtracking: of the iterates recorded at steps ``ceil(5 * 1.3^j)`` and the last,
        walks back from the last while the loss keeps falling, and takes that one;
     4. reduction ratio ``rho = (f(theta + p) - f(theta)) / (g^T p + p^T B p / 2)`` against the
@@ -383,14 +408,19 @@ def hessian_free(
     sum) of independent per-example terms for the preconditioner; with no batched extras the
     preconditioner uses ``g * g``.
 
-    Jit the training step (the update is all ``lax`` control flow, and compiles once).
+    Jit the training step: the update is all ``lax`` control flow and compiles once. (It is
+    also jitted internally when ``value_fn`` is hashable and every extra argument is an
+    array, so an un-jitted loop does not re-trace; Python values among the extras keep it
+    eager, so that a flag like ``train=True`` stays a Python bool.)
 
     Args:
-      learning_rate: scale of the accepted step, a float or an ``optax`` schedule of
-        ``state.count``.
+      learning_rate: scale of the accepted step ``alpha p``, a float or an ``optax``
+        schedule of ``state.count``. The line search and ``rho`` judge ``alpha p`` itself,
+        so values other than 1 step off the point they validated.
       curvature: ``"ggn"`` (Gauss-Newton; ``value_fn`` must be a :class:`ModelAndLoss`) or
         ``"hessian"`` (any ``value_fn``; indefinite: CG stops at negative curvature).
-      damping: initial Tikhonov damping ``lambda >= 0``.
+      damping: initial Tikhonov damping ``lambda >= 0`` (with ``adapt_damping``, later
+        values stay at or above ``min_damping``).
       adapt_damping: Levenberg-Marquardt adaptation of ``lambda`` from ``rho``.
       damping_increase, damping_decrease: factors (``> 1`` and in ``(0, 1)``).
       rho_low, rho_high: thresholds ``0 <= rho_low < rho_high``.
@@ -568,12 +598,15 @@ def hessian_free(
         tree_check_like("updates", updates, params, "params")
         if grad is not None:
             tree_check_like("grad", grad, params, "params")
+        # The internal jit needs a hashable `value_fn` (a static argument) and array-only
+        # extras (a Python flag such as `train=True` must stay a Python value).
         try:
             hash(value_fn)
         except TypeError:
             run = update_impl
         else:
-            run = update_jit
+            arrays = all(isinstance(a, jax.Array | np.ndarray) for a in jax.tree.leaves(extra_args))
+            run = update_jit if arrays else update_impl
         return run(updates, state, params, value_fn, value, grad, extra_args)
 
     def update_impl(updates, state, params, value_fn, value, grad, extra_args):
@@ -629,7 +662,8 @@ def hessian_free(
                 params,
             )
         else:
-            op = hessian_operator(_KeywordsAsArg(value_fn), params, curv_args)
+            bound, arrays = _bind(value_fn, curv_args)
+            op = hessian_operator(bound, params, arrays)
 
         precond = None
         if preconditioner == "martens":

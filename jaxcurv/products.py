@@ -138,10 +138,10 @@ def hvp(fun: Callable, x: PyTree, v: PyTree, *args: Any) -> PyTree:
     return _maybe_jit(_hvp_jit, _hvp_impl, fun)(fun, x, v, args)
 
 
-def _ggn_vp_impl(model_fn, loss_fn, params, v):
-    out, jvp_fn = jax.linearize(model_fn, params)
+def _ggn_vp_impl(model_fn, loss_fn, params, v, model_args, loss_args):
+    out, jvp_fn = jax.linearize(lambda p: model_fn(p, *model_args), params)
     jv = jvp_fn(v)
-    hjv = jax.jvp(jax.grad(loss_fn), (out,), (jv,))[1]
+    hjv = jax.jvp(jax.grad(lambda o: loss_fn(o, *loss_args)), (out,), (jv,))[1]
     # J^T is the transpose of the stored linearization: no second forward pass.
     (res,) = jax.linear_transpose(jvp_fn, params)(hjv)
     return res
@@ -150,7 +150,15 @@ def _ggn_vp_impl(model_fn, loss_fn, params, v):
 _ggn_vp_jit = jax.jit(_ggn_vp_impl, static_argnums=(0, 1))
 
 
-def ggn_vp(model_fn: Callable, loss_fn: Callable, params: PyTree, v: PyTree) -> PyTree:
+def ggn_vp(
+    model_fn: Callable,
+    loss_fn: Callable,
+    params: PyTree,
+    v: PyTree,
+    *,
+    model_args: tuple = (),
+    loss_args: tuple = (),
+) -> PyTree:
     r"""Generalised Gauss-Newton product :math:`J^\top H_\ell J v`.
 
     With :math:`m` = ``model_fn`` and :math:`\ell` = ``loss_fn``, :math:`J = \partial m /
@@ -159,10 +167,13 @@ def ggn_vp(model_fn: Callable, loss_fn: Callable, params: PyTree, v: PyTree) -> 
     model and is positive semi-definite whenever :math:`\ell` is convex.
 
     Args:
-      model_fn: ``model_fn(params) -> outputs`` (a pytree; close over the batch).
-      loss_fn: ``loss_fn(outputs) -> scalar``.
+      model_fn: ``model_fn(params, *model_args) -> outputs`` (a pytree).
+      loss_fn: ``loss_fn(outputs, *loss_args) -> scalar``.
       params: the point, a pytree of real float arrays.
       v: direction like ``params``.
+      model_args: data for the model (inputs), traced rather than closed over, so a new
+        batch reuses the compiled product.
+      loss_args: data for the loss (targets), likewise.
 
     Returns:
       :math:`G v`, a pytree like ``params``.
@@ -188,9 +199,12 @@ def ggn_vp(model_fn: Callable, loss_fn: Callable, params: PyTree, v: PyTree) -> 
     _check_callable("ggn_vp", "loss_fn", loss_fn)
     _check_real_inputs("ggn_vp", params, "`params`")
     _check_tangent("ggn_vp", v, params, "params")
-    out = jax.eval_shape(model_fn, params)
-    _check_scalar("ggn_vp(loss_fn)", loss_fn, out)
-    return _maybe_jit(_ggn_vp_jit, _ggn_vp_impl, model_fn, loss_fn)(model_fn, loss_fn, params, v)
+    model_args, loss_args = tuple(model_args), tuple(loss_args)
+    out = jax.eval_shape(model_fn, params, *model_args)
+    _check_scalar("ggn_vp(loss_fn)", loss_fn, out, *loss_args)
+    return _maybe_jit(_ggn_vp_jit, _ggn_vp_impl, model_fn, loss_fn)(
+        model_fn, loss_fn, params, v, model_args, loss_args
+    )
 
 
 # -------------------------------------------------------------------------- operators
@@ -377,9 +391,9 @@ def hessian_operator(fun: Callable, x: PyTree, *args: Any) -> HessianOperator:
     return _maybe_jit(_build_hessian_jit, _build_hessian_impl, fun)(fun, x, args)
 
 
-def _build_ggn_impl(model_fn, loss_fn, params):
-    out, jvp = jax.linearize(model_fn, params)
-    loss_grad_and_value = jax.grad(lambda o: _dup(loss_fn(o)), has_aux=True)
+def _build_ggn_impl(model_fn, loss_fn, params, model_args, loss_args):
+    out, jvp = jax.linearize(lambda p: model_fn(p, *model_args), params)
+    loss_grad_and_value = jax.grad(lambda o: _dup(loss_fn(o, *loss_args)), has_aux=True)
     g_out, loss_lin, value = jax.linearize(loss_grad_and_value, out, has_aux=True)
     (grad,) = jax.linear_transpose(jvp, params)(g_out)
     return GaussNewtonOperator(params, value, grad, out, jvp, loss_lin)
@@ -388,7 +402,14 @@ def _build_ggn_impl(model_fn, loss_fn, params):
 _build_ggn_jit = jax.jit(_build_ggn_impl, static_argnums=(0, 1))
 
 
-def ggn_operator(model_fn: Callable, loss_fn: Callable, params: PyTree) -> GaussNewtonOperator:
+def ggn_operator(
+    model_fn: Callable,
+    loss_fn: Callable,
+    params: PyTree,
+    *,
+    model_args: tuple = (),
+    loss_args: tuple = (),
+) -> GaussNewtonOperator:
     r"""The generalised Gauss-Newton matrix :math:`J^\top H_\ell J` as a reusable operator.
 
     The model is linearized once; :math:`J^\top` is the transpose of that linearization,
@@ -397,9 +418,13 @@ def ggn_operator(model_fn: Callable, loss_fn: Callable, params: PyTree) -> Gauss
     transposed pass, about 1.25 gradients of work for an MLP.
 
     Args:
-      model_fn: ``model_fn(params) -> outputs`` (close over the batch).
-      loss_fn: ``loss_fn(outputs) -> scalar``.
+      model_fn: ``model_fn(params, *model_args) -> outputs``.
+      loss_fn: ``loss_fn(outputs, *loss_args) -> scalar``.
       params: the point.
+      model_args: model inputs, passed as traced arguments: building operators for new
+        batches outside ``jit`` then reuses one compilation instead of caching a new
+        closure per batch.
+      loss_args: loss targets, likewise.
 
     Returns:
       A ``GaussNewtonOperator`` with ``op(v)``, ``op @ v``, ``op.to_dense()``,
@@ -420,9 +445,11 @@ def ggn_operator(model_fn: Callable, loss_fn: Callable, params: PyTree) -> Gauss
     _check_callable("ggn_operator", "model_fn", model_fn)
     _check_callable("ggn_operator", "loss_fn", loss_fn)
     _check_real_inputs("ggn_operator", params, "`params`")
-    _check_scalar("ggn_operator(loss_fn)", loss_fn, jax.eval_shape(model_fn, params))
+    model_args, loss_args = tuple(model_args), tuple(loss_args)
+    out = jax.eval_shape(model_fn, params, *model_args)
+    _check_scalar("ggn_operator(loss_fn)", loss_fn, out, *loss_args)
     return _maybe_jit(_build_ggn_jit, _build_ggn_impl, model_fn, loss_fn)(
-        model_fn, loss_fn, params
+        model_fn, loss_fn, params, model_args, loss_args
     )
 
 

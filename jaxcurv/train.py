@@ -255,13 +255,17 @@ def _make_step(cfg: Config, model: models_lib.Model, opt) -> Callable:
                 "rejected": state.rejected,
             }
         elif name == "lbfgs":
+            # optax's line search hands a value_fn only the keywords its signature names.
+            def plain(params, inputs, targets):
+                return value_fn(params, inputs=inputs, targets=targets)
+
             updates, state = opt.update(
                 grads,
                 state,
                 params,
                 value=loss,
                 grad=grads,
-                value_fn=value_fn,
+                value_fn=plain,
                 inputs=inputs,
                 targets=targets,
             )
@@ -742,6 +746,35 @@ def plot_training(metrics: list[dict], run_dir: pathlib.Path, *, title: str = ""
 # --------------------------------------------------------------------------- landscape
 
 
+@dataclasses.dataclass(frozen=True)
+class _DataLoss:
+    """``f(params, inputs, targets)``: a hashable loss, so the library's jitted operator
+    builders and spectral routines cache their compiled code per model, not per call."""
+
+    model: models_lib.Model
+
+    def __call__(self, params, inputs, targets):
+        return self.model.loss(self.model.apply(params, inputs), targets)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _loss_slices(fun, params, v1, v2, ts, inputs, targets):
+    def moved(a, b):
+        def shift(p, u, c):
+            return p + c.astype(p.dtype) * u.astype(p.dtype)
+
+        q = jax.tree.map(lambda p, u: shift(p, u, a), params, v1)
+        if v2 is not None:
+            q = jax.tree.map(lambda p, u: shift(p, u, b), q, v2)
+        return fun(q, inputs, targets)
+
+    slice_1d = jax.vmap(lambda a: moved(a, jnp.zeros_like(a)))(ts)
+    if v2 is None:
+        return slice_1d, None
+    grid_a, grid_b = jnp.meshgrid(ts, ts, indexing="ij")
+    return slice_1d, jax.vmap(jax.vmap(moved))(grid_a, grid_b)
+
+
 def analyze_landscape(
     model: models_lib.Model,
     params: PyTree,
@@ -770,19 +803,20 @@ def analyze_landscape(
     """
     lc = cfg.landscape
     inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
-
-    def fun(p):
-        return model.loss(model.apply(p, inputs), targets)
-
+    fun = _DataLoss(model)
     key = jax.random.key(lc.seed)
-    k_eig, k_low, k_crit, k_trace, k_density = jax.random.split(key, 5)
-    op = hessian_operator(fun, params)
+    k_eig, k_crit, k_trace, k_density = jax.random.split(key, 4)
+    op = hessian_operator(fun, params, inputs, targets)
     n = op.size
-    m = min(n, max(lc.num_lanczos, 2 * max(lc.top_k, lc.bottom_k) + 2))
     top_k, bottom_k = min(lc.top_k, n), min(lc.bottom_k, n)
+    m = min(n, max(lc.num_lanczos, 2 * max(top_k, bottom_k) + 2))
     top = eigenvalues(op, top_k, which="largest", key=k_eig, num_iters=m, return_eigenvectors=True)
-    bottom = eigenvalues(op, bottom_k, which="smallest", key=k_low, num_iters=m)
-    crit = classify_critical_point(fun, params, k=max(top_k, bottom_k), key=k_crit, num_iters=m)
+    # The classification computes the smallest (and largest) eigenvalues anyway: its
+    # ascending list starts with the bottom ones, on the dense and the Lanczos path alike.
+    crit = classify_critical_point(
+        fun, params, inputs, targets, k=max(top_k, bottom_k), key=k_crit, num_iters=m
+    )
+    bottom = np.asarray(crit.eigenvalues)[:bottom_k]
     trace = hutchinson_trace(op, k_trace, lc.trace_samples)
     density = spectral_density(
         op, k_density, num_probes=lc.density_probes, num_lanczos=min(n, lc.num_lanczos)
@@ -792,18 +826,7 @@ def analyze_landscape(
     v1 = jax.tree.map(lambda a: a[-1], vecs)
     v2 = jax.tree.map(lambda a: a[-2], vecs) if top_k >= 2 else None
     ts = jnp.linspace(-lc.slice_radius, lc.slice_radius, lc.slice_points)
-
-    def moved(a, b):
-        step = jax.tree.map(lambda p, u: p + a.astype(p.dtype) * u.astype(p.dtype), params, v1)
-        if v2 is not None:
-            step = jax.tree.map(lambda p, u: p + b.astype(p.dtype) * u.astype(p.dtype), step, v2)
-        return fun(step)
-
-    slice_1d = jax.jit(jax.vmap(lambda a: moved(a, jnp.zeros_like(a))))(ts)
-    grid_a, grid_b = jnp.meshgrid(ts, ts, indexing="ij")
-    slice_2d = None
-    if v2 is not None:
-        slice_2d = jax.jit(jax.vmap(jax.vmap(moved)))(grid_a, grid_b)
+    slice_1d, slice_2d = _loss_slices(fun, params, v1, v2, ts, inputs, targets)
 
     result = {
         "num_parameters": int(n),
@@ -812,7 +835,7 @@ def analyze_landscape(
         "gradient_norm": float(tree_norm(op.grad)),
         "top_eigenvalues": np.asarray(top.eigenvalues).tolist()[::-1],
         "top_residuals": np.asarray(top.residual_norms).tolist()[::-1],
-        "bottom_eigenvalues": np.asarray(bottom.eigenvalues).tolist(),
+        "bottom_eigenvalues": bottom.tolist(),
         "critical_point": {
             "kind": crit.kind,
             "reason": crit.reason,
@@ -943,8 +966,7 @@ def landscape(
             run_cfg = config_from_dict(saved, f"the config saved in {ckpt_path}")
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
-        model = build_model(run_cfg)
-        opt = build_optimizer(run_cfg)
+        model, opt, _, _ = _compiled_parts(run_cfg.model, run_cfg.optimizer, run_cfg.data.kind)
         like = model.init(jax.random.key(run_cfg.run.seed))
         ckpt = load_checkpoint(
             ckpt_path,
@@ -961,7 +983,7 @@ def landscape(
             res = train(cfg, out_dir / "train", progress=progress)
             params, model = res.params, res.model
         else:
-            model = build_model(cfg)
+            model = _compiled_parts(cfg.model, cfg.optimizer, cfg.data.kind)[0]
             params = model.init(jax.random.key(cfg.run.seed))
         source = {"trained_steps": cfg.run.steps}
     train_set, _ = build_data(run_cfg)

@@ -14,11 +14,14 @@ Device-to-host transfers are disallowed around every library call: a host round-
 (``float(x)``, ``np.asarray(x)``, a Python ``if`` on an array) would raise.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -143,21 +146,22 @@ def test_inputs_are_laid_out_as_intended(sharded):
         assert params["w1"].addressable_shards[0].data.shape == (D_IN, HIDDEN // 2)
 
 
-def test_hvp(single, sharded):
+def test_hvp(reference, sharded):
     _, _, (params, x, y, v) = sharded
     with no_host_sync():
         out = jaxcurv.hvp(objective, params, v, x, y)
     _assert_sharded_like(out, params)
-    _assert_close(out, jaxcurv.hvp(objective, *single[:1], single[3], *single[1:3]))
+    r = reference
+    _assert_close(out, jaxcurv.hvp(objective, r.params, r.v, r.x, r.y))
 
 
-def test_ggn_vp(single, sharded):
+def test_ggn_vp(reference, sharded):
     _, _, (params, x, y, v) = sharded
     with no_host_sync():
         out = jaxcurv.ggn_vp(lambda p: model_fn(p, x), lambda o: loss_fn(o, y), params, v)
     _assert_sharded_like(out, params)
-    p1, x1, y1, v1 = single
-    ref = jaxcurv.ggn_vp(lambda p: model_fn(p, x1), lambda o: loss_fn(o, y1), p1, v1)
+    r = reference
+    ref = jaxcurv.ggn_vp(lambda p: model_fn(p, r.x), lambda o: loss_fn(o, r.y), r.params, r.v)
     _assert_close(out, ref)
 
 
@@ -167,41 +171,74 @@ def _operators(params, x, y):
     return hess, ggn
 
 
-def test_operators(single, sharded):
+CG_OPTIONS = {"maxiter": 15, "damping": 0.5}
+
+
+class _Reference:
+    """Single-device results, computed once and shared by both layouts."""
+
+    def __init__(self, single):
+        self.params, self.x, self.y, self.v = single
+
+    @functools.cached_property
+    def ops(self):
+        return _operators(self.params, self.x, self.y)
+
+    @functools.cached_property
+    def cg(self):
+        ggn = self.ops[1]
+        return cg(ggn, ggn.grad, **CG_OPTIONS)
+
+    @functools.cached_property
+    def hessian_eigenvalues(self):
+        return np.linalg.eigvalsh(np.asarray(self.ops[0].to_dense(), np.float64))
+
+    @functools.cached_property
+    def ggn_dense(self):
+        return np.asarray(self.ops[1].to_dense(), np.float64)
+
+    @functools.cached_property
+    def hessian_free(self):
+        return _hf_run(self.params, self.x, self.y)[0]
+
+
+@pytest.fixture(scope="module")
+def reference(single):
+    return _Reference(single)
+
+
+def test_operators(reference, sharded):
     _, _, (params, x, y, v) = sharded
     with no_host_sync():
         ops = _operators(params, x, y)
         outs = [op(v) for op in ops]
-    refs = _operators(*single[:3])
-    for op, out, ref in zip(ops, outs, refs):
+    for op, out, ref in zip(ops, outs, reference.ops):
         _assert_sharded_like(out, params)
         _assert_sharded_like(op.grad, params)
-        _assert_close(out, ref(single[3]))
+        _assert_close(out, ref(reference.v))
         _assert_close(op.grad, ref.grad)
         _assert_close(op.value, ref.value)
 
 
-def test_cg(single, sharded):
+def test_cg(reference, sharded):
     _, _, (params, x, y, _) = sharded
     with no_host_sync():
         _, ggn = _operators(params, x, y)
-        sol, info = cg(ggn, ggn.grad, maxiter=15, damping=0.5)
-    _, ref_op = _operators(*single[:3])
-    ref, ref_info = cg(ref_op, ref_op.grad, maxiter=15, damping=0.5)
+        sol, info = cg(ggn, ggn.grad, **CG_OPTIONS)
+    ref, ref_info = reference.cg
     _assert_sharded_like(sol, params)
     _assert_close(sol, ref)
     assert int(info.status) == int(ref_info.status)
     assert int(info.num_steps) == int(ref_info.num_steps)
-    # The solution really solves the damped system (independent of the reference run).
-    p1 = single[0]
-    dense = np.asarray(ref_op.to_dense(), np.float64) + 0.5 * np.eye(ref_op.size)
-    rhs = np.asarray(jax.flatten_util.ravel_pytree(ref_op.grad)[0], np.float64)
+    # The solution really solves the damped system (oracle: numpy on the dense GGN).
+    dense = reference.ggn_dense + CG_OPTIONS["damping"] * np.eye(reference.ggn_dense.shape[0])
+    rhs = np.asarray(ravel_pytree(reference.ops[1].grad)[0], np.float64)
     exact = np.linalg.solve(dense, rhs)
-    got = np.asarray(jax.flatten_util.ravel_pytree(jax.device_get(sol))[0], np.float64)
-    assert np.linalg.norm(got - exact) <= 1e-4 * np.linalg.norm(exact), p1.keys()
+    got = np.asarray(ravel_pytree(jax.device_get(sol))[0], np.float64)
+    assert np.linalg.norm(got - exact) <= 1e-4 * np.linalg.norm(exact)
 
 
-def test_spectral(single, sharded):
+def test_spectral(reference, sharded):
     layout, _, (params, x, y, _) = sharded
     key = jax.random.key(3)
     n = jaxcurv.tree.tree_size(params)
@@ -224,8 +261,8 @@ def test_spectral(single, sharded):
             est = spectral.hutchinson_trace(ggn, key, 8).estimate
         else:
             est = spectral.hutchinson_diagonal(ggn, key, 8)
-    ref_hess, ref_ggn = _operators(*single[:3])
-    exact = np.linalg.eigvalsh(np.asarray(ref_hess.to_dense(), np.float64))
+    ref_ggn = reference.ops[1]
+    exact = reference.hessian_eigenvalues
     np.testing.assert_allclose(
         eig.eigenvalues,
         np.concatenate([exact[:3], exact[-3:]]),
@@ -273,16 +310,11 @@ def _hf_run(params, x, y, num_steps=3):
     return trajectory, step._cache_size()
 
 
-_HF_REFERENCE = {}
-
-
-def test_hessian_free_takes_identical_steps(single, sharded):
+def test_hessian_free_takes_identical_steps(reference, sharded):
     _, _, (params, x, y, _) = sharded
     with no_host_sync():
         run, num_compiles = _hf_run(params, x, y)
-    if not _HF_REFERENCE:
-        _HF_REFERENCE["run"] = _hf_run(*single[:3])[0]
-    ref = _HF_REFERENCE["run"]
+    ref = reference.hessian_free
     assert num_compiles == 1, "the sharded step compiled again on a later call"
     for (p, s), (p_ref, s_ref) in zip(run, ref):
         _assert_sharded_like(p, params)

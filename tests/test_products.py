@@ -209,3 +209,30 @@ def test_bad_tangents_and_outputs():
     op = jaxcurv.hessian_operator(f, x)
     with pytest.raises(ValueError, match=r"`v` leaf"):
         op({"a": jnp.ones(4)})
+
+
+def test_ggn_with_traced_batch_arguments_reuses_compilation():
+    from jaxcurv.products import _build_ggn_jit
+
+    rng = np.random.default_rng(6)
+    model_fn = lambda w, x: jnp.tanh(x @ w)
+    loss_fn = lambda out, y: 0.5 * jnp.mean((out - y) ** 2)
+    w = jnp.asarray(rng.standard_normal(3))
+    batches = [(jnp.asarray(rng.standard_normal((4, 3))), jnp.asarray(rng.standard_normal(4)))
+               for _ in range(3)]
+    new_entries = []
+    for x, y in batches:
+        before = _build_ggn_jit._cache_size()
+        op = jaxcurv.ggn_operator(model_fn, loss_fn, w, model_args=(x,), loss_args=(y,))
+        new_entries.append(_build_ggn_jit._cache_size() - before)
+        closed = jaxcurv.ggn_operator(lambda p, x=x: model_fn(p, x),
+                                      lambda o, y=y: loss_fn(o, y), w)
+        v = jnp.ones(3)
+        np.testing.assert_allclose(op(v), closed(v), rtol=1e-12)
+        np.testing.assert_allclose(
+            jaxcurv.ggn_vp(model_fn, loss_fn, w, v, model_args=(x,), loss_args=(y,)), op(v),
+            rtol=1e-12)
+        # Oracle: J^T H J with J from finite-size jacobian and H = I / n for the mean loss.
+        j = np.asarray(jax.jacobian(lambda p, x=x: model_fn(p, x))(w))
+        np.testing.assert_allclose(op.to_dense(), j.T @ j / 4, rtol=1e-10)
+    assert new_entries == [1, 0, 0]

@@ -1,0 +1,215 @@
+"""jaxcurv against PyTorch on the very same MLP with the very same weights (issue 6).
+
+PyTorch (optional: ``pip install torch``; CPU here, CUDA when a GPU is present):
+
+* gradient by ``torch.autograd.grad``;
+* HVP by double backward, fresh per product (forward, backward with ``create_graph``,
+  backward again: what curvlinops pays per product) and with the first-order graph
+  retained across products (what PyHessian pays);
+* HVP by ``torch.func`` (``jvp`` of ``grad``, forward-over-reverse like jaxcurv);
+* Gauss-Newton product by ``torch.func`` (``jvp`` of the model, the softmax Hessian in
+  closed form, ``vjp``).
+
+In the same interleaved run: ``jax.grad``, ``jaxcurv.hvp``, ``ggn_operator`` application and
+one ``jaxcurv.cg`` iteration on the GGN. Raw-JAX and scipy/optax peers sit beside the
+jaxcurv function they compete with, in products / krylov / optimizers.
+
+    python -m benchmarks.peers [--quick]
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+import jaxcurv
+from benchmarks import common
+from jaxcurv.tree import tree_scale
+
+DEFAULTS = {
+    "full": {"sizes": [784, 1000, 1000, 1000, 10], "batch": 256, "cg_iters": 10, "damping": 1.0},
+    "quick": {"sizes": [784, 1000, 1000, 1000, 10], "batch": 256, "cg_iters": 5, "damping": 1.0},
+}
+
+
+def torch_problem(torch, prob: common.MLPProblem):
+    """The same MLP in PyTorch: weights, batch and direction copied from the JAX problem."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def t(a, grad=False):
+        return torch.tensor(np.asarray(a), device=dev, requires_grad=grad)
+
+    params = [t(leaf[k], True) for leaf in prob.params for k in ("w", "b")]
+    v = [t(leaf[k]) for leaf in prob.v for k in ("w", "b")]
+    x, y = t(prob.x), torch.tensor(np.asarray(prob.y), device=dev, dtype=torch.long)
+    nlayers = len(prob.params)
+
+    def apply(ps, inp):
+        h = inp
+        for i in range(nlayers):
+            h = h @ ps[2 * i] + ps[2 * i + 1]
+            if i < nlayers - 1:
+                h = torch.tanh(h)
+        return h
+
+    def loss(ps):
+        return torch.nn.functional.cross_entropy(apply(ps, x), y)
+
+    return params, v, x, y, apply, loss
+
+
+def torch_candidates(torch, params, v, apply, loss, y):
+    from torch.func import grad as fgrad
+    from torch.func import jvp, vjp
+
+    tparams = tuple(p.detach() for p in params)
+    tv = tuple(v)
+
+    def grad():
+        return torch.autograd.grad(loss(params), params)
+
+    def hvp_double_backward():
+        g = torch.autograd.grad(loss(params), params, create_graph=True)
+        return torch.autograd.grad(g, params, grad_outputs=v)
+
+    retained = {}
+
+    def hvp_retained():
+        if "g" not in retained:  # PyHessian: gradient graph built once, reused per product
+            retained["g"] = torch.autograd.grad(loss(params), params, create_graph=True)
+        return torch.autograd.grad(retained["g"], params, grad_outputs=v, retain_graph=True)
+
+    def floss(*ps):
+        return loss(list(ps))
+
+    g_of = fgrad(lambda ps: floss(*ps))
+
+    def hvp_func():
+        return jvp(g_of, (tparams,), (tv,))[1]
+
+    def fmodel(ps):
+        return apply(list(ps), apply.x)
+
+    def ggn_func():
+        logits, jv = jvp(fmodel, (tparams,), (tv,))
+        prob = torch.softmax(logits, dim=-1)
+        hjv = (prob * jv - prob * (prob * jv).sum(-1, keepdim=True)) / logits.shape[0]
+        _, pullback = vjp(fmodel, tparams)
+        return pullback(hjv)[0]
+
+    return {
+        "torch grad": grad,
+        "torch HVP double backward (fresh)": hvp_double_backward,
+        "torch HVP double backward (graph retained)": hvp_retained,
+        "torch.func HVP jvp(grad)": hvp_func,
+        "torch.func GGN product": ggn_func,
+    }
+
+
+def _as_jax_layout(flat, nlayers):
+    return [{"w": flat[2 * i], "b": flat[2 * i + 1]} for i in range(nlayers)]
+
+
+def run(s: dict, torch) -> dict:
+    prob = common.mlp_problem(s["sizes"], s["batch"], seed=s["seed"])
+    f, p, v, x, y = common.mlp_loss, prob.params, prob.v, prob.x, prob.y
+    k, lam = s["cg_iters"], s["damping"]
+    print(f"MLP {'-'.join(map(str, prob.sizes))}, batch {prob.batch}, N = {prob.num_params:,}")
+
+    def model_fn(q):
+        return common.mlp_apply(q, x)
+
+    def loss_fn(o):
+        return common.softmax_xent(o, y)
+
+    grad = jax.jit(jax.grad(f))
+    gop = jaxcurv.ggn_operator(model_fn, loss_fn, p)
+    b = tree_scale(gop.grad, -1.0)
+    cg = jax.jit(lambda op, rhs: jaxcurv.cg(op, rhs, tol=0.0, maxiter=k, damping=lam))
+    cands = {
+        "jax.grad": lambda: grad(p, x, y),
+        "jaxcurv.hvp": lambda: jaxcurv.hvp(f, p, v, x, y),
+        "jaxcurv ggn_operator apply": lambda: gop(v),
+        "jaxcurv.cg iteration, ggn_operator": lambda: cg(gop, b),
+    }
+    per_call = {"jaxcurv.cg iteration, ggn_operator": k}
+    nlayers = len(p)
+    if torch is not None:
+        tparams, tv, _, _, apply, loss = torch_problem(torch, prob)
+        apply.x = torch.tensor(np.asarray(x), device=tparams[0].device)
+        cands.update(torch_candidates(torch, tparams, tv, apply, loss, y))
+    checks: list[dict] = []
+
+    def check(res):
+        if torch is None:
+            return
+        c = common.check_close
+        lay = lambda r: _as_jax_layout(list(r), nlayers)  # noqa: E731
+        c(checks, "torch grad == jax.grad", lay(res["torch grad"]), res["jax.grad"], 1e-4)
+        ref = res["jaxcurv.hvp"]
+        for name in (
+            "torch HVP double backward (fresh)",
+            "torch HVP double backward (graph retained)",
+            "torch.func HVP jvp(grad)",
+        ):
+            c(checks, f"{name} == jaxcurv.hvp", lay(res[name]), ref, 1e-3)
+        c(
+            checks,
+            "torch.func GGN product == ggn_operator",
+            lay(res["torch.func GGN product"]),
+            res["jaxcurv ggn_operator apply"],
+            1e-3,
+        )
+
+    t = common.interleaved(
+        cands, repeats=s["repeats"], warmup=s["warmup"], per_call=per_call, check=check
+    )
+    rows = common.ratio_rows(t, "jax.grad")
+    med = {name: tm.median for name, tm in t.items()}
+    targets = []
+    if torch is not None:
+        for ref in (
+            "torch HVP double backward (fresh)",
+            "torch HVP double backward (graph retained)",
+        ):
+            targets.append(
+                {
+                    "target": f"jaxcurv.hvp >= 1.25x faster than {ref}",
+                    "value": med[ref] / med["jaxcurv.hvp"],
+                    "limit": 1.25,
+                    "met": bool(med[ref] / med["jaxcurv.hvp"] >= 1.25),
+                    "higher_is_better": True,
+                }
+            )
+            speed = med[ref] / med["jaxcurv.cg iteration, ggn_operator"]
+            targets.append(
+                {
+                    "target": f"jaxcurv CG iteration (GGN) >= 2.5x faster than {ref}",
+                    "value": speed,
+                    "limit": 2.5,
+                    "met": bool(speed >= 2.5),
+                    "higher_is_better": True,
+                }
+            )
+    return {
+        "problem": {"sizes": list(prob.sizes), "batch": prob.batch, "num_params": prob.num_params},
+        "torch_available": torch is not None,
+        "cg_iters": k,
+        "damping": lam,
+        "checks": checks,
+        "rows": rows,
+        "targets": targets,
+    }
+
+
+def main(argv=None) -> None:
+    s, out_dir, quick = common.settings_for("peers", DEFAULTS, argv)
+    common.header("peers", quick)
+    torch = common.optional_torch()
+    if torch is None:
+        print("PyTorch not installed: timing the JAX side only (pip install torch==2.13.0).")
+    common.write_result(out_dir, "peers", s, quick, run(s, torch))
+
+
+if __name__ == "__main__":
+    main()

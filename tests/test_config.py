@@ -1,0 +1,176 @@
+"""Typed configs: the shipped files load, and every bad input names the key and the fix."""
+
+import dataclasses
+import pathlib
+
+import pytest
+
+from jaxcurv.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    config_to_toml,
+    describe_keys,
+    load_config,
+)
+from jaxcurv.demo import DEMO_DEFAULTS, demo_config
+
+CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+def _write(tmp_path, text, name="c.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["demo", "curves_autoencoder", "landscape", "bench"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / f"{name}.toml")
+    assert isinstance(cfg, Config)
+
+
+def test_curves_autoencoder_config_is_martens_architecture():
+    cfg = load_config(CONFIGS / "curves_autoencoder.toml")
+    assert cfg.model.kind == "autoencoder"
+    assert cfg.model.sizes == (784, 400, 200, 100, 50, 25, 6)
+    assert cfg.model.init == "sparse" and cfg.model.activation == "logistic"
+    assert cfg.optimizer.name == "hessian_free" and cfg.optimizer.curvature == "ggn"
+
+
+def test_demo_toml_spells_out_the_builtin_demo_defaults():
+    assert load_config(CONFIGS / "demo.toml") == demo_config()
+    assert demo_config().run.steps == DEMO_DEFAULTS["run"]["steps"]
+
+
+def test_bench_section_keeps_quick_and_out():
+    cfg = load_config(CONFIGS / "bench.toml")
+    assert cfg.bench.quick is False
+    assert cfg.bench.out == "benchmarks/results"
+
+
+def test_defaults_and_toml_round_trip(tmp_path):
+    cfg = load_config(None, ["optimizer.name=adam", "model.sizes=784,100,6", "run.steps=7"])
+    again = load_config(_write(tmp_path, config_to_toml(cfg)))
+    assert again == cfg
+    assert config_from_dict(config_to_dict(cfg), "test") == cfg
+
+
+def test_overrides_are_parsed_by_type():
+    cfg = load_config(
+        None,
+        [
+            "optimizer.damping=10",  # float from an int literal
+            "run.steps=3",
+            "run.progress=false",
+            "optimizer.name=sgd",  # a string without quotes
+            'optimizer.cg_stop="residual"',  # or with
+            "model.sizes=[784, 50, 6]",
+            "bench.settings.repeats=5",
+        ],
+    )
+    assert cfg.optimizer.damping == 10.0 and isinstance(cfg.optimizer.damping, float)
+    assert cfg.run.steps == 3 and cfg.run.progress is False
+    assert cfg.optimizer.name == "sgd" and cfg.optimizer.cg_stop == "residual"
+    assert cfg.model.sizes == (784, 50, 6)
+    assert cfg.bench.settings == {"repeats": 5}
+
+
+def test_overrides_apply_after_the_file(tmp_path):
+    path = _write(tmp_path, "[optimizer]\ndamping = 3.0\n")
+    assert load_config(path).optimizer.damping == 3.0
+    assert load_config(path, ["optimizer.damping=4"]).optimizer.damping == 4.0
+
+
+def test_unknown_key_names_it_and_suggests_the_fix(tmp_path):
+    path = _write(tmp_path, "[optimizer]\ndampng = 3.0\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "optimizer.dampng" in msg and "Did you mean `optimizer.damping`" in msg
+    assert str(path) in msg and "Valid keys" in msg
+
+
+def test_unknown_table(tmp_path):
+    with pytest.raises(ConfigError, match=r"Unknown table `\[optimiser\]`.*`optimizer`"):
+        load_config(_write(tmp_path, "[optimiser]\ndamping = 1.0\n"))
+    with pytest.raises(ConfigError, match="must be a table"):
+        load_config(_write(tmp_path, "run = 3\n"))
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ('[optimizer]\ndamping = "lots"\n', r"`optimizer.damping` must be a number, got 'lots'"),
+        ("[run]\nsteps = 2.5\n", r"`run.steps` must be an integer, got 2.5"),
+        ('[run]\nprogress = "yes"\n', r"`run.progress` must be true or false"),
+        ("[model]\nsizes = 784\n", r"`model.sizes` must be a list of integers"),
+        ("[run]\nsteps = -1\n", r"`run.steps` must be >= 0, got -1"),
+        ("[optimizer]\ncurvature_fraction = 0.0\n", r"curvature_fraction` must be > 0"),
+        ("[optimizer]\nmomentum = 1.5\n", r"momentum` must be <= 1"),
+        ('[optimizer]\nname = "adamw"\n', r"`optimizer.name` must be one of .*Did you mean `adam`"),
+        ("[model]\nsizes = [784, 0, 6]\n", r"positive integers"),
+    ],
+)
+def test_bad_values_name_key_value_and_fix(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("optimizer.damping", "section.key=value"),
+        ("steps=3", "dotted key"),
+        ("optimiser.damping=1", "Unknown section `optimiser`.*`optimizer`"),
+        ("run.stepz=1", "Did you mean `run.steps`"),
+        ("optimizer.damping=abc", r"`optimizer.damping` must be a number, got 'abc'.*--set"),
+        ("model.sizes=a,b", "list of integers"),
+    ],
+)
+def test_bad_overrides(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["data.size=16"], r"model.sizes` starts with 784 inputs but `data.size` = 16"),
+        (["data.kind=regression"], "autoencoder"),
+        (
+            ["model.kind=mlp", "data.kind=regression", "model.sizes=3,8,1"],
+            r"`data.in_dim` = 2",
+        ),
+        (
+            ["model.kind=mlp", "data.kind=classification", "model.sizes=2,8,5"],
+            "data.num_classes",
+        ),
+        (["data.batch_size=5000"], "exceeds `data.num_train`"),
+    ],
+)
+def test_inconsistent_tables(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, overrides)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(_write(tmp_path, "[run\nsteps = 1\n"))
+
+
+def test_config_error_is_a_value_error_and_configs_are_frozen():
+    assert issubclass(ConfigError, ValueError)
+    cfg = load_config(None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.run.steps = 3
+
+
+def test_describe_keys_lists_every_key_with_its_default():
+    text = describe_keys("optimizer")
+    assert "[optimizer]" in text and "damping = 1.0" in text and "hessian_free" in text
+    assert "[run]" not in text
+    assert "[bench]" in describe_keys()
