@@ -342,9 +342,10 @@ def mlp_init(key: jax.Array, sizes: Sequence[int], dtype=jnp.float32) -> list[di
 
 def mlp_apply(params: list[dict[str, Any]], x: jax.Array) -> jax.Array:
     """tanh hidden layers, linear output (logits)."""
+    # Explicit [None] keeps the code valid under jax_numpy_rank_promotion="raise".
     for layer in params[:-1]:
-        x = jnp.tanh(x @ layer["w"] + layer["b"])
-    return x @ params[-1]["w"] + params[-1]["b"]
+        x = jnp.tanh(x @ layer["w"] + layer["b"][None])
+    return x @ params[-1]["w"] + params[-1]["b"][None]
 
 
 def softmax_xent(logits: jax.Array, labels: jax.Array) -> jax.Array:

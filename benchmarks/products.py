@@ -139,21 +139,23 @@ def mlp_products(s: dict) -> dict:
     floors["jaxcurv.ggn_vp"] = (flops["forward"] + flops["ggn_apply"]) / flops["grad"]
     floors["reverse-over-reverse HVP (jit)"] = None  # several schedules; no single floor
 
-    hlo = {
-        "jax.grad": common.hlo_cost(jax.grad(f), p, x, y),
-        "jaxcurv.hvp": common.hlo_cost(lambda q, w: jaxcurv.hvp(f, q, w, x, y), p, v),
-        "raw JAX jvp(grad) (cookbook, jit)": common.hlo_cost(
-            lambda q, w: cookbook_hvp(f, q, w, x, y), p, v
-        ),
-        "reverse-over-reverse HVP (jit)": common.hlo_cost(
-            lambda q, w: rev_over_rev_hvp(f, q, w, x, y), p, v
-        ),
-        "hessian_operator apply": common.hlo_cost(lambda op, w: op.mv(w), hop, v),
-        "jaxcurv.ggn_vp": common.hlo_cost(
-            lambda q, w: jaxcurv.ggn_vp(model_fn, loss_fn, q, w), p, v
-        ),
-        "ggn_operator apply": common.hlo_cost(lambda op, w: op.mv(w), gop, v),
-    }
+    hlo, ops = {}, {}
+    if s.get("hlo", True):
+        hlo = {
+            "jax.grad": common.hlo_cost(jax.grad(f), p, x, y),
+            "jaxcurv.hvp": common.hlo_cost(lambda q, w: jaxcurv.hvp(f, q, w, x, y), p, v),
+            "raw JAX jvp(grad) (cookbook, jit)": common.hlo_cost(
+                lambda q, w: cookbook_hvp(f, q, w, x, y), p, v
+            ),
+            "reverse-over-reverse HVP (jit)": common.hlo_cost(
+                lambda q, w: rev_over_rev_hvp(f, q, w, x, y), p, v
+            ),
+            "hessian_operator apply": common.hlo_cost(lambda op, w: op.mv(w), hop, v),
+            "jaxcurv.ggn_vp": common.hlo_cost(
+                lambda q, w: jaxcurv.ggn_vp(model_fn, loss_fn, q, w), p, v
+            ),
+            "ggn_operator apply": common.hlo_cost(lambda op, w: op.mv(w), gop, v),
+        }
     hlo_flops = {k: c["flops"] for k, c in hlo.items()}
     rows = common.ratio_rows(
         timings, "jax.grad", {k: w for k, w in floors.items() if w is not None}, hlo_flops
@@ -161,15 +163,16 @@ def mlp_products(s: dict) -> dict:
     for row in rows:
         if row["name"] in hlo:
             row["hlo_bytes_accessed"] = hlo[row["name"]]["bytes_accessed"]
-    ops = {
-        name: common.hlo_op_counts(fn, *args)
-        for name, fn, args in [
-            ("jax.grad", jax.grad(f), (p, x, y)),
-            ("jaxcurv.hvp", lambda q, w: jaxcurv.hvp(f, q, w, x, y), (p, v)),
-            ("hessian_operator apply", lambda op, w: op.mv(w), (hop, v)),
-            ("ggn_operator apply", lambda op, w: op.mv(w), (gop, v)),
-        ]
-    }
+    if s.get("hlo", True):
+        ops = {
+            name: common.hlo_op_counts(fn, *args)
+            for name, fn, args in [
+                ("jax.grad", jax.grad(f), (p, x, y)),
+                ("jaxcurv.hvp", lambda q, w: jaxcurv.hvp(f, q, w, x, y), (p, v)),
+                ("hessian_operator apply", lambda op, w: op.mv(w), (hop, v)),
+                ("ggn_operator apply", lambda op, w: op.mv(w), (gop, v)),
+            ]
+        }
     targets = [
         _target("jaxcurv.hvp <= 2.7x grad", rows, "jaxcurv.hvp", 2.7),
         _target("hessian_operator apply <= 1.8x grad", rows, "hessian_operator apply", 1.8),

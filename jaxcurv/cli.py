@@ -139,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats")
     p.add_argument("--out", metavar="DIR", help="results folder (default from the config)")
+    p.add_argument("--only", metavar="NAMES", help="comma-separated subset of the benchmarks")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a [bench.settings] value, e.g. --set products.repeats=5 (repeatable)",
+    )
 
     p = sub.add_parser(
         "config",
@@ -219,24 +228,26 @@ def _cmd_landscape(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    # benchmarks/ lives in the source checkout, next to configs/; make it importable from
-    # the current directory the way `python -m benchmarks.run` would.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module("benchmarks.run")
-    except ModuleNotFoundError as e:
-        if e.name not in ("benchmarks", "benchmarks.run"):
-            raise
+    # benchmarks/ lives in the source checkout, next to configs/, not in the installed
+    # package: run it from the repository root, as `python -m benchmarks.run` would.
+    root = pathlib.Path.cwd()
+    if not (root / "benchmarks" / "run.py").is_file():
         raise _UsageError(
             "`jaxcurv bench` runs benchmarks/run.py from a source checkout, and there is none "
-            f"under {os.getcwd()}. Run it from the repository root (or use `make bench`)."
-        ) from None
+            f"under {root}. Run it from the repository root (or use `make bench`)."
+        )
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    module = importlib.import_module("benchmarks.run")
     argv = ["--config", args.config]
     if args.quick:
         argv.append("--quick")
     if args.out:
         argv += ["--out", args.out]
+    if args.only:
+        argv += ["--only", args.only]
+    for text in args.overrides:
+        argv += ["--set", text]
     return int(module.main(argv) or 0)
 
 

@@ -26,7 +26,6 @@ import numpy as np
 
 import jaxcurv
 from jaxcurv.config import Config, load_config
-from jaxcurv.spectral import classify_critical_point
 from jaxcurv.train import (
     _finite,
     _pyplot,
@@ -163,7 +162,7 @@ def critical_point_section() -> list[dict]:
     """Each function of :data:`CRITICAL_POINTS` classified at its critical point."""
     rows = []
     for label, fun, at in CRITICAL_POINTS:
-        cp = classify_critical_point(fun, jnp.asarray(at, jnp.float64 if _x64() else None))
+        cp = jaxcurv.classify_critical_point(fun, jnp.asarray(at, jnp.float64 if _x64() else None))
         rows.append(
             {
                 "function": label,
@@ -217,12 +216,12 @@ def saddle_section() -> dict:
     escape = int(np.argmax(along >= 1.0)) if np.any(along >= 1.0) else None
     b_norms = np.linalg.norm(b_xs, axis=1)
     converged = int(np.argmax(b_norms <= 1e-6)) if np.any(b_norms <= 1e-6) else None
-    cp = classify_critical_point(_seed_loss, jnp.zeros(2, x0.dtype))
+    cp = jaxcurv.classify_critical_point(_seed_loss, jnp.zeros(2, x0.dtype))
     return {
         "learning_rate": lr,
         "start": np.asarray(x0).tolist(),
         "hessian_eigenvalues": np.round(np.asarray(cp.eigenvalues, np.float64), 6).tolist(),
-        "escape_direction": down.tolist(),
+        "escape_direction": np.round(down, 4).tolist(),
         "saddle_steps_with_small_gradient": stalled,
         "saddle_steps_to_escape": escape,
         "bowl_steps_to_converge": converged,

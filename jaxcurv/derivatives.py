@@ -340,8 +340,8 @@ def hessian(
         nbytes = n * n * jnp.dtype(dtype).itemsize
         if nbytes > max_bytes:
             raise ValueError(
-                f"`hessian` would build a dense {n} x {n} {dtype} matrix of "
-                f"{nbytes / 2**30:.2f} GiB, over `max_bytes={max_bytes}`. Use "
+                f"`hessian` would build a dense {n} x {n} {dtype} matrix of {nbytes:,} bytes "
+                f"({nbytes / 2**30:.3g} GiB), over `max_bytes={max_bytes:,}`. Use "
                 "`jaxcurv.hvp(fun, x, v)` or `jaxcurv.hessian_operator(fun, x)` for products, "
                 "or raise `max_bytes` if it fits."
             )

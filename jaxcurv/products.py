@@ -53,7 +53,10 @@ __all__ = [
 
 def _check_callable(name: str, arg: str, fun: Any) -> None:
     if not callable(fun):
-        raise TypeError(f"`{name}({arg})` must be callable, got {type(fun).__name__}: {fun!r}.")
+        raise TypeError(
+            f"`{name}({arg})` must be callable, got {type(fun).__name__}: {fun!r}. Pass the "
+            f"function itself first, e.g. `{name}(loss, params, ...)`, not its value."
+        )
 
 
 def _check_tangent(name: str, v: PyTree, x: PyTree, x_name: str = "x") -> None:
@@ -72,14 +75,19 @@ def _check_tangent(name: str, v: PyTree, x: PyTree, x_name: str = "x") -> None:
             )
 
 
-def _check_scalar(name: str, fun: Callable, *args: Any) -> None:
+def _check_scalar(name: str, fun: Callable, *args: Any, ggn: bool = False) -> None:
     out = jax.eval_shape(fun, *args)
     shape = getattr(out, "shape", None)
     if shape != ():
+        alternative = (
+            "make `loss_fn` reduce the model outputs to one number"
+            if ggn
+            else "for a vector output use `jaxcurv.jacobian`, or `ggn_vp` with the loss apart"
+        )
         raise ValueError(
             f"`{name}` needs a scalar-valued function, but it returned "
             f"{'shape ' + str(shape) if shape is not None else type(out).__name__}. Reduce the "
-            "output (e.g. `jnp.mean` over the batch) or use `ggn_vp` / `jaxcurv.jacobian`."
+            f"output (e.g. `jnp.mean` over the batch); {alternative}."
         )
     if not jnp.issubdtype(out.dtype, jnp.floating):
         raise TypeError(f"`{name}` needs a real floating-point output, got dtype {out.dtype}.")
@@ -201,7 +209,7 @@ def ggn_vp(
     _check_tangent("ggn_vp", v, params, "params")
     model_args, loss_args = tuple(model_args), tuple(loss_args)
     out = jax.eval_shape(model_fn, params, *model_args)
-    _check_scalar("ggn_vp(loss_fn)", loss_fn, out, *loss_args)
+    _check_scalar("ggn_vp(loss_fn)", loss_fn, out, *loss_args, ggn=True)
     return _maybe_jit(_ggn_vp_jit, _ggn_vp_impl, model_fn, loss_fn)(
         model_fn, loss_fn, params, v, model_args, loss_args
     )
@@ -265,10 +273,22 @@ class CurvatureOperator:
 
         For large problems use ``jaxcurv.hutchinson_diagonal``.
         """
-        return _diagonal(self, chunk_size)
+        return _like_sharding(_diagonal(self, chunk_size), self.x)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, dtype={self.dtype})"
+
+
+def _like_sharding(tree: PyTree, like: PyTree) -> PyTree:
+    """Put concrete leaves on ``like``'s shardings: raveling for the diagonal loses them."""
+
+    def put(a, b):
+        if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+            return a
+        sharding = getattr(b, "sharding", None)
+        return a if sharding is None else jax.device_put(a, sharding)
+
+    return jax.tree.map(put, tree, like)
 
 
 @jax.jit
@@ -447,7 +467,7 @@ def ggn_operator(
     _check_real_inputs("ggn_operator", params, "`params`")
     model_args, loss_args = tuple(model_args), tuple(loss_args)
     out = jax.eval_shape(model_fn, params, *model_args)
-    _check_scalar("ggn_operator(loss_fn)", loss_fn, out, *loss_args)
+    _check_scalar("ggn_operator(loss_fn)", loss_fn, out, *loss_args, ggn=True)
     return _maybe_jit(_build_ggn_jit, _build_ggn_impl, model_fn, loss_fn)(
         model_fn, loss_fn, params, model_args, loss_args
     )

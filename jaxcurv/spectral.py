@@ -786,7 +786,11 @@ def hutchinson_trace(
         "hutchinson_trace(num_samples=...)",
         num_samples,
         low=low,
-        fix="Hutch++ splits its products in three parts." if low == 3 else "",
+        fix=(
+            "Hutch++ splits its products in three parts: pass at least 3."
+            if low == 3
+            else "Pass a positive count; the error falls as 1/sqrt(num_samples)."
+        ),
     )
     example, _, _ = _domain("hutchinson_trace", A, example)
     return _run(_hutchinson_impl, A, example, key, num_samples=num_samples, method=method)

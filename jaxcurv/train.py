@@ -4,7 +4,8 @@
 :mod:`jaxcurv.data` with :func:`jaxcurv.hessian_free.hessian_free` or an optax baseline
 (``adam``, ``sgd``, ``lbfgs``), one jitted step per iteration. It writes, into its run
 folder: ``config.toml`` (the resolved config), ``metrics.jsonl`` (one JSON object per logged
-step), ``checkpoints/step_XXXXXXXX.npz`` (parameters and optimizer state) and PNG plots.
+step), ``summary.json`` (final losses, optimizer and compile time, device),
+``checkpoints/step_XXXXXXXX.npz`` (parameters and optimizer state) and PNG plots.
 A run resumed from a checkpoint continues bit-identically: minibatches are a pure function
 of the step (:func:`jaxcurv.data.batch_indices`), and the restored arrays and the compiled
 step are the same as in an uninterrupted run.
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import jaxcurv
 from jaxcurv import data as data_lib
 from jaxcurv import models as models_lib
 from jaxcurv.config import (
@@ -45,14 +47,6 @@ from jaxcurv.config import (
     config_from_dict,
     config_to_dict,
     config_to_toml,
-)
-from jaxcurv.hessian_free import ModelAndLoss, hessian_free
-from jaxcurv.products import hessian_operator
-from jaxcurv.spectral import (
-    classify_critical_point,
-    eigenvalues,
-    hutchinson_trace,
-    spectral_density,
 )
 from jaxcurv.tree import tree_norm
 
@@ -176,7 +170,7 @@ def build_optimizer(cfg: Config) -> optax.GradientTransformation:
     """The optax transformation named by ``cfg.optimizer.name``, with its options."""
     o = cfg.optimizer
     if o.name == "hessian_free":
-        return hessian_free(
+        return jaxcurv.hessian_free(
             o.learning_rate,
             curvature=o.curvature,
             damping=o.damping,
@@ -196,7 +190,7 @@ def build_optimizer(cfg: Config) -> optax.GradientTransformation:
     return optax.lbfgs(o.learning_rate)
 
 
-def objective(model: models_lib.Model) -> ModelAndLoss:
+def objective(model: models_lib.Model) -> jaxcurv.ModelAndLoss:
     """``value_fn(params, inputs=..., targets=...)`` with the model and loss kept apart."""
 
     def model_fn(params, inputs):
@@ -205,7 +199,7 @@ def objective(model: models_lib.Model) -> ModelAndLoss:
     def loss_fn(outputs, targets):
         return model.loss(outputs, targets)
 
-    return ModelAndLoss(model_fn, loss_fn)
+    return jaxcurv.ModelAndLoss(model_fn, loss_fn)
 
 
 def _strong(tree: PyTree) -> PyTree:
@@ -806,19 +800,21 @@ def analyze_landscape(
     fun = _DataLoss(model)
     key = jax.random.key(lc.seed)
     k_eig, k_crit, k_trace, k_density = jax.random.split(key, 4)
-    op = hessian_operator(fun, params, inputs, targets)
+    op = jaxcurv.hessian_operator(fun, params, inputs, targets)
     n = op.size
     top_k, bottom_k = min(lc.top_k, n), min(lc.bottom_k, n)
     m = min(n, max(lc.num_lanczos, 2 * max(top_k, bottom_k) + 2))
-    top = eigenvalues(op, top_k, which="largest", key=k_eig, num_iters=m, return_eigenvectors=True)
+    top = jaxcurv.eigenvalues(
+        op, top_k, which="largest", key=k_eig, num_iters=m, return_eigenvectors=True
+    )
     # The classification computes the smallest (and largest) eigenvalues anyway: its
     # ascending list starts with the bottom ones, on the dense and the Lanczos path alike.
-    crit = classify_critical_point(
+    crit = jaxcurv.classify_critical_point(
         fun, params, inputs, targets, k=max(top_k, bottom_k), key=k_crit, num_iters=m
     )
     bottom = np.asarray(crit.eigenvalues)[:bottom_k]
-    trace = hutchinson_trace(op, k_trace, lc.trace_samples)
-    density = spectral_density(
+    trace = jaxcurv.hutchinson_trace(op, k_trace, lc.trace_samples)
+    density = jaxcurv.spectral_density(
         op, k_density, num_probes=lc.density_probes, num_lanczos=min(n, lc.num_lanczos)
     )
 

@@ -262,7 +262,6 @@ def test_demo_end_to_end(tmp_path, capsys):
 
 def test_bench_outside_a_checkout(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".")])
     assert main(["bench", "--quick"]) == 2
     assert "source checkout" in capsys.readouterr().err
 
@@ -277,3 +276,30 @@ def test_config_command_and_module_entry_point():
     assert proc.returncode == 0, proc.stderr
     assert "damping = 1.0" in proc.stdout and "cg_maxiter" in proc.stdout
     assert main(["config", "nope"]) == 2
+
+
+def test_bench_passes_its_options_to_the_suite(tmp_path, monkeypatch):
+    import types
+
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "run.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    fake = types.ModuleType("benchmarks.run")
+    fake.main = lambda argv: calls.append(argv)
+    monkeypatch.setitem(sys.modules, "benchmarks.run", fake)
+    args = ["bench", "--quick", "--out", "o", "--only", "products", "--set", "products.repeats=3"]
+    assert main(args) == 0
+    assert calls == [
+        [
+            "--config",
+            "configs/bench.toml",
+            "--quick",
+            "--out",
+            "o",
+            "--only",
+            "products",
+            "--set",
+            "products.repeats=3",
+        ]
+    ]

@@ -1,0 +1,219 @@
+"""Peak memory, each measurement in its own process (issues 2 and 6).
+
+* dense ``jaxcurv.hessian`` vs ``jax.hessian`` at N = 2000 (the problem of
+  :func:`benchmarks.products.dense_hessian_problem`);
+* ``jax.grad`` vs ``jaxcurv.hvp`` vs the operators on the reference MLP;
+* Lanczos (``jaxcurv.eigenvalues``) with m basis vectors, m swept.
+
+On CPU the peak is the host's resident set: the high-water mark is reset
+(``/proc/self/clear_refs``) after the inputs exist and the program is compiled, so the
+number is what running the computation adds on top of its inputs. On a GPU it is the
+device's ``peak_bytes_in_use`` above the bytes in use before the run. Compilation's peak is
+reported apart. Each worker also reports the run's wall time.
+
+    python -m benchmarks.memory [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+
+from benchmarks import common
+
+DEFAULTS = {
+    "full": {
+        "hessian_n": 2000,
+        "hessian_batch": 512,
+        "sizes": [784, 1000, 1000, 1000, 10],
+        "batch": 256,
+        "lanczos_steps": [10, 20, 40, 80],
+        "timeout_s": 600,
+    },
+    "quick": {
+        "hessian_n": 1000,
+        "hessian_batch": 256,
+        "sizes": [784, 256, 256, 10],
+        "batch": 128,
+        "lanczos_steps": [10, 40],
+        "timeout_s": 300,
+    },
+}
+
+
+# ---------------------------------------------------------------------- in the worker
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _device_stats():
+    try:
+        return jax.devices()[0].memory_stats() or None
+    except Exception:  # noqa: BLE001 - CPU devices may not implement it
+        return None
+
+
+def _measure(build):
+    """``build() -> (compiled_fn, args)``; returns peak bytes of compile and of the run."""
+    gpu = jax.default_backend() != "cpu"
+    _reset_peak()
+    rss0 = _status_kib("VmRSS")
+    fn, args = build()
+    compile_peak = None
+    if not gpu and rss0 is not None:
+        compile_peak = (_status_kib("VmHWM") - rss0) * 1024
+    jax.block_until_ready(args)
+    stats0 = _device_stats() if gpu else None
+    resettable = _reset_peak()
+    base = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    wall = time.perf_counter() - t0
+    out = {"wall_s": wall, "compile_peak_bytes": compile_peak, "backend": jax.default_backend()}
+    if gpu and stats0 is not None:
+        stats = _device_stats()
+        out["peak_bytes"] = stats.get("peak_bytes_in_use", 0) - stats0.get("bytes_in_use", 0)
+        out["method"] = "device peak_bytes_in_use minus bytes in use before"
+    else:
+        peak = _status_kib("VmHWM") if resettable else None
+        if peak is None:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["peak_bytes"] = (peak - base) * 1024
+        out["method"] = "host VmHWM after reset minus VmRSS before the run"
+    return out
+
+
+def _worker(case: str, params: dict) -> dict:
+    import jaxcurv
+
+    if case in ("jax.hessian", "jaxcurv.hessian"):
+        from benchmarks.products import dense_hessian_problem
+
+        fun, z0, _ = dense_hessian_problem(params["n"], params["batch"])
+        h = jax.hessian(fun) if case == "jax.hessian" else jaxcurv.hessian(fun)
+        return _measure(lambda: (jax.jit(h).lower(z0).compile(), (z0,)))
+
+    prob = common.mlp_problem(params["sizes"], params["batch"])
+    f, p, v, x, y = common.mlp_loss, prob.params, prob.v, prob.x, prob.y
+    if case == "jax.grad":
+        return _measure(lambda: (jax.jit(jax.grad(f)).lower(p, x, y).compile(), (p, x, y)))
+    if case == "jaxcurv.hvp":
+        fn = jax.jit(lambda q, w: jaxcurv.hvp(f, q, w, x, y))
+        return _measure(lambda: (fn.lower(p, v).compile(), (p, v)))
+    if case == "hessian_operator build + apply":
+        fn = jax.jit(lambda q, w: jaxcurv.hessian_operator(f, q, x, y)(w))
+        return _measure(lambda: (fn.lower(p, v).compile(), (p, v)))
+    if case == "hessian_operator apply (operator held)":
+        op = jaxcurv.hessian_operator(f, p, x, y)
+        fn = jax.jit(lambda o, w: o(w))
+        return _measure(lambda: (fn.lower(op, v).compile(), (op, v)))
+    if case.startswith("lanczos"):
+        op = jaxcurv.hessian_operator(f, p, x, y)
+        m = params["steps"]
+        fn = jax.jit(lambda o: jaxcurv.eigenvalues(o, 1, num_iters=m).eigenvalues)
+        res = _measure(lambda: (fn.lower(op).compile(), (op,)))
+        res["basis_bytes"] = m * prob.num_params * 4
+        return res
+    raise ValueError(f"unknown memory case {case!r}")
+
+
+# ------------------------------------------------------------------------ in the parent
+
+
+def _spawn(case: str, params: dict, timeout_s: float) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.memory", "--worker", case, json.dumps(params)]
+    env = dict(os.environ)
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, cwd=common.ROOT, env=env, capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        return {"case": case, "error": f"timed out after {timeout_s} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout)[-800:]
+        return {"case": case, "error": f"exit {proc.returncode}: {tail}"}
+    res = json.loads(lines[-1])
+    res["case"] = case
+    res["process_s"] = time.perf_counter() - t0
+    mib = res["peak_bytes"] / 2**20
+    print(f"  {case:<40s} peak {mib:9.1f} MiB  run {res['wall_s']:.3f} s")
+    return res
+
+
+def main(argv=None) -> None:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--worker":
+        print(json.dumps(_worker(argv[1], json.loads(argv[2]))))
+        return
+    s, out_dir, quick = common.settings_for("memory", DEFAULTS, argv)
+    common.header("memory", quick)
+    to = s["timeout_s"]
+    hp = {"n": s["hessian_n"], "batch": s["hessian_batch"]}
+    print(f"dense Hessian N = {hp['n']} (batch {hp['batch']})")
+    hessian = [_spawn(c, hp, to) for c in ("jax.hessian", "jaxcurv.hessian")]
+    mp = {"sizes": s["sizes"], "batch": s["batch"]}
+    print(f"MLP {'-'.join(map(str, s['sizes']))}, batch {s['batch']}")
+    products = [
+        _spawn(c, mp, to)
+        for c in (
+            "jax.grad",
+            "jaxcurv.hvp",
+            "hessian_operator build + apply",
+            "hessian_operator apply (operator held)",
+        )
+    ]
+    print("Lanczos (Hessian operator), m steps")
+    lanczos = [_spawn(f"lanczos m={m}", {**mp, "steps": m}, to) for m in s["lanczos_steps"]]
+    ok = {r["case"]: r for r in hessian if "error" not in r}
+    target = None
+    if len(ok) == 2:
+        ratio = ok["jaxcurv.hessian"]["peak_bytes"] / max(ok["jax.hessian"]["peak_bytes"], 1)
+        target = {
+            "target": "dense hessian peak memory far below jax.hessian's (ratio <= 0.5)",
+            "value": ratio,
+            "limit": 0.5,
+            "met": bool(ratio <= 0.5),
+        }
+    common.write_result(
+        out_dir,
+        "memory",
+        s,
+        quick,
+        {
+            "hessian": {"params": hp, "results": hessian},
+            "products": {"params": mp, "results": products},
+            "lanczos": {"params": mp, "results": lanczos},
+            "target": target,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
