@@ -1,9 +1,9 @@
 """The ``jaxcurv`` command: ``demo``, ``train``, ``landscape``, ``bench`` and ``config``.
 
 This module only parses arguments and configs and calls the library (:mod:`jaxcurv.demo`,
-:mod:`jaxcurv.train`); no numerical code lives here. User errors -- a bad config key or
-value, an existing run, a checkpoint from another model -- end with a one-line message and
-exit status 2, never a traceback.
+:mod:`jaxcurv.train`, :mod:`jaxcurv.landscape`); no numerical code lives here. User errors
+-- a bad config key or value, an existing run, a checkpoint from another model -- end with
+a one-line message and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -29,7 +29,25 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, 88)
 
 
-def _add_common(p: argparse.ArgumentParser, *, out_default: str | None) -> None:
+def _run_command(
+    sub,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    config_help: str,
+    config_required: bool = False,
+    out_default: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand that runs a config (demo, train, landscape), with the options they share."""
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=_wrap(description),
+        epilog=_EPILOG_CONFIG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", metavar="FILE", required=config_required, help=config_help)
     p.add_argument(
         "--out",
         metavar="DIR",
@@ -51,6 +69,7 @@ def _add_common(p: argparse.ArgumentParser, *, out_default: str | None) -> None:
         help="override one config value, parsed by its type (repeatable)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,67 +81,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser(
+    p = _run_command(
+        sub,
         "demo",
         help="the seed notes end to end, with a Hessian-free training run",
-        description=_wrap(
-            "The seed, computed: derivative kinds and shapes, the worked Jacobian "
-            "and Hessian, critical points and saddles, backprop as a chain of VJPs, a short "
-            "Hessian-free vs Adam run on CURVES-like images, and the trained model's Hessian "
-            "spectrum. Prints a report and writes report.md, report.json and PNG plots. A few "
-            "minutes at most on two CPU cores."
-        ),
-        epilog=_EPILOG_CONFIG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="The seed, computed: derivative kinds and shapes, the worked Jacobian "
+        "and Hessian, critical points and saddles, backprop as a chain of VJPs, a short "
+        "Hessian-free vs Adam run on CURVES-like images, and the trained model's Hessian "
+        "spectrum. Prints a report and writes report.md, report.json and PNG plots. A few "
+        "minutes at most on two CPU cores.",
+        config_help="TOML applied over the built-in demo settings (configs/demo.toml spells "
+        "them out)",
+        out_default="runs/demo",
     )
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        help="TOML applied over the built-in demo settings (configs/demo.toml spells them out)",
-    )
-    _add_common(p, out_default="runs/demo")
 
-    p = sub.add_parser(
+    p = _run_command(
+        sub,
         "train",
         help="train a reference model with hessian_free or an optax baseline",
-        description=_wrap(
-            "Train the model of a config with Hessian-free (Martens 2010) or an optax "
-            "baseline (adam, sgd, lbfgs). Writes config.toml, metrics.jsonl (one JSON object per "
-            "logged step), summary.json, checkpoints/step_*.npz and PNG plots of loss vs time "
-            "and of damping / CG steps / rho. Interrupt with Ctrl-C and continue bit-identically "
-            "with --resume."
-        ),
-        epilog=_EPILOG_CONFIG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train the model of a config with Hessian-free (Martens 2010) or an optax "
+        "baseline (adam, sgd, lbfgs). Writes config.toml, metrics.jsonl (one JSON object per "
+        "logged step), summary.json, checkpoints/step_*.npz and PNG plots of loss vs time "
+        "and of damping / CG steps / rho. Interrupt with Ctrl-C and continue bit-identically "
+        "with --resume.",
+        config_help="TOML config file",
+        config_required=True,
     )
-    p.add_argument("--config", metavar="FILE", required=True, help="TOML config file")
     p.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its latest checkpoint (run.steps may be raised)",
     )
-    _add_common(p, out_default=None)
 
-    p = sub.add_parser(
+    p = _run_command(
+        sub,
         "landscape",
         help="Hessian eigenvalues, critical-point kind, trace, density and loss slices",
-        description=_wrap(
-            "Curvature of the training loss at a trained model: gradient norm, "
-            "top-k and bottom-k Hessian eigenvalues (Lanczos), critical-point kind, Hutchinson "
-            "trace, spectral density (stochastic Lanczos quadrature) and 1-D / 2-D loss slices "
-            "along the top eigenvectors. Analyzes --checkpoint, or trains per --config first "
-            "(run.steps = 0 analyzes the initialization). Writes landscape.json and PNG plots."
-        ),
-        epilog=_EPILOG_CONFIG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Curvature of the training loss at a trained model: gradient norm, "
+        "top-k and bottom-k Hessian eigenvalues (Lanczos), critical-point kind, Hutchinson "
+        "trace, spectral density (stochastic Lanczos quadrature) and 1-D / 2-D loss slices "
+        "along the top eigenvectors. Analyzes --checkpoint, or trains per --config first "
+        "(run.steps = 0 analyzes the initialization). Writes landscape.json and PNG plots.",
+        config_help="TOML config file ([landscape] options)",
     )
-    p.add_argument("--config", metavar="FILE", help="TOML config file ([landscape] options)")
     p.add_argument(
         "--checkpoint",
         metavar="PATH",
         help="a checkpoint .npz or a run folder of `jaxcurv train` (its latest checkpoint)",
     )
-    _add_common(p, out_default=None)
 
     p = sub.add_parser(
         "bench",
@@ -204,7 +210,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_landscape(args) -> int:
     from jaxcurv.config import load_config
-    from jaxcurv.train import landscape
+    from jaxcurv.landscape import landscape
 
     if args.config is None and args.checkpoint is None:
         raise _UsageError("landscape needs --config FILE or --checkpoint PATH (or both).")

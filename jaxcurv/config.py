@@ -62,16 +62,22 @@ def _field(
     return dataclasses.field(default=default, metadata=meta)
 
 
+def _count(default: int, help: str = "", *, low: int = 1) -> Any:
+    """An integer setting that counts something: at least ``low``, which is 1 unless 0
+    means "none" / "off" or the count needs more."""
+    return _field(default, low=low, help=help)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """``[run]``: how long to train and what to record."""
 
     seed: int = _field(0, help="PRNG seed of the parameter initialization")
-    steps: int = _field(50, low=0, help="optimizer steps in total")
-    log_every: int = _field(1, low=1, help="write a metrics line every this many steps")
-    eval_every: int = _field(10, low=1, help="evaluate the test loss every this many steps")
-    checkpoint_every: int = _field(
-        0, low=0, help="save params and optimizer state every this many steps (0: at the end)"
+    steps: int = _count(50, "optimizer steps in total", low=0)
+    log_every: int = _count(1, "write a metrics line every this many steps")
+    eval_every: int = _count(10, "evaluate the test loss every this many steps")
+    checkpoint_every: int = _count(
+        0, "save params and optimizer state every this many steps (0: at the end)", low=0
     )
     progress: bool = _field(True, help="show a progress bar")
 
@@ -81,15 +87,15 @@ class DataConfig:
     """``[data]``: the embedded dataset (generated from a seed, never downloaded)."""
 
     kind: str = _field("curves", choices=("curves", "regression", "classification"))
-    num_train: int = _field(2000, low=1, help="training examples")
-    num_test: int = _field(500, low=1, help="test examples")
-    batch_size: int = _field(0, low=0, help="examples per step (0: the whole training set)")
+    num_train: int = _count(2000, "training examples")
+    num_test: int = _count(500, "test examples")
+    batch_size: int = _count(0, "examples per step (0: the whole training set)", low=0)
     seed: int = _field(0, help="seed of the data generator and of the batch shuffling")
-    size: int = _field(28, low=2, help="curves: image side in pixels")
-    num_control_points: int = _field(3, low=2, help="curves: points each curve runs through")
-    in_dim: int = _field(2, low=1, help="regression / classification: input dimension")
-    out_dim: int = _field(1, low=1, help="regression: target dimension")
-    num_classes: int = _field(3, low=2, help="classification: number of classes")
+    size: int = _count(28, "curves: image side in pixels", low=2)
+    num_control_points: int = _count(3, "curves: points each curve runs through", low=2)
+    in_dim: int = _count(2, "regression / classification: input dimension")
+    out_dim: int = _count(1, "regression: target dimension")
+    num_classes: int = _count(3, "classification: number of classes", low=2)
     noise: float = _field(0.05, low=0.0, help="regression: target noise standard deviation")
 
 
@@ -123,7 +129,7 @@ class OptimizerConfig:
     curvature: str = _field("ggn", choices=("ggn", "hessian"))
     damping: float = _field(1.0, low=0.0, help="hessian_free: initial damping lambda")
     adapt_damping: bool = _field(True)
-    cg_maxiter: int = _field(250, low=1)
+    cg_maxiter: int = _count(250)
     cg_tol: float = _field(1e-5, low=0.0)
     cg_stop: str = _field("martens", choices=("martens", "residual"))
     cg_backtracking: bool = _field(True)
@@ -143,14 +149,19 @@ class LandscapeConfig:
     """``[landscape]``: curvature diagnostics of the loss at the trained parameters."""
 
     checkpoint: str = _field("", help="analyze this checkpoint (file or run folder) instead")
-    num_examples: int = _field(500, low=1, help="training examples the loss is measured on")
-    top_k: int = _field(5, low=1, help="largest Hessian eigenvalues to report")
-    bottom_k: int = _field(5, low=1, help="smallest Hessian eigenvalues to report")
-    num_lanczos: int = _field(40, low=2, help="Lanczos steps for eigenvalues and density")
-    trace_samples: int = _field(30, low=2, help="Hutchinson probes for the trace")
-    density_probes: int = _field(4, low=1, help="probes of stochastic Lanczos quadrature")
-    slice_points: int = _field(21, low=3, help="grid points per axis of the loss slices")
+    num_examples: int = _count(500, "training examples the loss is measured on")
+    top_k: int = _count(5, "largest Hessian eigenvalues to report")
+    bottom_k: int = _count(5, "smallest Hessian eigenvalues to report")
+    num_lanczos: int = _count(40, "Lanczos steps for eigenvalues and density", low=2)
+    trace_samples: int = _count(30, "Hutchinson probes for the trace", low=2)
+    density_probes: int = _count(4, "probes of stochastic Lanczos quadrature")
+    slice_points: int = _count(21, "grid points per axis of the loss slices", low=3)
     slice_radius: float = _field(1.0, low=0.0, low_open=True, help="slice half-width")
+    dense_threshold: int = _count(
+        1024,
+        "form the Hessian and diagonalize it exactly up to this many parameters (0: Lanczos)",
+        low=0,
+    )
     seed: int = _field(0, help="PRNG seed of the random probes")
 
 
@@ -160,7 +171,7 @@ class DemoConfig:
 
     baseline: str = _field("adam", choices=("adam", "sgd", "lbfgs"))
     baseline_learning_rate: float = _field(1e-3, low=0.0, low_open=True)
-    baseline_steps: int = _field(200, low=1)
+    baseline_steps: int = _count(200)
 
 
 @dataclasses.dataclass(frozen=True)

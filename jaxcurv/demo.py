@@ -26,14 +26,8 @@ import numpy as np
 
 import jaxcurv
 from jaxcurv.config import Config, load_config
-from jaxcurv.train import (
-    _finite,
-    _pyplot,
-    analyze_landscape,
-    build_data,
-    prepare_run_dir,
-    train,
-)
+from jaxcurv.landscape import analyze_model, landscape_report, save_landscape
+from jaxcurv.train import _pyplot, build_data, prepare_run_dir, train, write_json
 
 __all__ = ["DEMO_DEFAULTS", "demo_config", "run_demo"]
 
@@ -238,13 +232,14 @@ def saddle_section() -> dict:
 
 def backprop_section() -> dict:
     """A 3-layer tanh network's gradient as a chain of VJPs, compared with ``jax.grad``."""
-    k = jax.random.split(jax.random.key(0), 4)
+    # Host-side random numbers: the example needs no compiled random-number generator.
+    rng = np.random.default_rng(0)
     sizes = [(5, 8), (8, 8), (8, 3)]
     params = [
-        {"w": jax.random.normal(kk, s) / math.sqrt(s[0]), "b": jnp.zeros(s[1])}
-        for kk, s in zip(k[:3], sizes, strict=True)
+        {"w": jnp.asarray(rng.normal(size=s) / math.sqrt(s[0])), "b": jnp.zeros(s[1])}
+        for s in sizes
     ]
-    x = jax.random.normal(k[3], (4, 5))
+    x = jnp.asarray(rng.normal(size=(4, 5)))
     layer = lambda p, h: jnp.tanh(h @ p["w"] + p["b"])
     loss_fn = lambda y: 0.5 * jnp.sum(y**2)
     res = jax.jit(lambda ps, x: jaxcurv.backprop([layer] * 3, ps, x, loss_fn))(params, x)
@@ -341,10 +336,11 @@ def spectrum_section(cfg: Config, hf, out: pathlib.Path) -> dict:
     """Curvature of the trained autoencoder's training loss at the Hessian-free solution."""
     train_set, _ = build_data(cfg)
     num = min(cfg.landscape.num_examples, len(train_set))
-    res = analyze_landscape(
-        hf.model, hf.params, train_set.inputs[:num], train_set.targets[:num], cfg, out
+    result = analyze_model(
+        hf.model, hf.params, train_set.inputs[:num], train_set.targets[:num], cfg.landscape
     )
-    return {k: v for k, v in res.items() if k not in ("slice_1d", "slice_2d")}
+    report = save_landscape({"num_examples": num, **landscape_report(result)}, out)
+    return {k: v for k, v in report.items() if k not in ("slice_1d", "slice_2d")}
 
 
 # ------------------------------------------------------------------------------ report
@@ -534,7 +530,6 @@ def run_demo(
     }
     text = render_report(report)
     (out / "report.md").write_text(text)
-    with open(out / "report.json", "w") as f:
-        json.dump(_finite(report), f, indent=1)
+    write_json(out / "report.json", report)
     say(f"\nreport written to {out / 'report.md'} ({report['total_time_s']:.0f} s)")
     return report

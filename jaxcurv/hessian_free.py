@@ -276,6 +276,35 @@ def _mean_squared_example_grads(
 
 
 # --------------------------------------------------------------------------------------------
+# Per-candidate quantities, computed for every recorded CG iterate at once.
+
+
+def _slot_vdots(tree: PyTree, stacked: PyTree) -> jax.Array:
+    """``[vdot(tree, stacked[j]) for j]``: one contraction per leaf, no per-slot slicing."""
+    terms = [
+        jnp.tensordot(s, t, axes=jnp.ndim(t))
+        for t, s in zip(jax.tree.leaves(tree), jax.tree.leaves(stacked), strict=True)
+    ]
+    return sum(terms[1:], terms[0])
+
+
+def _slot_absmax(stacked: PyTree) -> list[jax.Array]:
+    """Per non-empty leaf, ``max |stacked[j]|`` of each slot ``j`` (NaN if it holds one)."""
+    return [
+        jnp.max(jnp.abs(s), axis=tuple(range(1, s.ndim)))
+        for s in jax.tree.leaves(stacked)
+        if s.size
+    ]
+
+
+def _all_finite(values: list[jax.Array], shape: tuple[int, ...] = ()) -> jax.Array:
+    """Elementwise: every array in ``values`` (all of ``shape``) is finite there."""
+    if not values:
+        return jnp.ones(shape, bool)
+    return jnp.all(jnp.stack([jnp.isfinite(v) for v in values]), axis=0)
+
+
+# --------------------------------------------------------------------------------------------
 # The optimizer.
 
 
@@ -313,6 +342,7 @@ class _Search(NamedTuple):
     f_alpha: jax.Array  # loss at params + alpha * iterate[best]
     tries: jax.Array  # int32: line-search shrinks so far
     evals: jax.Array  # int32: loss evaluations so far
+    accepted: jax.Array  # bool: params + alpha * iterate[best] would be taken
 
 
 def _scalar_dtype(params: PyTree) -> jnp.dtype:
@@ -692,30 +722,45 @@ def hessian_free(
 
         start_finite = jnp.isfinite(f0) & tree_all_finite(g)
 
-        # One loop evaluates every trial point (a single copy of the forward pass in the
-        # compiled program). Phase _BACK walks back over the recorded CG iterates while the
-        # loss keeps falling (Martens §4.6); phase _SEARCH is Armijo backtracking on the
-        # chosen iterate (Nocedal & Wright, Alg. 3.1).
+        # The candidate directions: the recorded CG iterates, or just the final one. What the
+        # search and the acceptance test need of each candidate (slopes, finiteness) is
+        # computed for all of them at once here, so neither the loop body nor the code after
+        # it holds per-leaf reductions of its own (Martens 2010, §4.6 for the candidates).
         if cg_backtracking:
             # Slots hold the iterates at steps ceil(5 * 1.3^j) (-1: not reached), then the
-            # final one in the last slot.
-            steps = info.iterate_steps
+            # final one (x itself) in the last slot.
+            stacked, steps = info.iterates, info.iterate_steps
             slots = jnp.arange(steps.shape[0])
-            last = steps.shape[0] - 1
-            direction = lambda j: jax.tree.map(lambda a: a[j], info.iterates)
+            direction = lambda j: jax.tree.map(lambda a: a[j], stacked)
             previous = lambda j: jnp.max(jnp.where((slots < j) & (steps >= 0), slots, -1))
         else:
-            last = 0
+            stacked = jax.tree.map(lambda a: a[None], x)
             direction = lambda j: x
             previous = lambda j: jnp.asarray(-1)
+        last = jax.tree.leaves(stacked)[0].shape[0] - 1
+        g_dot = _slot_vdots(g, stacked)
+        slopes = jnp.minimum(as_f(g_dot if grad is None else _slot_vdots(grad, stacked)), 0.0)
+        slot_max = _slot_absmax(stacked)
+        slot_finite = _all_finite(slot_max, (last + 1,))
         searching = line_search and line_search_max_steps > 0
 
-        def slope_at(j):
-            return jnp.minimum(as_f(tree_vdot(slope_grad, direction(j))), 0.0)
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
         def sufficient(a, fa, slope):
             return (fa < f0) & (fa <= f0 + line_search_c * a * slope)
 
+        def acceptable(j, a, fa):
+            # The step lr * a * iterate[j] is taken if it passes Armijo and is finite; the
+            # step is finite exactly when max|iterate[j]| * lr * a is (rounding is monotone),
+            # so this needs no pass over the parameters.
+            scale = as_f(lr) * a
+            step_finite = _all_finite([m[j] * jnp.asarray(scale, m.dtype) for m in slot_max])
+            return sufficient(a, fa, slopes[j]) & slot_finite[j] & step_finite
+
+        # One loop evaluates every trial point (a single copy of the forward pass in the
+        # compiled program). Phase _BACK walks back over the recorded CG iterates while the
+        # loss keeps falling (Martens §4.6); phase _SEARCH is Armijo backtracking on the
+        # chosen iterate (Nocedal & Wright, Alg. 3.1).
         def search_cond(c):
             return c.phase != _DONE
 
@@ -729,7 +774,7 @@ def hessian_free(
             best = jnp.where(improved, c.candidate, c.best)
             f_best = jnp.where(improved, f, c.f_best)
             walk_on = improved & (previous(c.candidate) >= 0)
-            slope = slope_at(best)
+            slope = slopes[best]
             full_ok = sufficient(1.0, f_best, slope)
             # Line search.
             ok = sufficient(a, f, slope)
@@ -747,6 +792,9 @@ def hessian_free(
                 jnp.where(shrink_on, a * line_search_factor, a),
             ).astype(dtype)
             f_alpha = jnp.where(back, f_best, f)
+            # Decided in the loop (a loop output is computed once) rather than after it,
+            # where XLA would fuse a copy of this logic, and of every reduction it reads, into
+            # each per-leaf kernel that it gates.
             return _Search(
                 phase=phase.astype(jnp.int32),
                 candidate=previous(c.candidate).astype(jnp.int32),
@@ -756,6 +804,7 @@ def hessian_free(
                 f_alpha=f_alpha,
                 tries=tries,
                 evals=c.evals + 1,
+                accepted=acceptable(best, alpha, f_alpha),
             )
 
         found = jax.lax.while_loop(
@@ -770,23 +819,23 @@ def hessian_free(
                 f_alpha=as_f(jnp.inf),
                 tries=i32(0),
                 evals=i32(0),
+                # The loop only runs from a finite start; otherwise nothing is accepted.
+                accepted=jnp.asarray(False),
             ),
         )
-        p = direction(found.best)
+        best = found.best
+        p = direction(best)
         f_p, alpha, f_new = found.f_best, found.alpha, found.f_alpha
         evals = evals + found.evals
-        back_step = info.iterate_steps[found.best] if cg_backtracking else info.num_steps
-        nonfinite = ~(start_finite & tree_all_finite(p))
+        back_step = info.iterate_steps[best] if cg_backtracking else info.num_steps
+        nonfinite = ~(start_finite & slot_finite[best])
 
         # Reduction ratio against the undamped model (Martens §4.1; Nocedal & Wright §4.1).
-        predicted = as_f(tree_vdot(g, p)) + 0.5 * as_f(tree_vdot(p, op(p)))
+        predicted = as_f(g_dot[best]) + 0.5 * as_f(tree_vdot(p, op(p)))
         rho = jnp.where(predicted < 0, (f_p - f0) / predicted, jnp.nan)
 
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        accepted = found.accepted
         step = tree_scale(p, as_f(lr) * alpha)
-        accepted = (
-            sufficient(alpha, f_new, slope_at(found.best)) & ~nonfinite & tree_all_finite(step)
-        )
         new_updates = tree_where(accepted, step, tree_zeros_like(step))
         new_updates = jax.tree.map(lambda u, t: u.astype(t.dtype), new_updates, params)
 
@@ -800,7 +849,9 @@ def hessian_free(
             new_lam = jnp.clip(new_lam, min_damping, max_damping).astype(dtype)
 
         # Martens warm-starts from the final CG solution, not the backtracked iterate.
-        new_init = tree_where(tree_all_finite(x), x, tree_zeros_like(x))
+        # A cond, not a where: a where would get a copy of the finiteness test fused into
+        # each per-leaf select (same values, a larger program).
+        new_init = jax.lax.cond(slot_finite[last], lambda: x, lambda: tree_zeros_like(x))
         new_init = jax.tree.map(lambda a, t: a.astype(t.dtype), new_init, state.cg_init)
 
         new_state = HessianFreeState(

@@ -1,4 +1,4 @@
-"""Run drivers behind the ``jaxcurv`` command: training with checkpoints, and landscape analysis.
+"""The training loop behind ``jaxcurv train``: data, model, optimizer, checkpoints and plots.
 
 :func:`train` trains a reference model of :mod:`jaxcurv.models` on an embedded dataset of
 :mod:`jaxcurv.data` with :func:`jaxcurv.hessian_free.hessian_free` or an optax baseline
@@ -10,10 +10,8 @@ A run resumed from a checkpoint continues bit-identically: minibatches are a pur
 of the step (:func:`jaxcurv.data.batch_indices`), and the restored arrays and the compiled
 step are the same as in an uninterrupted run.
 
-:func:`analyze_landscape` measures the curvature of the loss at given parameters with the
-library's spectral tools: gradient norm, extreme Hessian eigenvalues (Lanczos), the
-critical-point kind, a Hutchinson trace, the spectral density (stochastic Lanczos quadrature)
-and 1-D / 2-D slices of the loss along the top eigenvectors.
+The loss-landscape analysis of a trained model (``jaxcurv landscape``) is in
+:mod:`jaxcurv.landscape`.
 
 Plots need matplotlib and the progress bar needs tqdm (the ``cli`` extra); both are imported
 only when used.
@@ -42,13 +40,11 @@ from jaxcurv import data as data_lib
 from jaxcurv import models as models_lib
 from jaxcurv.config import (
     Config,
-    ConfigError,
     DataConfig,
-    config_from_dict,
+    ModelConfig,
     config_to_dict,
     config_to_toml,
 )
-from jaxcurv.tree import tree_norm
 
 PyTree = Any
 
@@ -56,16 +52,17 @@ __all__ = [
     "CheckpointError",
     "RunExistsError",
     "TrainResult",
-    "analyze_landscape",
     "build_data",
     "build_model",
     "build_optimizer",
+    "checkpoint_metadata",
     "latest_checkpoint",
     "load_checkpoint",
     "prepare_run_dir",
     "read_metrics",
     "save_checkpoint",
     "train",
+    "write_json",
 ]
 
 _MARKER = ".jaxcurv-run"
@@ -153,16 +150,25 @@ def build_data(cfg: Config) -> tuple[data_lib.Dataset, data_lib.Dataset]:
 
 
 def build_model(cfg: Config) -> models_lib.Model:
-    """The :class:`jaxcurv.models.Model` of ``cfg.model`` (checked against ``cfg.data``)."""
-    m = cfg.model
+    """The :class:`jaxcurv.models.Model` of ``cfg.model`` (checked against ``cfg.data``).
+
+    Equal settings return the same ``Model`` object: everything compiled for a model (its
+    training step, its evaluation, the landscape analysis) is then compiled once per
+    process, however many runs use it.
+    """
+    loss = cfg.model.loss
+    if loss == "auto":
+        loss = "softmax_cross_entropy" if cfg.data.kind == "classification" else "mse"
+    return _build_model(cfg.model, loss)
+
+
+@functools.lru_cache(maxsize=16)
+def _build_model(m: ModelConfig, loss: str) -> models_lib.Model:
     dtype = jnp.dtype(m.dtype)
     if m.kind == "autoencoder":
         return models_lib.deep_autoencoder(
             m.sizes, activation=m.activation, init=m.init, dtype=dtype
         )
-    loss = m.loss
-    if loss == "auto":
-        loss = "softmax_cross_entropy" if cfg.data.kind == "classification" else "mse"
     return models_lib.mlp(m.sizes, activation=m.activation, loss=loss, init=m.init, dtype=dtype)
 
 
@@ -216,9 +222,9 @@ def _strong(tree: PyTree) -> PyTree:
 
 @functools.lru_cache(maxsize=8)
 def _compiled_parts(model_cfg, optimizer_cfg, data_kind):
-    # One model, optimizer and jitted step per distinct configuration: a second run with
-    # the same settings (a resume, the demo's rerun, a test) reuses the compiled step
-    # instead of compiling it again. The parts are pure functions, so sharing is safe.
+    # One optimizer and jitted step per distinct configuration: a second run with the same
+    # settings (a resume, the demo's rerun, a test) reuses the compiled step instead of
+    # compiling it again. The parts are pure functions, so sharing is safe.
     cfg = Config(model=model_cfg, optimizer=optimizer_cfg, data=DataConfig(kind=data_kind))
     model = build_model(cfg)
     opt = build_optimizer(cfg)
@@ -350,6 +356,18 @@ def _read_meta(path: pathlib.Path) -> tuple[dict, Any]:
     return meta, z
 
 
+def checkpoint_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of a checkpoint: step, model and optimizer names, the run's config.
+
+    Raises:
+      CheckpointError: the file is missing or is not a jaxcurv checkpoint.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    return _read_meta(path)[0]
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     params_like: PyTree,
@@ -431,6 +449,23 @@ def _json_float(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` (dicts, lists, numbers, strings) as indented JSON; NaN and infinities
+    become ``null``, since JSON has no spelling for them."""
+    with open(path, "w") as f:
+        json.dump(_finite(obj), f, indent=1)
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """The JSON lines of a ``metrics.jsonl`` as a list of dicts."""
     with open(path) as f:
@@ -470,7 +505,10 @@ class TrainResult:
     files: dict[str, str]
 
 
+@functools.lru_cache(maxsize=16)
 def _evaluate(model: models_lib.Model) -> Callable:
+    # Per model, not per optimizer: runs of one model with different optimizers (the
+    # demo's race, the baselines) share one compiled evaluation.
     return jax.jit(lambda params, x, y: model.loss(model.apply(params, x), y))
 
 
@@ -626,8 +664,7 @@ def train(
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
     }
-    with open(run_dir / "summary.json", "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json(run_dir / "summary.json", summary)
     if plots:
         files.update(plot_training(metrics, run_dir, title=f"{model.name}, {cfg.optimizer.name}"))
     return TrainResult(params, state, metrics, model, run_dir, files)
@@ -735,261 +772,3 @@ def plot_training(metrics: list[dict], run_dir: pathlib.Path, *, title: str = ""
         plt.close(fig)
         files["damping_plot"] = "damping.png"
     return files
-
-
-# --------------------------------------------------------------------------- landscape
-
-
-@dataclasses.dataclass(frozen=True)
-class _DataLoss:
-    """``f(params, inputs, targets)``: a hashable loss, so the library's jitted operator
-    builders and spectral routines cache their compiled code per model, not per call."""
-
-    model: models_lib.Model
-
-    def __call__(self, params, inputs, targets):
-        return self.model.loss(self.model.apply(params, inputs), targets)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _loss_slices(fun, params, v1, v2, ts, inputs, targets):
-    def moved(a, b):
-        def shift(p, u, c):
-            return p + c.astype(p.dtype) * u.astype(p.dtype)
-
-        q = jax.tree.map(lambda p, u: shift(p, u, a), params, v1)
-        if v2 is not None:
-            q = jax.tree.map(lambda p, u: shift(p, u, b), q, v2)
-        return fun(q, inputs, targets)
-
-    slice_1d = jax.vmap(lambda a: moved(a, jnp.zeros_like(a)))(ts)
-    if v2 is None:
-        return slice_1d, None
-    grid_a, grid_b = jnp.meshgrid(ts, ts, indexing="ij")
-    return slice_1d, jax.vmap(jax.vmap(moved))(grid_a, grid_b)
-
-
-def analyze_landscape(
-    model: models_lib.Model,
-    params: PyTree,
-    inputs: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    cfg: Config,
-    out_dir: str | os.PathLike | None = None,
-) -> dict:
-    """Curvature of ``model.loss(model.apply(params, inputs), targets)`` at ``params``.
-
-    Uses ``cfg.landscape``: the ``top_k`` largest and ``bottom_k`` smallest Hessian
-    eigenvalues (Lanczos on the linearized Hessian operator), the critical-point kind, a
-    Hutchinson trace estimate, the spectral density by stochastic Lanczos quadrature, and
-    loss slices ``f(params + a v1)`` and ``f(params + a v1 + b v2)`` along the top two
-    eigenvectors, ``a, b`` in ``[-slice_radius, slice_radius]``.
-
-    Args:
-      model: the model.
-      params: the point to analyze.
-      inputs, targets: the examples the loss is measured on.
-      cfg: the configuration (``cfg.landscape`` is read).
-      out_dir: when given, write ``landscape.json`` and the PNG plots there.
-
-    Returns:
-      A JSON-ready dict of the results.
-    """
-    lc = cfg.landscape
-    inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
-    fun = _DataLoss(model)
-    key = jax.random.key(lc.seed)
-    k_eig, k_crit, k_trace, k_density = jax.random.split(key, 4)
-    op = jaxcurv.hessian_operator(fun, params, inputs, targets)
-    n = op.size
-    top_k, bottom_k = min(lc.top_k, n), min(lc.bottom_k, n)
-    m = min(n, max(lc.num_lanczos, 2 * max(top_k, bottom_k) + 2))
-    top = jaxcurv.eigenvalues(
-        op, top_k, which="largest", key=k_eig, num_iters=m, return_eigenvectors=True
-    )
-    # The classification computes the smallest (and largest) eigenvalues anyway: its
-    # ascending list starts with the bottom ones, on the dense and the Lanczos path alike.
-    crit = jaxcurv.classify_critical_point(
-        fun, params, inputs, targets, k=max(top_k, bottom_k), key=k_crit, num_iters=m
-    )
-    bottom = np.asarray(crit.eigenvalues)[:bottom_k]
-    trace = jaxcurv.hutchinson_trace(op, k_trace, lc.trace_samples)
-    density = jaxcurv.spectral_density(
-        op, k_density, num_probes=lc.density_probes, num_lanczos=min(n, lc.num_lanczos)
-    )
-
-    vecs = top.eigenvectors
-    v1 = jax.tree.map(lambda a: a[-1], vecs)
-    v2 = jax.tree.map(lambda a: a[-2], vecs) if top_k >= 2 else None
-    ts = jnp.linspace(-lc.slice_radius, lc.slice_radius, lc.slice_points)
-    slice_1d, slice_2d = _loss_slices(fun, params, v1, v2, ts, inputs, targets)
-
-    result = {
-        "num_parameters": int(n),
-        "num_examples": int(inputs.shape[0]),
-        "loss": float(op.value),
-        "gradient_norm": float(tree_norm(op.grad)),
-        "top_eigenvalues": np.asarray(top.eigenvalues).tolist()[::-1],
-        "top_residuals": np.asarray(top.residual_norms).tolist()[::-1],
-        "bottom_eigenvalues": bottom.tolist(),
-        "critical_point": {
-            "kind": crit.kind,
-            "reason": crit.reason,
-            "method": crit.method,
-            "eigenvalues": np.asarray(crit.eigenvalues).tolist(),
-        },
-        "hutchinson_trace": {
-            "estimate": float(trace.estimate),
-            "stderr": float(trace.stderr),
-            "num_samples": int(lc.trace_samples),
-        },
-        "spectral_density": {
-            "grid": np.asarray(density.grid).tolist(),
-            "density": np.asarray(density.density).tolist(),
-            "sigma": float(density.sigma),
-        },
-        "slice_1d": {"t": np.asarray(ts).tolist(), "loss": np.asarray(slice_1d).tolist()},
-        "slice_2d": None
-        if slice_2d is None
-        else {"t": np.asarray(ts).tolist(), "loss": np.asarray(slice_2d).tolist()},
-    }
-    if out_dir is not None:
-        out_dir = pathlib.Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with open(out_dir / "landscape.json", "w") as f:
-            json.dump(_finite(result), f, indent=1)
-        result["files"] = plot_landscape(result, out_dir)
-    return result
-
-
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def plot_landscape(result: dict, out_dir: pathlib.Path, *, prefix: str = "") -> dict:
-    """``spectral_density.png``, ``slice_1d.png`` and ``slice_2d.png`` from a landscape
-    result. Returns ``{role: file name}``."""
-    plt = _pyplot()
-    files = {}
-    d = result["spectral_density"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.semilogy(d["grid"], np.maximum(np.asarray(d["density"]), 1e-12))
-    for lam in result["top_eigenvalues"]:
-        ax.axvline(lam, color="C3", lw=0.6, alpha=0.6)
-    ax.set_xlabel("Hessian eigenvalue")
-    ax.set_ylabel("density (SLQ)")
-    ax.set_title(
-        f"spectral density; red: top eigenvalues; N = {result['num_parameters']}", fontsize=9
-    )
-    fig.tight_layout()
-    name = f"{prefix}spectral_density.png"
-    fig.savefig(out_dir / name, dpi=100)
-    plt.close(fig)
-    files["density_plot"] = name
-
-    s = result["slice_1d"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(s["t"], s["loss"])
-    ax.set_xlabel("step along top eigenvector v1")
-    ax.set_ylabel("loss")
-    ax.set_title(f"1-D slice; lambda_max = {result['top_eigenvalues'][0]:.4g}", fontsize=9)
-    fig.tight_layout()
-    name = f"{prefix}slice_1d.png"
-    fig.savefig(out_dir / name, dpi=100)
-    plt.close(fig)
-    files["slice_1d_plot"] = name
-
-    if result["slice_2d"] is not None:
-        s2 = result["slice_2d"]
-        fig, ax = plt.subplots(figsize=(5, 4.2))
-        t = np.asarray(s2["t"])
-        cs = ax.contourf(t, t, np.asarray(s2["loss"]).T, levels=30)
-        fig.colorbar(cs, ax=ax, label="loss")
-        ax.plot([0], [0], "r+")
-        ax.set_xlabel("v1 (top eigenvector)")
-        ax.set_ylabel("v2 (second eigenvector)")
-        ax.set_title("2-D loss slice", fontsize=9)
-        fig.tight_layout()
-        name = f"{prefix}slice_2d.png"
-        fig.savefig(out_dir / name, dpi=100)
-        plt.close(fig)
-        files["slice_2d_plot"] = name
-    return files
-
-
-def landscape(
-    cfg: Config,
-    out_dir: str | os.PathLike,
-    *,
-    checkpoint: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-) -> dict:
-    """The ``jaxcurv landscape`` run: analyze a checkpoint, or train per ``cfg`` first.
-
-    With ``checkpoint`` (or ``cfg.landscape.checkpoint``) -- a ``.npz`` or a run folder --
-    the model and data come from the config saved in the checkpoint, and ``cfg`` supplies
-    only the ``[landscape]`` options. Otherwise ``cfg.run.steps`` steps of training run
-    first (into ``out_dir/train``; zero steps analyzes the initialization).
-
-    Returns:
-      The :func:`analyze_landscape` result, also written to ``out_dir/landscape.json``.
-    """
-    out_dir = prepare_run_dir(out_dir, overwrite=overwrite)
-    checkpoint = checkpoint or cfg.landscape.checkpoint or None
-    if checkpoint is not None:
-        ckpt_path = pathlib.Path(checkpoint)
-        if ckpt_path.is_dir():
-            found = latest_checkpoint(ckpt_path)
-            if found is None:
-                raise CheckpointError(
-                    f"{ckpt_path} has no checkpoints/step_*.npz. Pass a run folder written "
-                    f"by `jaxcurv train` or a checkpoint file."
-                )
-            ckpt_path = found
-        if not ckpt_path.exists():
-            raise CheckpointError(f"Checkpoint {ckpt_path} does not exist.")
-        meta, _ = _read_meta(ckpt_path)
-        saved = dict(meta.get("config") or {})
-        saved["landscape"] = config_to_dict(cfg)["landscape"]
-        try:
-            run_cfg = config_from_dict(saved, f"the config saved in {ckpt_path}")
-        except ConfigError as e:
-            raise CheckpointError(str(e)) from None
-        model, opt, _, _ = _compiled_parts(run_cfg.model, run_cfg.optimizer, run_cfg.data.kind)
-        like = model.init(jax.random.key(run_cfg.run.seed))
-        ckpt = load_checkpoint(
-            ckpt_path,
-            like,
-            opt.init(like),
-            model_name=model.name,
-            optimizer_name=run_cfg.optimizer.name,
-        )
-        params = ckpt.params
-        source = {"checkpoint": str(ckpt_path), "step": ckpt.step}
-    else:
-        run_cfg = cfg
-        if cfg.run.steps > 0:
-            res = train(cfg, out_dir / "train", progress=progress)
-            params, model = res.params, res.model
-        else:
-            model = _compiled_parts(cfg.model, cfg.optimizer, cfg.data.kind)[0]
-            params = model.init(jax.random.key(cfg.run.seed))
-        source = {"trained_steps": cfg.run.steps}
-    train_set, _ = build_data(run_cfg)
-    num = min(cfg.landscape.num_examples, len(train_set))
-    (out_dir / "config.toml").write_text(config_to_toml(run_cfg))
-    result = analyze_landscape(
-        model, params, train_set.inputs[:num], train_set.targets[:num], run_cfg, out_dir
-    )
-    result["source"] = source
-    result["model"] = model.name
-    with open(out_dir / "landscape.json", "w") as f:
-        json.dump(_finite(result), f, indent=1)
-    return result

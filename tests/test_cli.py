@@ -1,5 +1,7 @@
 """The `jaxcurv` command end to end on tiny configs: files exist, parse, and errors are clear."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -8,77 +10,32 @@ import numpy as np
 import pytest
 
 from jaxcurv.cli import main
-
-# Kept identical to tests/test_train.py's, so the compiled steps are shared within a session.
-TINY = """
-[run]
-steps = 4
-log_every = 1
-eval_every = 2
-checkpoint_every = 2
-progress = false
-
-[data]
-kind = "curves"
-size = 8
-num_train = 96
-num_test = 32
-batch_size = 32
-
-[model]
-kind = "autoencoder"
-sizes = [64, 12, 3]
-
-[optimizer]
-name = "hessian_free"
-damping = 1.0
-cg_maxiter = 10
-curvature_fraction = 1.0
-
-[landscape]
-num_examples = 64
-top_k = 3
-bottom_k = 2
-num_lanczos = 12
-trace_samples = 6
-density_probes = 2
-slice_points = 5
-"""
-
-DEMO = (
-    TINY
-    + """
-[demo]
-baseline = "adam"
-baseline_learning_rate = 0.01
-baseline_steps = 6
-"""
+from tests._cli_fixtures import (
+    ADAM,
+    TINY,
+    TINY_MODEL,
+    assert_png,
+    copy_run,
+    read_jsonl,
+    without_time,
+    write_tiny,
 )
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return write_tiny(tmp_path_factory.mktemp("config"))
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    path = tmp_path / "tiny.toml"
-    path.write_text(TINY)
-    return str(path)
-
-
-def assert_png(path):
-    import matplotlib.image
-
-    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
-    img = matplotlib.image.imread(path)
-    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
-
-
-def _without_time(metrics):
-    return [{k: v for k, v in r.items() if k != "time"} for r in metrics]
-
-
-def _read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+@pytest.fixture(scope="module")
+def cli_run(tiny, tmp_path_factory):
+    """One `jaxcurv train` run of the tiny config, shared by the tests that read it:
+    ``(exit status, run folder, what it printed)``."""
+    out = tmp_path_factory.mktemp("cli") / "runs" / "a"  # a missing folder (and parent)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["train", "--config", tiny, "--out", str(out), "--no-progress"])
+    return code, out, printed.getvalue()
 
 
 @pytest.mark.parametrize("command", ["demo", "train", "landscape", "bench", "config"])
@@ -105,34 +62,39 @@ def test_top_level_help_lists_commands(capsys):
         assert command in out
 
 
-def test_train_end_to_end_and_overwrite_protection(tiny, tmp_path, capsys):
-    out = tmp_path / "runs" / "a"  # a missing folder (and parent) is created
-    assert main(["train", "--config", tiny, "--out", str(out), "--no-progress"]) == 0
-    assert "trained 4 steps" in capsys.readouterr().out
+def test_train_end_to_end(cli_run):
+    code, out, printed = cli_run
+    assert code == 0
+    assert "trained 4 steps; test loss" in printed and str(out) in printed
     for name in ("config.toml", "metrics.jsonl", "summary.json"):
         assert (out / name).exists()
-    metrics = _read_jsonl(out / "metrics.jsonl")
+    metrics = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in metrics] == [0, 1, 2, 3, 4]
     assert all(np.isfinite(r["loss"]) for r in metrics[1:])
-    json.loads((out / "summary.json").read_text())
+    assert json.loads((out / "summary.json").read_text())["steps"] == 4
     assert_png(out / "loss_vs_time.png")
     assert_png(out / "damping.png")
     assert (out / "checkpoints" / "step_00000004.npz").exists()
 
+
+def test_existing_run_needs_overwrite(cli_run, tiny, tmp_path, capsys):
+    out = copy_run(cli_run[1], tmp_path / "run")
+    metrics = read_jsonl(out / "metrics.jsonl")
     # An existing run is not overwritten without --overwrite ...
     assert main(["train", "--config", tiny, "--out", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "already holds a run" in err and "--overwrite" in err
-    assert _read_jsonl(out / "metrics.jsonl") == metrics
+    assert read_jsonl(out / "metrics.jsonl") == metrics
     # ... and is with it.
     args = ["train", "--config", tiny, "--out", str(out), "--no-progress", "--overwrite"]
     assert main([*args, "--set", "run.steps=2"]) == 0
-    assert [r["step"] for r in _read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
+    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 1, 2]
+    assert not (out / "checkpoints" / "step_00000004.npz").exists()
 
 
 def test_train_resume_is_bit_identical(tiny, tmp_path):
     a, b = tmp_path / "straight", tmp_path / "split"
-    common = ["train", "--config", tiny, "--no-progress", "--set", "optimizer.name=adam"]
+    common = ["train", "--config", tiny, "--no-progress", *(f"--set={o}" for o in ADAM)]
     assert main([*common, "--out", str(a)]) == 0
     assert main([*common, "--out", str(b), "--set", "run.steps=2"]) == 0
     assert main([*common, "--out", str(b), "--resume"]) == 0
@@ -142,13 +104,14 @@ def test_train_resume_is_bit_identical(tiny, tmp_path):
     for name in za.files:
         if name != "__meta__":
             np.testing.assert_array_equal(za[name], zb[name])
-    ma, mb = _read_jsonl(a / "metrics.jsonl"), _read_jsonl(b / "metrics.jsonl")
-    assert _without_time(ma) == _without_time(mb)
+    ma, mb = read_jsonl(a / "metrics.jsonl"), read_jsonl(b / "metrics.jsonl")
+    assert without_time(ma) == without_time(mb)
+    assert [r["step"] for r in mb] == [0, 1, 2, 3, 4]
 
 
 def test_bad_config_errors_name_key_and_fix(tiny, tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    bad.write_text(TINY.replace("damping = 1.0", "dampng = 1.0"))
+    bad.write_text(TINY.replace("damping = 1.0", "dampng = 1.0"))  # a typo
     assert main(["train", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "optimizer.dampng" in err and "Did you mean `optimizer.damping`" in err
@@ -163,32 +126,45 @@ def test_bad_config_errors_name_key_and_fix(tiny, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_checkpoint_from_another_model_cli(tiny, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["train", "--config", tiny, "--out", str(out), "--no-progress"]) == 0
+def test_checkpoint_from_another_model_cli(cli_run, tiny, tmp_path, capsys):
+    out = copy_run(cli_run[1], tmp_path / "run")
     args = ["train", "--config", tiny, "--out", str(out), "--resume", "--no-progress"]
-    assert main([*args, "--set", "model.sizes=64,10,3"]) == 2
+    assert main([*args, "--set", "model.sizes=16,2"]) == 2
     err = capsys.readouterr().err
-    assert "was written for model 'autoencoder 64-12-3-12-64" in err
-    assert "autoencoder 64-10-3-10-64" in err
+    assert f"was written for model '{TINY_MODEL} " in err
+    assert "autoencoder 16-2-16" in err
 
 
-def test_landscape_on_checkpoint(tiny, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["train", "--config", tiny, "--out", str(run), "--no-progress"]) == 0
+def test_landscape_on_checkpoint(cli_run, tiny, tmp_path, capsys):
+    run = cli_run[1]
     out = tmp_path / "land"
     assert main(["landscape", "--checkpoint", str(run), "--config", tiny, "--out", str(out)]) == 0
-    assert "top eigenvalues" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "top eigenvalues" in printed and "gradient norm" in printed
     res = json.loads((out / "landscape.json").read_text())
-    assert res["source"]["step"] == 4 and res["model"].startswith("autoencoder 64-12-3")
-    assert len(res["top_eigenvalues"]) == 3 and len(res["bottom_eigenvalues"]) == 2
-    assert res["top_eigenvalues"] == sorted(res["top_eigenvalues"], reverse=True)
-    assert res["bottom_eigenvalues"][0] <= res["top_eigenvalues"][-1]
-    assert res["critical_point"]["kind"] in ("minimum", "saddle", "degenerate", "not critical")
-    assert np.isfinite(res["hutchinson_trace"]["estimate"])
+    assert res["source"]["step"] == 4 and res["model"].startswith(TINY_MODEL)
+    assert res["num_examples"] == 32 and res["num_parameters"] == 115
+    top, bottom = res["top_eigenvalues"], res["bottom_eigenvalues"]
+    assert len(top) == 3 and len(bottom) == 2
+    assert top == sorted(top, reverse=True) and bottom == sorted(bottom)
+    assert bottom[0] <= top[-1]
+    # N = 115 is below landscape.dense_threshold: the classification diagonalized the
+    # whole Hessian on its own, and its spectrum ends in the eigenvalues reported.
+    crit = res["critical_point"]
+    assert crit["method"] == "dense" and len(crit["eigenvalues"]) == 115
+    np.testing.assert_allclose(top, crit["eigenvalues"][::-1][:3], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bottom, crit["eigenvalues"][:2], rtol=1e-4, atol=1e-6)
+    assert crit["kind"] in ("minimum", "saddle", "degenerate", "not critical")
+    tr = res["hutchinson_trace"]
+    assert tr["num_samples"] == 6
+    assert abs(tr["estimate"] - sum(crit["eigenvalues"])) <= 5 * tr["stderr"] + 1e-4
     assert len(res["slice_1d"]["loss"]) == 5 and np.shape(res["slice_2d"]["loss"]) == (5, 5)
+    # The middle of each slice is the point itself.
+    np.testing.assert_allclose(res["slice_1d"]["loss"][2], res["loss"], rtol=1e-5)
+    np.testing.assert_allclose(res["slice_2d"]["loss"][2][2], res["loss"], rtol=1e-5)
     for name in ("spectral_density.png", "slice_1d.png", "slice_2d.png"):
         assert_png(out / name)
+    assert (out / "config.toml").exists()
 
 
 def test_landscape_needs_a_source(capsys):
@@ -203,11 +179,9 @@ def test_landscape_bad_checkpoint(tmp_path, capsys):
     assert "not a jaxcurv checkpoint" in capsys.readouterr().err
 
 
-def test_demo_end_to_end(tmp_path, capsys):
-    cfg = tmp_path / "demo.toml"
-    cfg.write_text(DEMO)
+def test_demo_end_to_end(tiny, tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["demo", "--config", str(cfg), "--out", str(out), "--no-progress"]
+    args = ["demo", "--config", tiny, "--out", str(out), "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     report = (out / "report.md").read_text()

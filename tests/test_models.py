@@ -63,8 +63,17 @@ def test_glorot_init_bounds():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_forward_matches_numpy(dtype):
     m = models.deep_autoencoder((12, 7, 3), dtype=dtype)
-    p = m.init(jax.random.key(0))
-    x = np.random.default_rng(0).uniform(size=(5, 12)).astype(dtype)
+    rng = np.random.default_rng(0)
+    # Dense random weights (the initializations have their own tests) exercise every
+    # input of every unit.
+    p = [
+        {
+            "w": jnp.asarray(rng.normal(size=(a, b)), dtype),
+            "b": jnp.asarray(rng.normal(size=b), dtype),
+        }
+        for a, b in zip(m.sizes[:-1], m.sizes[1:], strict=True)
+    ]
+    x = rng.uniform(size=(5, 12)).astype(dtype)
     out = np.asarray(m.apply(p, x))
     h = x.astype(np.float64)
     for layer, act in zip(p, m.activations, strict=True):
