@@ -23,6 +23,10 @@ from jaxcurv.determinism import check_determinism as check_determinism
 from jaxcurv.hessian_free import HessianFreeState as HessianFreeState
 from jaxcurv.hessian_free import ModelAndLoss as ModelAndLoss
 from jaxcurv.hessian_free import hessian_free as hessian_free
+from jaxcurv.landscape import Landscape as Landscape
+from jaxcurv.landscape import LossSlices as LossSlices
+from jaxcurv.landscape import analyze_landscape as analyze_landscape
+from jaxcurv.landscape import loss_slices as loss_slices
 from jaxcurv.products import CurvatureOperator as CurvatureOperator
 from jaxcurv.products import GaussNewtonOperator as GaussNewtonOperator
 from jaxcurv.products import HessianOperator as HessianOperator
@@ -56,10 +60,13 @@ __all__ = [
     "GaussNewtonOperator",
     "HessianFreeState",
     "HessianOperator",
+    "Landscape",
+    "LossSlices",
     "ModelAndLoss",
     "PowerIterationResult",
     "SpectralDensity",
     "TraceEstimate",
+    "analyze_landscape",
     "backprop",
     "cg",
     "cg_status_message",
@@ -79,6 +86,7 @@ __all__ = [
     "hutchinson_trace",
     "hvp",
     "jacobian",
+    "loss_slices",
     "power_iteration",
     "spectral_density",
 ]

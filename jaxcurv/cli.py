@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The seed, computed: derivative kinds and shapes, the worked Jacobian "
         "and Hessian, critical points and saddles, backprop as a chain of VJPs, a short "
         "Hessian-free vs Adam run on CURVES-like images, and the trained model's Hessian "
-        "spectrum. Prints a report and writes report.md, report.json and PNG plots. A few "
-        "minutes at most on two CPU cores.",
+        "spectrum. Prints a report and writes report.md, report.json and PNG plots. About "
+        "a minute on two CPU cores.",
         config_help="TOML applied over the built-in demo settings (configs/demo.toml spells "
         "them out)",
         out_default="runs/demo",

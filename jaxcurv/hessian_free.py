@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxcurv.cg import CGStatus, cg
 from jaxcurv.products import ggn_operator, hessian_operator
@@ -358,6 +359,28 @@ def _scalar_dtype(params: PyTree) -> jnp.dtype:
     return dtype
 
 
+def _state_shardings(params: PyTree) -> tuple[NamedSharding | None, Callable]:
+    """Where ``init`` puts the state: on the parameters' mesh when they live on one.
+
+    A jitted step hands the state back on the parameters' mesh: scalars replicated,
+    ``cg_init`` laid out like the parameters. A fresh state made on the default device
+    instead would give the second call other input shardings than the first, and the step
+    would compile twice. Returns ``(scalar sharding, leaf -> sharding for cg_init)``; both
+    ``None`` (the default device) unless a concrete parameter has a ``NamedSharding``.
+    """
+
+    def sharding(leaf):
+        if isinstance(leaf, jax.core.Tracer) or not isinstance(leaf, jax.Array):
+            return None
+        return leaf.sharding if isinstance(leaf.sharding, NamedSharding) else None
+
+    on_mesh = [s for s in map(sharding, jax.tree.leaves(params)) if s is not None]
+    if not on_mesh:
+        return None, lambda leaf: None
+    replicated = NamedSharding(on_mesh[0].mesh, PartitionSpec())
+    return replicated, lambda leaf: sharding(leaf) or replicated
+
+
 def _check(cond: bool, option: str, value: Any, requirement: str) -> None:
     if not cond:
         raise ValueError(f"`hessian_free({option}=...)` must be {requirement}, got {value!r}.")
@@ -572,14 +595,16 @@ def hessian_free(
 
     def init_fn(params: PyTree) -> HessianFreeState:
         dtype = _scalar_dtype(params)
-        i32 = lambda v: jnp.asarray(v, jnp.int32)
-        f = lambda v: jnp.asarray(v, dtype)
+        scalars, like = _state_shardings(params)
+        i32 = lambda v: jnp.asarray(v, jnp.int32, device=scalars)
+        f = lambda v: jnp.asarray(v, dtype, device=scalars)
+        # Strongly typed even for weakly typed params, so the state's types never change
+        # across updates (a change would retrace a jitted step).
+        zeros = lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p), device=like(p))
         return HessianFreeState(
             count=i32(0),
             damping=f(damping),
-            # Strongly typed even for weakly typed params, so the state's types never
-            # change across updates (a change would retrace a jitted step).
-            cg_init=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), jnp.result_type(p)), params),
+            cg_init=jax.tree.map(zeros, params),
             rho=f(jnp.nan),
             loss=f(jnp.nan),
             new_loss=f(jnp.nan),
@@ -588,7 +613,7 @@ def hessian_free(
             cg_status=i32(CGStatus.CONVERGED),
             cg_backtrack_step=i32(-1),
             fn_evals=i32(0),
-            rejected=jnp.asarray(False),
+            rejected=jnp.asarray(False, device=scalars),
             num_rejected=i32(0),
             num_nonfinite=i32(0),
         )
@@ -670,7 +695,6 @@ def hessian_free(
             f0 = as_f(value)
             evals = i32(0)
         g = updates
-        slope_grad = updates if grad is None else grad
         lam = state.damping
 
         # Curvature at params, on the sub-batch when asked; linearized once for all of CG.

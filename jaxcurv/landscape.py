@@ -130,11 +130,11 @@ def _slices_impl(fun, x, v1, v2, t, args):
 _slices_jit = jax.jit(_slices_impl, static_argnums=0)
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
+def _check_int(name: str, value: Any, low: int, fix: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__}: {value!r}.")
     if value < low:
-        raise ValueError(f"`{name}` must be >= {low}, got {value}.")
+        raise ValueError(f"`{name}` must be >= {low}, got {value}. {fix}")
     return int(value)
 
 
@@ -180,9 +180,14 @@ def loss_slices(
       Li, Xu, Taylor, Studer and Goldstein, "Visualizing the loss landscape of neural
       nets", NeurIPS 2018.
     """
-    num_points = _check_int("loss_slices(num_points=...)", num_points, 2)
+    num_points = _check_int(
+        "loss_slices(num_points=...)", num_points, 2, "A slice needs both of its ends."
+    )
     if not radius > 0:
-        raise ValueError(f"`loss_slices(radius=...)` must be positive, got {radius!r}.")
+        raise ValueError(
+            f"`loss_slices(radius=...)` must be positive, got {radius!r}: it is the "
+            f"half-width of the offsets, in units of the directions' lengths."
+        )
     dtype = jnp.result_type(*jax.tree.leaves(x))
     t = jnp.linspace(-radius, radius, num_points, dtype=dtype)
     try:
@@ -267,16 +272,25 @@ def analyze_landscape(
       quadrature).
       Ghorbani, Krishnan and Xiao, ICML 2019.
     """
-    top_k = _check_int("analyze_landscape(top_k=...)", top_k, 1)
-    bottom_k = _check_int("analyze_landscape(bottom_k=...)", bottom_k, 1)
-    num_lanczos = _check_int("analyze_landscape(num_lanczos=...)", num_lanczos, 1)
-    trace_samples = _check_int("analyze_landscape(trace_samples=...)", trace_samples, 2)
-    density_probes = _check_int("analyze_landscape(density_probes=...)", density_probes, 1)
-    slice_points = _check_int("analyze_landscape(slice_points=...)", slice_points, 2)
-    dense_threshold = _check_int("analyze_landscape(dense_threshold=...)", dense_threshold, 0)
+    name = "analyze_landscape({}=...)".format
+    count = "Ask for at least one."
+    top_k = _check_int(name("top_k"), top_k, 1, count)
+    bottom_k = _check_int(name("bottom_k"), bottom_k, 1, count)
+    num_lanczos = _check_int(name("num_lanczos"), num_lanczos, 1, "Pass a positive step count.")
+    trace_samples = _check_int(
+        name("trace_samples"), trace_samples, 2, "A standard error needs two probes or more."
+    )
+    density_probes = _check_int(name("density_probes"), density_probes, 1, count)
+    slice_points = _check_int(
+        name("slice_points"), slice_points, 2, "A slice needs both of its ends."
+    )
+    dense_threshold = _check_int(
+        name("dense_threshold"), dense_threshold, 0, "Use 0 to always run Lanczos."
+    )
     if not slice_radius > 0:
         raise ValueError(
-            f"`analyze_landscape(slice_radius=...)` must be positive, got {slice_radius!r}."
+            f"`analyze_landscape(slice_radius=...)` must be positive, got {slice_radius!r}: "
+            f"it is the half-width of the slices along the unit eigenvectors."
         )
     k_eig, k_trace, k_density = jax.random.split(key, 3)
 

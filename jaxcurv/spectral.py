@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 _WHICH = ("largest", "smallest", "both")
+_EIG_METHODS = ("auto", "thick-restart", "lanczos")
 _TRACE_METHODS = ("hutchinson", "hutch++")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -86,12 +87,18 @@ class EigenResult(NamedTuple):
         true eigenvalue.
       num_matvecs: products with ``A`` spent (``N`` to form a matrix-free operator densely,
         ``0`` for a dense matrix given as ``A``).
+      converged: scalar bool, every pair met ``residual_norms <= tol * max(|lambda|,
+        eps^(2/3) ||T||)``; always true on the dense path. Thick restart stops there; when
+        it ran out of ``num_iters`` first this is false and the pairs are the best so far.
+      num_restarts: thick restarts performed (``0`` for one pass of Lanczos and dense).
     """
 
     eigenvalues: jax.Array
     eigenvectors: PyTree | None
     residual_norms: jax.Array
     num_matvecs: jax.Array
+    converged: jax.Array
+    num_restarts: jax.Array
 
 
 class PowerIterationResult(NamedTuple):
@@ -423,6 +430,208 @@ def _select(values: jax.Array, k: int, which: str) -> jax.Array:
     return jnp.concatenate([jnp.arange(k), jnp.arange(n - k, n)])
 
 
+# ------------------------------------------------------------- thick-restart Lanczos
+
+# A second Gram-Schmidt pass is needed only when a pass cancels most of the vector
+# (Daniel, Gragg, Kaufman and Stewart 1976): then the rounding left along the basis is
+# large relative to what remains.
+_DGKS = 0.7071067811865476
+_KEEP = "arpack"
+
+
+def _masked_pass(V: PyTree, mask: jax.Array, u: PyTree) -> tuple[PyTree, jax.Array]:
+    """One classical Gram-Schmidt pass of ``u`` against the rows of ``V`` where ``mask``."""
+    h = _basis_dot(V, u) * mask
+    return tree_sub(u, _basis_combine(h, V)), h
+
+
+def _extend(matvec, V, T, j0, anorm, seed, shift, like):
+    """Lanczos steps ``j0, ..., m - 1`` that extend the orthonormal rows ``V[:j0 + 1]``.
+
+    ``V`` has ``m + 1`` rows and ``T`` is ``m x m``: on entry ``T[:j0, :j0 + 1]`` holds the
+    projection of ``A`` on the first rows (after a thick restart, the Ritz values and their
+    couplings to row ``j0``); on exit ``T`` is the whole projection ``V[:m] A V[:m]^T`` and
+    ``V[m]`` the next Lanczos vector, ``A V[:m]^T = V[:m]^T T + beta V[m] e_m^T``.
+
+    Each step subtracts ``alpha v_j + beta v_{j-1}`` (the three-term recurrence), then
+    projects the rest off every row so far: once, and a second time only when the pass
+    cancelled more than ``1 - 1/sqrt(2)`` of the vector (the DGKS criterion). After the
+    recurrence only rounding is left along the older rows, so one pass -- half the memory
+    traffic of two -- is the rule; the second runs right after a restart (where the new
+    vector couples to every kept Ritz vector) and near convergence. On breakdown (``beta``
+    at the rounding level of ``||A v||``) the step draws a fresh direction orthogonal to the
+    basis, as ``_lanczos`` does, and ``T`` decouples there. Returns ``(V, T, anorm, beta,
+    fresh)``: ``beta`` as computed at the last step (it bounds the Ritz residuals) and
+    whether ``V[m]`` is a fresh direction rather than the residual's.
+    """
+    m = T.shape[0]
+    dtype = T.dtype
+    tol_factor = 4.0 * jnp.finfo(dtype).eps
+    rows = jnp.arange(m + 1)
+
+    def step(j, carry):
+        V, T, anorm, _, _ = carry
+        v = _basis_get(V, j)
+        w = matvec(v)
+        anorm = jnp.maximum(anorm, tree_norm(w).astype(dtype))
+        alpha = tree_vdot(v, w).astype(dtype)
+        jp = jnp.maximum(j - 1, 0)
+        b_prev = jnp.where(j > j0, T[j, jp], jnp.zeros((), dtype))
+        w = jax.tree.map(
+            lambda wl, vl, pl: wl - alpha.astype(wl.dtype) * vl - b_prev.astype(wl.dtype) * pl,
+            w,
+            v,
+            _basis_get(V, jp),
+        )
+        mask = (rows <= j).astype(dtype)
+        fresh = _unflatten_like(jnp.roll(seed, shift + j + 1), like)
+
+        # One pass per trip; `phase` 0 works on `A v`, phase 1 (after a breakdown) on the
+        # fresh direction, which always gets two passes. One loop, one compiled pass.
+        def trip(s):
+            u, n_in, count, phase, h, beta, _ = s
+            u, hh = _masked_pass(V, mask, u)
+            nrm = tree_norm(u).astype(dtype)
+            h = h + jnp.where(phase == 0, hh, jnp.zeros_like(hh))
+            count = count + 1
+            again0 = (phase == 0) & (count < 2) & (nrm < _DGKS * n_in)
+            end0 = (phase == 0) & ~again0
+            beta = jnp.where(end0, nrm, beta)
+            breakdown = end0 & (nrm <= tol_factor * anorm)
+            again1 = (phase == 1) & (count < 2)
+            u = tree_where(breakdown, fresh, u)
+            count = jnp.where(breakdown, jnp.zeros_like(count), count)
+            phase = jnp.where(breakdown, jnp.ones_like(phase), phase)
+            return u, nrm, count, phase, h, beta, ~(again0 | breakdown | again1)
+
+        zero = jnp.zeros((), dtype)
+        i0 = jnp.zeros((), jnp.int32)
+        h0 = jnp.zeros((m + 1,), dtype)
+        init = (w, tree_norm(w).astype(dtype), i0, i0, h0, zero, jnp.asarray(False))
+        u, _, _, phase, h, beta, _ = jax.lax.while_loop(lambda s: ~s[-1], trip, init)
+        broke = phase == 1
+        coupling = jnp.where(broke, zero, beta)
+        T = T.at[j, j].set(alpha + h[j])
+        T = T.at[j, j + 1].set(coupling, mode="drop").at[j + 1, j].set(coupling, mode="drop")
+        V = _basis_set(V, j + 1, _normalize(u)[0])
+        return V, T, anorm, beta, broke
+
+    zero = jnp.zeros((), dtype)
+    V, T, anorm, beta, fresh = jax.lax.fori_loop(
+        j0, m, step, (V, T, anorm, zero, jnp.asarray(False))
+    )
+    return V, T, anorm, beta, fresh
+
+
+def _candidates(m: int, want: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Which Ritz vectors a restart may keep, best first, and where the wanted ones are.
+
+    Returns ``(cand, out)``: ``cand`` indexes the ``m`` ascending Ritz values, wanted ones
+    first and then their neighbours outwards-in (alternating ends for ``which="both"``),
+    ``m - 1`` of them; ``out`` picks the wanted ones from ``cand`` in ascending order.
+    """
+    lo, hi = want
+    if not lo:
+        return np.arange(m - 1, 0, -1), np.arange(hi - 1, -1, -1)
+    if not hi:
+        return np.arange(m - 1), np.arange(lo)
+    bottom, top = list(range(lo)), list(range(m - 1, m - 1 - hi, -1))
+    extra, i, j = [], lo, m - 1 - hi
+    while len(extra) < m - 1 - lo - hi:
+        if len(extra) % 2 == 0:
+            extra.append(i)
+            i += 1
+        else:
+            extra.append(j)
+            j -= 1
+    out = np.concatenate([np.arange(lo), np.arange(lo + hi - 1, lo - 1, -1)])
+    return np.array(bottom + top + extra), out
+
+
+def _num_kept(theta_c, converged_c, nwant, m, rule):
+    """How many of the ordered candidates a restart keeps (dynamic, like ARPACK's).
+
+    ARPACK (``dsaup2``) keeps the ``nev`` wanted and adds one more per wanted pair that has
+    already converged, up to half of the free room: converged pairs no longer need the
+    restart polynomial, while their neighbours, kept, are deflated from it.
+    """
+    free = m - 1 - nwant
+    if rule == "arpack":
+        nconv = jnp.sum(converged_c[:nwant])
+        return nwant + jnp.minimum(nconv, free // 2)
+    return jnp.asarray(nwant + int(free * rule))
+
+
+def _thick_restart(matvec, v0, seed, *, m, want, tol, max_matvecs, single, rule="arpack"):
+    """Thick-restart Lanczos (Wu and Simon 2000) with a basis of ``m`` vectors.
+
+    ``want = (lo, hi)`` eigenvalues are wanted from the bottom and the top of the spectrum.
+    A cycle extends the basis to ``m`` vectors, diagonalizes the small projected matrix
+    ``T``, and stops when every wanted Ritz pair has ``|beta s_{mj}| <= tol * max(|theta_j|,
+    eps^(2/3) max|theta|)`` or the next cycle would exceed ``max_matvecs`` products;
+    otherwise it restarts from ``p`` kept Ritz vectors (the wanted ones and some next to
+    them) plus the residual direction ``V[m]``, with ``T`` the arrowhead ``[[diag(theta),
+    beta s], [beta s^T, .]]``.
+
+    Returns ``(theta, vectors, residuals, num_matvecs, converged, num_restarts)`` for the
+    wanted pairs, ascending; ``vectors`` stacked like ``V``.
+    """
+    dtype = _real_dtype(v0)
+    eps23 = float(np.finfo(np.dtype(dtype)).eps) ** (2.0 / 3.0)
+    nw = want[0] + want[1]
+    cand, out = _candidates(m, want)
+    rows = jnp.arange(m - 1)
+
+    V = jax.tree.map(lambda x: jnp.zeros((m + 1, *jnp.shape(x)), x.dtype).at[0].set(x), v0)
+    T = jnp.zeros((m, m), dtype)
+    zero = jnp.zeros((), dtype)
+    i0 = jnp.zeros((), jnp.int32)
+
+    def cycle(c):
+        V, T, j0, nmv, cycles, anorm = c[:6]
+        V, T, anorm, beta, fresh = _extend(matvec, V, T, j0, anorm, seed, nmv, v0)
+        nmv = nmv + (m - j0)
+        theta, S = jnp.linalg.eigh(T)
+        theta_c, S_c = theta[cand], S[:, cand]
+        s_last = S_c[m - 1]
+        res = jnp.abs(beta * s_last)
+        floor = eps23 * jnp.max(jnp.abs(theta))
+        ok = res <= tol * jnp.maximum(jnp.abs(theta_c), floor)
+        converged = jnp.all(ok[:nw])
+        p = _num_kept(theta_c, ok, nw, m, rule).astype(jnp.int32)
+        done = converged | (nmv + (m - p) > max_matvecs) | single
+        # Thick restart: the kept Ritz vectors V[:m]^T S, then the residual direction in
+        # row p (rows past it are stale and masked out by the next cycle).
+        V = jax.tree.map(
+            lambda Vl: jax.lax.dynamic_update_index_in_dim(
+                Vl.at[: m - 1].set(
+                    jnp.tensordot(S_c.T.astype(Vl.dtype), Vl[:m], axes=1, precision=_HIGHEST)
+                ),
+                Vl[m],
+                p,
+                0,
+            ),
+            V,
+        )
+        keep = rows < p
+        coupling = jnp.where(keep & ~fresh, beta * s_last, zero)
+        T = jnp.zeros((m, m), dtype).at[rows, rows].set(jnp.where(keep, theta_c, zero))
+        T = T.at[rows, p].set(coupling).at[p, rows].set(coupling)
+        return (
+            V, T, p, nmv, cycles + 1, anorm, theta_c[out], res[out], converged, done,
+        )  # fmt: skip
+
+    init = (
+        V, T, i0, i0, i0, zero,
+        jnp.zeros((nw,), dtype), jnp.zeros((nw,), dtype), jnp.asarray(False), jnp.asarray(False),
+    )  # fmt: skip
+    V, _, _, nmv, cycles, _, theta, res, converged, _ = jax.lax.while_loop(
+        lambda c: ~c[-1], cycle, init
+    )
+    vectors = jax.tree.map(lambda Vl: Vl[out], V)
+    return theta, vectors, res, nmv, converged, cycles - 1
+
+
 def _dense_matrix(A: Any, matvec: Callable, example: PyTree) -> jax.Array:
     """``A`` as an ``N x N`` matrix over ``ravel_pytree(example)`` order."""
     if isinstance(A, CurvatureOperator):
@@ -438,8 +647,10 @@ def _dense_matrix(A: Any, matvec: Callable, example: PyTree) -> jax.Array:
     return jax.lax.map(column, jnp.arange(n), batch_size=min(n, 64)).T
 
 
-def _eigenvalues_impl(A, matvec, example, key, *, k, which, m, dense, vectors):
+def _eigenvalues_impl(A, matvec, example, key, *, k, which, dense, vectors, method, m, tol,
+                      budget):  # fmt: skip
     n = tree_size(example)
+    dtype = _real_dtype(example)
     matvec = _matvec_checked(matvec, example)
     if dense:
         H = _dense_matrix(A, matvec, example)
@@ -451,22 +662,39 @@ def _eigenvalues_impl(A, matvec, example, key, *, k, which, m, dense, vectors):
         _, unravel = ravel_pytree(example)
         vecs = jax.vmap(unravel)(U.T) if vectors else None
         spent = 0 if isinstance(A, jax.Array) else n
-        return EigenResult(lam, vecs, res, jnp.asarray(spent))
+        return EigenResult(lam, vecs, res, jnp.asarray(spent), jnp.asarray(True), jnp.asarray(0))
 
     r, seed = _random_like(key, example)
     v0, _ = _normalize(r)
+    if method == "thick-restart":
+        want = {"largest": (0, k), "smallest": (k, 0), "both": (k, k)}[which]
+        lam, vecs, res, spent, converged, restarts = _thick_restart(
+            matvec,
+            v0,
+            seed,
+            m=m,
+            want=want,
+            rule=_KEEP,
+            tol=tol,
+            max_matvecs=budget,
+            single=m >= min(n, budget),
+        )
+        return EigenResult(lam, vecs if vectors else None, res, spent, converged, restarts)
+
     alphas, betas, V = _lanczos(matvec, v0, m, seed)
     theta, S = _tridiagonal_eigh(alphas, betas)
     idx = _select(theta, k, which)
     lam, S_sel = theta[idx], S[:, idx]
     res = jnp.abs(betas[-1] * S_sel[-1])
+    floor = float(np.finfo(np.dtype(dtype)).eps) ** (2.0 / 3.0) * jnp.max(jnp.abs(theta))
+    converged = jnp.all(res <= tol * jnp.maximum(jnp.abs(lam), floor))
     vecs = None
     if vectors:
         vecs = jax.tree.map(
             lambda Vl: jnp.tensordot(S_sel.T.astype(Vl.dtype), Vl, axes=1, precision=_HIGHEST),
             V,
         )
-    return EigenResult(lam, vecs, res, jnp.asarray(m))
+    return EigenResult(lam, vecs, res, jnp.asarray(m), converged, jnp.asarray(0))
 
 
 def eigenvalues(
@@ -479,6 +707,9 @@ def eigenvalues(
     example: PyTree | None = None,
     return_eigenvectors: bool = False,
     dense_threshold: int = 256,
+    method: str = "auto",
+    tol: float | None = None,
+    max_basis: int | None = None,
 ) -> EigenResult:
     r"""Extreme eigenvalues of a symmetric operator by Lanczos with full reorthogonalization.
 
@@ -486,11 +717,27 @@ def eigenvalues(
     :math:`\{v_0, A v_0, \dots, A^{m-1} v_0\}` in which :math:`A` is the tridiagonal
     :math:`T = V^\top A V`; the extreme eigenvalues of :math:`T` (Ritz values) converge to
     those of :math:`A` after far fewer than :math:`N` products. Each new vector is
-    re-orthogonalized against the whole basis (twice), which costs :math:`O(mN)` per step
-    and ``m`` stored vectors but prevents the loss of orthogonality that makes plain Lanczos
-    report converged eigenvalues several times ("ghosts"). When ``N <= dense_threshold``
-    the matrix is formed (``op.to_dense()`` for an operator, ``N`` products for a callable)
-    and diagonalized exactly instead.
+    re-orthogonalized against the whole basis, which prevents the loss of orthogonality
+    that makes plain Lanczos report converged eigenvalues several times ("ghosts").
+
+    Two ways to run it (``method``):
+
+    * ``"thick-restart"`` (the default when ``num_iters`` is not given): the basis has a
+      fixed size of ``max_basis`` vectors. When it is full, the small projected matrix is
+      diagonalized, the wanted Ritz vectors and a few next to them are kept and the rest
+      dropped, and the Krylov space grows again from there (Wu and Simon 2000; the same
+      iteration as ARPACK's implicitly restarted Lanczos, behind ``scipy``'s ``eigsh``).
+      It stops when every wanted pair has a residual estimate :math:`|\beta_m s_{mj}| \le`
+      ``tol`` :math:`\cdot |\theta_j|` (``eigsh``'s test) or after ``num_iters`` products.
+      Memory is ``max_basis + 1`` vectors and reorthogonalization costs :math:`O(m N)` per
+      product with a small ``m``, so it is the method of choice for large ``N`` and for
+      high accuracy.
+    * ``"lanczos"`` (the default when ``num_iters`` is given): one pass of exactly
+      ``num_iters`` steps, keeping all of them; :math:`O(m N)` memory and :math:`O(m^2 N)`
+      reorthogonalization in total. Cheapest for a low accuracy with a small ``m``.
+
+    When ``N <= dense_threshold`` the matrix is formed (``op.to_dense()`` for an operator,
+    ``N`` products for a callable) and diagonalized exactly instead.
 
     Args:
       A: a ``jaxcurv`` operator (``hessian_operator``, ``ggn_operator``), a dense symmetric
@@ -499,22 +746,35 @@ def eigenvalues(
       which: ``"largest"`` or ``"smallest"`` (algebraic, not by magnitude), or ``"both"``:
         the ``k`` smallest and the ``k`` largest.
       key: PRNG key for the starting vector; ``None`` uses ``jax.random.key(0)``.
-      num_iters: Lanczos steps ``m`` (products with ``A``), between the number of wanted
-        eigenvalues and ``N``; default ``min(N, max(3 k', k' + 40))`` with ``k'`` the
-        number wanted. More steps, better interior convergence.
+      num_iters: products with ``A``. For ``"lanczos"``, the number of steps ``m``, between
+        the number ``k'`` of wanted eigenvalues and ``N``; default ``min(N, max(3 k', k' +
+        40))``. For ``"thick-restart"``, the most products to spend (at least ``k'``); the
+        run stops after the last whole restart cycle that fits; default ``100 *
+        max_basis``.
       example: pytree shaped like the domain; required when ``A`` is a bare callable.
       return_eigenvectors: also return the eigenvectors (Ritz vectors), stacked pytrees.
       dense_threshold: use a dense ``eigh`` when ``N`` is at most this. ``0`` forces
         Lanczos.
+      method: ``"auto"``, ``"thick-restart"`` or ``"lanczos"`` (see above).
+      tol: relative residual at which a Ritz pair counts as converged:
+        :math:`\|A v - \theta v\| \le \mathrm{tol} \cdot \max(|\theta|,
+        \epsilon^{2/3} \|T\|)` (the floor keeps eigenvalues near zero reachable). Stops
+        ``"thick-restart"``; for ``"lanczos"`` it only sets ``converged``. Default ``1e-5``
+        for float32 and ``1e-8`` for float64 (``eigsh``'s residuals at ``tol=1e-4`` were
+        ``~1e-5`` in float32).
+      max_basis: ``"thick-restart"``'s basis size ``m`` (more than ``k'``; clipped to
+        ``N``); default ``max(2 k' + 1, 20)``, as ``eigsh``'s ``ncv``. Larger means fewer
+        restarts and more work and memory per product.
 
     Returns:
       An ``EigenResult``: ``eigenvalues`` ascending, optional ``eigenvectors``,
-      ``residual_norms`` (how converged each pair is) and ``num_matvecs``.
+      ``residual_norms`` (how converged each pair is), ``num_matvecs``, ``converged`` and
+      ``num_restarts``.
 
     Raises:
-      ValueError: bad ``which``, ``k`` or ``num_iters`` out of range, bare callable without
-        ``example``. TypeError: non-integer ``k``/``num_iters``, a bad ``key``, an integer
-        domain.
+      ValueError: bad ``which`` or ``method``, ``k``, ``num_iters``, ``max_basis`` or
+        ``tol`` out of range, bare callable without ``example``. TypeError: non-integer
+        ``k``/``num_iters``/``max_basis``, a bad ``key``, an integer domain.
 
     Example (the seed's Hessian of :math:`x^2 + 3xy + y^2`, eigenvalues -1 and 5):
       >>> import jax.numpy as jnp
@@ -523,20 +783,25 @@ def eigenvalues(
       >>> jaxcurv.eigenvalues(H, 1, which="both").eigenvalues.round(4).tolist()
       [-1.0, 5.0]
       >>> d = jnp.linspace(0.0, 1.0, 300).at[-2:].set(jnp.array([5.0, 10.0]))
-      >>> r = jaxcurv.eigenvalues(jnp.diag(d), 2)  # Lanczos: N = 300 > dense_threshold
-      >>> r.eigenvalues.round(4).tolist(), bool(r.residual_norms.max() < 1e-4)
-      ([5.0, 10.0], True)
+      >>> r = jaxcurv.eigenvalues(jnp.diag(d), 2)  # thick restart: N = 300 > dense_threshold
+      >>> r.eigenvalues.round(4).tolist(), bool(r.converged), int(r.num_matvecs) <= 40
+      ([5.0, 10.0], True, True)
 
     References:
       Lanczos, "An iteration method for the solution of the eigenvalue problem of linear
       differential and integral operators", J. Res. Nat. Bur. Standards 1950.
       Paige, "Computational variants of the Lanczos method for the eigenproblem", IMA J.
       Appl. Math. 1972 (loss of orthogonality and ghost eigenvalues).
+      Wu and Simon, "Thick-restart Lanczos method for large symmetric eigenvalue
+      problems", SIAM J. Matrix Anal. Appl. 22(2), 2000.
+      Lehoucq, Sorensen and Yang, "ARPACK Users' Guide", SIAM 1998 (implicit restarts,
+      the convergence test).
       Golub and Van Loan, "Matrix Computations", 4th ed., section 10.3 (full
       reorthogonalization).
     """
     which = _check_choice("eigenvalues(which=...)", which, _WHICH)
-    example, n, _ = _domain("eigenvalues", A, example)
+    method = _check_choice("eigenvalues(method=...)", method, _EIG_METHODS)
+    example, n, dtype = _domain("eigenvalues", A, example)
     per_side = n // 2 if which == "both" else n
     k = _check_int(
         "eigenvalues(k=...)",
@@ -547,16 +812,50 @@ def eigenvalues(
         + (" and which='both' takes k from each end." if which == "both" else "."),
     )
     wanted = 2 * k if which == "both" else k
-    if num_iters is None:
-        num_iters = min(n, max(3 * wanted, wanted + 40))
-    num_iters = _check_int(
-        "eigenvalues(num_iters=...)",
-        num_iters,
-        low=wanted,
-        high=n,
-        fix=f"Lanczos needs at least as many steps as eigenvalues wanted ({wanted}) and at "
-        f"most the operator size N={n}.",
-    )
+    if method == "auto":
+        method = "thick-restart" if num_iters is None else "lanczos"
+    if tol is None:
+        tol = 1e-8 if jnp.finfo(dtype).bits >= 64 else 1e-5
+    if not tol >= 0:
+        raise ValueError(
+            f"`eigenvalues(tol=...)` must be a non-negative relative residual, got {tol!r}."
+        )
+    if method == "lanczos":
+        if max_basis is not None:
+            raise ValueError(
+                f"`eigenvalues(max_basis=...)` applies to method='thick-restart' only, got "
+                f"max_basis={max_basis!r} with method='lanczos' (num_iters given). Drop it, or "
+                "pass method='thick-restart' (num_iters then caps the products)."
+            )
+        if num_iters is None:
+            num_iters = min(n, max(3 * wanted, wanted + 40))
+        m = _check_int(
+            "eigenvalues(num_iters=...)",
+            num_iters,
+            low=wanted,
+            high=n,
+            fix=f"Lanczos needs at least as many steps as eigenvalues wanted ({wanted}) and "
+            f"at most the operator size N={n}.",
+        )
+        budget = m
+    else:
+        if max_basis is None:
+            max_basis = max(2 * wanted + 1, 20)
+        max_basis = _check_int(
+            "eigenvalues(max_basis=...)",
+            max_basis,
+            low=min(wanted + 1, n),
+            fix=f"The basis must hold the {wanted} wanted Ritz vectors and room to grow.",
+        )
+        if num_iters is None:
+            num_iters = 100 * min(max_basis, n)
+        budget = _check_int(
+            "eigenvalues(num_iters=...)",
+            num_iters,
+            low=wanted,
+            fix=f"Spend at least as many products as eigenvalues wanted ({wanted}).",
+        )
+        m = min(max_basis, n, budget)
     dense_threshold = _check_int(
         "eigenvalues(dense_threshold=...)", dense_threshold, low=0, fix="Use 0 to force Lanczos."
     )
@@ -568,9 +867,12 @@ def eigenvalues(
         key,
         k=k,
         which=which,
-        m=num_iters,
         dense=n <= dense_threshold,
         vectors=bool(return_eigenvectors),
+        method=method,
+        m=m,
+        tol=float(tol),
+        budget=budget,
     )
 
 
