@@ -9,7 +9,9 @@ in ``block_until_ready`` (or ``torch.cuda.synchronize``); nothing syncs inside a
 loop otherwise. Results keep every sample, the median and the min-max, and the environment
 (machine, backend, device, versions, date, load average, matmul precision).
 
-Ratios are taken against one ``jax.grad`` timed in the same interleaved run.
+Ratios are taken against one ``jax.grad`` timed in the same interleaved run: the median
+over rounds of the per-round ratio (:func:`paired_ratio`), with the ratio of medians and
+the ratio of minima kept beside it.
 """
 
 from __future__ import annotations
@@ -228,6 +230,19 @@ def time_once(fn: Callable[[], Any]) -> tuple[float, Any]:
     return _timed(fn)
 
 
+def paired_ratio(t: Timing, base: Timing) -> float:
+    """Median over rounds of ``t``'s time over ``base``'s time in the same round.
+
+    Both ran within the same rotating round, seconds apart, so a slow spell of a shared
+    machine scales both and cancels in the ratio; the ratio of the two medians does not
+    cancel it when the spell hits the candidates' samples unevenly.
+    """
+    ratios = [
+        (a / t.per_call) / (b / base.per_call) for a, b in zip(t.times, base.times, strict=True)
+    ]
+    return statistics.median(ratios)
+
+
 def ratio_rows(
     timings: Mapping[str, Timing],
     baseline: str,
@@ -239,7 +254,8 @@ def ratio_rows(
     rows = []
     for name, t in timings.items():
         row = t.to_dict()
-        row["ratio"] = t.median / base.median
+        row["ratio"] = paired_ratio(t, base)
+        row["ratio_of_medians"] = t.median / base.median
         row["ratio_min"] = t.min / base.min
         if floors and name in floors:
             row["flop_floor"] = floors[name]

@@ -157,7 +157,7 @@ def mlp_cg(s: dict) -> dict:
             1e-3,
         )
 
-    per_call = {n: k for n in cands if n != "jax.grad"}
+    per_call = {n: k for n in cands if n.startswith(("jaxcurv.cg", "jax.scipy"))}
     t = common.interleaved(
         cands, repeats=s["repeats"], warmup=s["warmup"], per_call=per_call, check=check
     )

@@ -167,7 +167,9 @@ def run(s: dict, torch) -> dict:
         cands, repeats=s["repeats"], warmup=s["warmup"], per_call=per_call, check=check
     )
     rows = common.ratio_rows(t, "jax.grad")
-    med = {name: tm.median for name, tm in t.items()}
+    # Speed-ups from per-round paired ratios (see common.paired_ratio), robust to load drift.
+    rel = {r["name"]: r["ratio"] for r in rows}  # time / jax.grad time, per round
+    med = rel
     targets = []
     if torch is not None:
         for ref in (

@@ -20,7 +20,7 @@ from jaxcurv.tree import tree_scale
 
 DEFAULTS = {
     "full": {
-        "repeats": 11,
+        "repeats": 9,
         "widths": [128, 256, 512, 1000],
         "depths": [1, 2, 3, 4, 6],
         "batches": [32, 64, 128, 256, 512, 1024],

@@ -281,9 +281,13 @@ def _mean_squared_example_grads(
 
 
 def _slot_vdots(tree: PyTree, stacked: PyTree) -> jax.Array:
-    """``[vdot(tree, stacked[j]) for j]``: one contraction per leaf, no per-slot slicing."""
+    """``[vdot(tree, stacked[j]) for j]``, one reduction per leaf and no per-slot slicing.
+
+    A sum of products rather than a ``tensordot``, so that XLA fuses it with the sibling
+    reduction of :func:`_slot_absmax` over the same buffer: one kernel per leaf for both.
+    """
     terms = [
-        jnp.tensordot(s, t, axes=jnp.ndim(t))
+        jnp.sum(s * t[None], axis=tuple(range(1, s.ndim)))
         for t, s in zip(jax.tree.leaves(tree), jax.tree.leaves(stacked), strict=True)
     ]
     return sum(terms[1:], terms[0])
@@ -343,7 +347,6 @@ class _Search(NamedTuple):
     f_alpha: jax.Array  # loss at params + alpha * iterate[best]
     tries: jax.Array  # int32: line-search shrinks so far
     evals: jax.Array  # int32: loss evaluations so far
-    accepted: jax.Array  # bool: params + alpha * iterate[best] would be taken
 
 
 def _scalar_dtype(params: PyTree) -> jnp.dtype:
@@ -464,7 +467,10 @@ def hessian_free(
     Jit the training step: the update is all ``lax`` control flow and compiles once. (It is
     also jitted internally when ``value_fn`` is hashable and every extra argument is an
     array, so an un-jitted loop does not re-trace; Python values among the extras keep it
-    eager, so that a flag like ``train=True`` stays a Python bool.)
+    eager, so that a flag like ``train=True`` stays a Python bool.) With parameters laid out
+    on a mesh (a ``NamedSharding``), ``init`` puts the state where the step returns it:
+    scalars replicated over that mesh, ``cg_init`` sharded like the parameters; so the
+    step's second call finds the same input layouts and does not compile again.
 
     Args:
       learning_rate: scale of the accepted step ``alpha p``, a float or an ``optax``
@@ -746,10 +752,10 @@ def hessian_free(
 
         start_finite = jnp.isfinite(f0) & tree_all_finite(g)
 
-        # The candidate directions: the recorded CG iterates, or just the final one. What the
-        # search and the acceptance test need of each candidate (slopes, finiteness) is
-        # computed for all of them at once here, so neither the loop body nor the code after
-        # it holds per-leaf reductions of its own (Martens 2010, §4.6 for the candidates).
+        # The candidate directions: the recorded CG iterates (Martens §4.6), or just the final
+        # one. What the search and the acceptance test need of a candidate (slope, largest
+        # entry) is reduced here for all of them at once, one fused pass per leaf, so the
+        # loop body holds no per-leaf reduction and the test after it reads scalars only.
         if cg_backtracking:
             # Slots hold the iterates at steps ceil(5 * 1.3^j) (-1: not reached), then the
             # final one (x itself) in the last slot.
@@ -768,18 +774,8 @@ def hessian_free(
         slot_finite = _all_finite(slot_max, (last + 1,))
         searching = line_search and line_search_max_steps > 0
 
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-
         def sufficient(a, fa, slope):
             return (fa < f0) & (fa <= f0 + line_search_c * a * slope)
-
-        def acceptable(j, a, fa):
-            # The step lr * a * iterate[j] is taken if it passes Armijo and is finite; the
-            # step is finite exactly when max|iterate[j]| * lr * a is (rounding is monotone),
-            # so this needs no pass over the parameters.
-            scale = as_f(lr) * a
-            step_finite = _all_finite([m[j] * jnp.asarray(scale, m.dtype) for m in slot_max])
-            return sufficient(a, fa, slopes[j]) & slot_finite[j] & step_finite
 
         # One loop evaluates every trial point (a single copy of the forward pass in the
         # compiled program). Phase _BACK walks back over the recorded CG iterates while the
@@ -816,9 +812,6 @@ def hessian_free(
                 jnp.where(shrink_on, a * line_search_factor, a),
             ).astype(dtype)
             f_alpha = jnp.where(back, f_best, f)
-            # Decided in the loop (a loop output is computed once) rather than after it,
-            # where XLA would fuse a copy of this logic, and of every reduction it reads, into
-            # each per-leaf kernel that it gates.
             return _Search(
                 phase=phase.astype(jnp.int32),
                 candidate=previous(c.candidate).astype(jnp.int32),
@@ -828,7 +821,6 @@ def hessian_free(
                 f_alpha=f_alpha,
                 tries=tries,
                 evals=c.evals + 1,
-                accepted=acceptable(best, alpha, f_alpha),
             )
 
         found = jax.lax.while_loop(
@@ -843,8 +835,6 @@ def hessian_free(
                 f_alpha=as_f(jnp.inf),
                 tries=i32(0),
                 evals=i32(0),
-                # The loop only runs from a finite start; otherwise nothing is accepted.
-                accepted=jnp.asarray(False),
             ),
         )
         best = found.best
@@ -858,8 +848,13 @@ def hessian_free(
         predicted = as_f(g_dot[best]) + 0.5 * as_f(tree_vdot(p, op(p)))
         rho = jnp.where(predicted < 0, (f_p - f0) / predicted, jnp.nan)
 
-        accepted = found.accepted
-        step = tree_scale(p, as_f(lr) * alpha)
+        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        scale = as_f(lr) * alpha
+        # `p * scale` is finite exactly when `max|p| * scale` is (rounding is monotone), so
+        # the step is checked without another pass over the parameters.
+        step_finite = _all_finite([m[best] * jnp.asarray(scale, m.dtype) for m in slot_max])
+        accepted = sufficient(alpha, f_new, slopes[best]) & ~nonfinite & step_finite
+        step = tree_scale(p, scale)
         new_updates = tree_where(accepted, step, tree_zeros_like(step))
         new_updates = jax.tree.map(lambda u, t: u.astype(t.dtype), new_updates, params)
 
@@ -872,10 +867,9 @@ def hessian_free(
             new_lam = jnp.where(accepted, new_lam, lam * damping_increase)
             new_lam = jnp.clip(new_lam, min_damping, max_damping).astype(dtype)
 
-        # Martens warm-starts from the final CG solution, not the backtracked iterate.
-        # A cond, not a where: a where would get a copy of the finiteness test fused into
-        # each per-leaf select (same values, a larger program).
-        new_init = jax.lax.cond(slot_finite[last], lambda: x, lambda: tree_zeros_like(x))
+        # Martens warm-starts from the final CG solution, not the backtracked iterate. It is
+        # the last candidate, so its finiteness is already known.
+        new_init = tree_where(slot_finite[last], x, tree_zeros_like(x))
         new_init = jax.tree.map(lambda a, t: a.astype(t.dtype), new_init, state.cg_init)
 
         new_state = HessianFreeState(

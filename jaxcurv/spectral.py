@@ -4,8 +4,9 @@ Every routine here sees a symmetric matrix only through products ``v -> A v``, s
 on Hessians and Gauss-Newton matrices of networks with millions of parameters, where the
 matrix itself would never fit in memory:
 
-* ``eigenvalues`` -- a few extreme eigenvalues (and eigenvectors) by Lanczos with full
-  reorthogonalization, or by a dense ``eigh`` when the problem is small;
+* ``eigenvalues`` -- a few extreme eigenvalues (and eigenvectors) by thick-restart Lanczos
+  (a small basis, restarted until the residuals meet ``tol``) or one pass of Lanczos, both
+  with full reorthogonalization, or by a dense ``eigh`` when the problem is small;
 * ``power_iteration`` -- the eigenvalue of largest magnitude, with the fewest vectors kept;
 * ``hutchinson_trace`` / ``hutchinson_diagonal`` -- unbiased randomized estimates of the
   trace and the diagonal, and Hutch++ for a lower-variance trace;
@@ -354,89 +355,10 @@ def _matvec_checked(matvec: Callable, example: PyTree) -> Callable:
 # --------------------------------------------------------------------------- Lanczos
 
 
-def _lanczos(matvec: Callable, v0: PyTree, m: int, seed: jax.Array):
-    """``m`` Lanczos steps with full reorthogonalization from the unit vector ``v0``.
-
-    Returns ``(alphas, betas, V)``: the diagonal ``(m,)`` and off-diagonal ``(m,)`` of the
-    tridiagonal ``T`` (``betas[m-1]`` is the coupling to the next, unstored vector, used
-    for residual bounds) and the orthonormal basis ``V`` (leaves ``(m, *leaf.shape)``), so
-    that ``A V^T = V^T T + betas[m-1] v_m e_m^T``.
-
-    When the Krylov space is exhausted (``beta`` at rounding level: ``v0`` lies in an
-    invariant subspace, e.g. a spectrum with few distinct eigenvalues) the run restarts
-    from a random vector orthogonal to the basis and records ``beta = 0``: ``T`` becomes
-    block diagonal and its eigenvalues stay genuine eigenvalues of ``A`` -- repeated ones
-    appear with their true multiplicity instead of being lost or duplicated. The restart
-    vectors are cyclic shifts of the flat random vector ``seed`` (shift ``i + 1`` at step
-    ``i``): the shifts of a random vector are linearly independent almost surely (a random
-    circulant matrix is invertible), and shifting avoids compiling a random-number
-    generator into the loop body.
-    """
-    dtype = _real_dtype(v0)
-    eps = jnp.finfo(dtype).eps
-    V = jax.tree.map(lambda x: jnp.zeros((m, *jnp.shape(x)), x.dtype).at[0].set(x), v0)
-    # Breakdown: beta at the rounding level of ||A v||. Below it the second Gram-Schmidt
-    # pass can no longer guarantee orthogonality, so a fresh direction is drawn instead; a
-    # genuine coupling this small perturbs the Ritz values by no more than rounding does.
-    tol_factor = 4.0 * eps
-
-    def body(i, carry):
-        V, alphas, betas, anorm = carry
-        v = _basis_get(V, i)
-        w = matvec(v)
-        anorm = jnp.maximum(anorm, tree_norm(w).astype(dtype))
-        alpha = tree_vdot(v, w).astype(dtype)
-        restart = _unflatten_like(jnp.roll(seed, i + 1), v0)
-
-        # Attempt 0 orthogonalizes A v; attempt 1, only after a breakdown, the restart
-        # vector. One loop instead of a `cond` with two copies keeps compile time down.
-        def attempt(state):
-            j, _, beta = state
-            u = _orthogonalize(V, tree_where(j == 0, w, restart))
-            nrm = tree_norm(u).astype(dtype)
-            return j + 1, u, jnp.where(j == 0, nrm, beta)
-
-        def retry(state):
-            j, u, beta = state
-            return (j == 0) | ((j == 1) & (beta <= tol_factor * anorm) & (i + 1 < m))
-
-        tries, u, beta = jax.lax.while_loop(retry, attempt, (0, w, jnp.zeros((), dtype)))
-        v_next, _ = _normalize(u)
-        # After a restart T decouples there; the last beta is kept as computed: it bounds
-        # the Ritz residuals.
-        beta = jnp.where(tries == 2, jnp.zeros_like(beta), beta)
-        V = _basis_set(V, i + 1, v_next)
-        return V, alphas.at[i].set(alpha), betas.at[i].set(beta), anorm
-
-    init = (V, jnp.zeros((m,), dtype), jnp.zeros((m,), dtype), jnp.zeros((), dtype))
-    V, alphas, betas, _ = jax.lax.fori_loop(0, m, body, init)
-    return alphas, betas, V
-
-
-def _tridiagonal_eigh(alphas: jax.Array, betas: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Eigen-decomposition of the ``m x m`` tridiagonal ``T`` (tiny; dense ``eigh``)."""
-    off = betas[:-1]
-    T = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
-    return jnp.linalg.eigh(T)
-
-
-def _select(values: jax.Array, k: int, which: str) -> jax.Array:
-    """Indices of the wanted entries of an ascending ``values``; ascending themselves."""
-    n = values.shape[0]
-    if which == "smallest":
-        return jnp.arange(k)
-    if which == "largest":
-        return jnp.arange(n - k, n)
-    return jnp.concatenate([jnp.arange(k), jnp.arange(n - k, n)])
-
-
-# ------------------------------------------------------------- thick-restart Lanczos
-
 # A second Gram-Schmidt pass is needed only when a pass cancels most of the vector
 # (Daniel, Gragg, Kaufman and Stewart 1976): then the rounding left along the basis is
 # large relative to what remains.
 _DGKS = 0.7071067811865476
-_KEEP = "arpack"
 
 
 def _masked_pass(V: PyTree, mask: jax.Array, u: PyTree) -> tuple[PyTree, jax.Array]:
@@ -449,20 +371,34 @@ def _extend(matvec, V, T, j0, anorm, seed, shift, like):
     """Lanczos steps ``j0, ..., m - 1`` that extend the orthonormal rows ``V[:j0 + 1]``.
 
     ``V`` has ``m + 1`` rows and ``T`` is ``m x m``: on entry ``T[:j0, :j0 + 1]`` holds the
-    projection of ``A`` on the first rows (after a thick restart, the Ritz values and their
-    couplings to row ``j0``); on exit ``T`` is the whole projection ``V[:m] A V[:m]^T`` and
-    ``V[m]`` the next Lanczos vector, ``A V[:m]^T = V[:m]^T T + beta V[m] e_m^T``.
+    projection of ``A`` on the first rows (zero for a fresh start; after a thick restart,
+    the Ritz values and their couplings to row ``j0``); on exit ``T`` is the whole
+    projection ``V[:m] A V[:m]^T`` and ``V[m]`` the next Lanczos vector, so that ``A
+    V[:m]^T = V[:m]^T T + beta V[m] e_m^T``. Rows past the current step may hold stale
+    vectors: they are masked out.
 
-    Each step subtracts ``alpha v_j + beta v_{j-1}`` (the three-term recurrence), then
-    projects the rest off every row so far: once, and a second time only when the pass
-    cancelled more than ``1 - 1/sqrt(2)`` of the vector (the DGKS criterion). After the
-    recurrence only rounding is left along the older rows, so one pass -- half the memory
-    traffic of two -- is the rule; the second runs right after a restart (where the new
-    vector couples to every kept Ritz vector) and near convergence. On breakdown (``beta``
-    at the rounding level of ``||A v||``) the step draws a fresh direction orthogonal to the
-    basis, as ``_lanczos`` does, and ``T`` decouples there. Returns ``(V, T, anorm, beta,
-    fresh)``: ``beta`` as computed at the last step (it bounds the Ritz residuals) and
-    whether ``V[m]`` is a fresh direction rather than the residual's.
+    Full reorthogonalization, at half the usual memory traffic: each step subtracts
+    ``alpha v_j + beta v_{j-1}`` (the three-term recurrence), then projects what is left
+    off every row so far with classical Gram-Schmidt -- once, and a second time only when
+    that pass cancelled more than ``1 - 1/sqrt(2)`` of the vector (the DGKS criterion).
+    After the recurrence only rounding is left along the older rows, so one pass is the
+    rule; the second runs right after a thick restart, where the new vector couples to
+    every kept Ritz vector, and near breakdown. Orthogonality to working precision is what
+    keeps ghost eigenvalues (Paige 1972) away.
+
+    When the Krylov space is exhausted (``beta`` at the rounding level of ``||A v||``: the
+    start lies in an invariant subspace, e.g. a spectrum with few distinct eigenvalues) the
+    step takes instead a fresh direction orthogonal to the basis and records ``beta = 0``:
+    ``T`` becomes block diagonal and its eigenvalues stay genuine eigenvalues of ``A`` --
+    repeated ones appear with their true multiplicity instead of being lost or duplicated.
+    The fresh directions are cyclic shifts of the flat random vector ``seed`` (shift
+    ``shift + j + 1`` at step ``j``): the shifts of a random vector are linearly
+    independent almost surely (a random circulant matrix is invertible), and shifting
+    avoids compiling a random-number generator into the loop body.
+
+    Returns ``(V, T, anorm, beta, fresh)``: ``beta`` as computed at the last step (it
+    bounds the Ritz residuals even when a fresh direction replaced it) and whether ``V[m]``
+    is such a fresh direction rather than the residual's.
     """
     m = T.shape[0]
     dtype = T.dtype
@@ -513,7 +449,12 @@ def _extend(matvec, V, T, j0, anorm, seed, shift, like):
         coupling = jnp.where(broke, zero, beta)
         T = T.at[j, j].set(alpha + h[j])
         T = T.at[j, j + 1].set(coupling, mode="drop").at[j + 1, j].set(coupling, mode="drop")
-        V = _basis_set(V, j + 1, _normalize(u)[0])
+        # Row j + 1 <= m always exists: an in-place update, no bounds select.
+        V = jax.tree.map(
+            lambda Vl, ul: jax.lax.dynamic_update_index_in_dim(Vl, ul.astype(Vl.dtype), j + 1, 0),
+            V,
+            _normalize(u)[0],
+        )
         return V, T, anorm, beta, broke
 
     zero = jnp.zeros((), dtype)
@@ -523,46 +464,88 @@ def _extend(matvec, V, T, j0, anorm, seed, shift, like):
     return V, T, anorm, beta, fresh
 
 
-def _candidates(m: int, want: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Which Ritz vectors a restart may keep, best first, and where the wanted ones are.
+def _lanczos(matvec: Callable, v0: PyTree, m: int, seed: jax.Array):
+    """``m`` Lanczos steps with full reorthogonalization from the unit vector ``v0``.
 
-    Returns ``(cand, out)``: ``cand`` indexes the ``m`` ascending Ritz values, wanted ones
-    first and then their neighbours outwards-in (alternating ends for ``which="both"``),
-    ``m - 1`` of them; ``out`` picks the wanted ones from ``cand`` in ascending order.
+    Returns ``(alphas, betas, V)``: the diagonal ``(m,)`` and off-diagonal ``(m,)`` of the
+    tridiagonal ``T`` (``betas[m-1]`` is the coupling to the next, unstored vector, used
+    for residual bounds) and the orthonormal basis ``V`` (leaves ``(m, *leaf.shape)``), so
+    that ``A V^T = V^T T + betas[m-1] v_m e_m^T``. One pass of ``_extend``; see there for
+    the reorthogonalization and for what happens when the Krylov space is exhausted.
+    """
+    dtype = _real_dtype(v0)
+    V = jax.tree.map(lambda x: jnp.zeros((m + 1, *jnp.shape(x)), x.dtype).at[0].set(x), v0)
+    T = jnp.zeros((m, m), dtype)
+    zero = jnp.zeros((), dtype)
+    V, T, _, beta, _ = _extend(matvec, V, T, 0, zero, seed, 0, v0)
+    betas = jnp.concatenate([jnp.diagonal(T, 1), beta[None]])
+    return jnp.diagonal(T), betas, jax.tree.map(lambda Vl: Vl[:m], V)
+
+
+def _tridiagonal_eigh(alphas: jax.Array, betas: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Eigen-decomposition of the ``m x m`` tridiagonal ``T`` (tiny; dense ``eigh``)."""
+    off = betas[:-1]
+    T = jnp.diag(alphas) + jnp.diag(off, 1) + jnp.diag(off, -1)
+    return jnp.linalg.eigh(T)
+
+
+def _select(values: jax.Array, k: int, which: str) -> jax.Array:
+    """Indices of the wanted entries of an ascending ``values``; ascending themselves."""
+    n = values.shape[0]
+    if which == "smallest":
+        return jnp.arange(k)
+    if which == "largest":
+        return jnp.arange(n - k, n)
+    return jnp.concatenate([jnp.arange(k), jnp.arange(n - k, n)])
+
+
+# ------------------------------------------------------------- thick-restart Lanczos
+
+
+def _candidates(m: int, want: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Ritz vectors a restart may keep, as indices into the ``m`` ascending Ritz values.
+
+    Returns ``(cand, rank, end)``: the wanted ones first (the ``lo`` smallest ascending,
+    then the ``hi`` largest descending), then the neighbours a restart may add, at most
+    half of the free room at each wanted end; ``rank`` numbers each end's extras outwards-in
+    (``-1`` for wanted ones) and ``end`` says which end (0 bottom, 1 top).
     """
     lo, hi = want
-    if not lo:
-        return np.arange(m - 1, 0, -1), np.arange(hi - 1, -1, -1)
-    if not hi:
-        return np.arange(m - 1), np.arange(lo)
-    bottom, top = list(range(lo)), list(range(m - 1, m - 1 - hi, -1))
-    extra, i, j = [], lo, m - 1 - hi
-    while len(extra) < m - 1 - lo - hi:
-        if len(extra) % 2 == 0:
-            extra.append(i)
-            i += 1
-        else:
-            extra.append(j)
-            j -= 1
-    out = np.concatenate([np.arange(lo), np.arange(lo + hi - 1, lo - 1, -1)])
-    return np.array(bottom + top + extra), out
+    half = max(m - 1 - lo - hi, 0) // 2
+    nb, nt = (half if lo else 0), (half if hi else 0)
+    cand = np.concatenate(
+        [
+            np.arange(lo),
+            np.arange(m - 1, m - 1 - hi, -1),
+            np.arange(lo, lo + nb),
+            np.arange(m - 1 - hi, m - 1 - hi - nt, -1),
+        ]
+    ).astype(int)
+    rank = np.concatenate([-np.ones(lo + hi), np.arange(nb), np.arange(nt)])
+    end = np.concatenate([np.zeros(lo), np.ones(hi), np.zeros(nb), np.ones(nt)])
+    return cand, rank, end
 
 
-def _num_kept(theta_c, converged_c, nwant, m, rule):
-    """How many of the ordered candidates a restart keeps (dynamic, like ARPACK's).
+def _restart_order(ok, rank, end, want):
+    """Order of the candidates for a restart, and how many to keep (ARPACK's rule).
 
-    ARPACK (``dsaup2``) keeps the ``nev`` wanted and adds one more per wanted pair that has
-    already converged, up to half of the free room: converged pairs no longer need the
-    restart polynomial, while their neighbours, kept, are deflated from it.
+    ARPACK (``dsaup2``) keeps the ``nev`` wanted Ritz vectors plus one more for each wanted
+    pair that has converged, up to half of the free room: converged pairs no longer need the
+    restart polynomial, while neighbours kept are deflated from it. The extras go to the
+    ends in proportion to their unconverged wanted pairs (plus one): the slow end gets the
+    help, as in ARPACK's ``which="BE"``, which favours the top.
     """
-    free = m - 1 - nwant
-    if rule == "arpack":
-        nconv = jnp.sum(converged_c[:nwant])
-        return nwant + jnp.minimum(nconv, free // 2)
-    return jnp.asarray(nwant + int(free * rule))
+    lo, hi = want
+    nw = lo + hi
+    nconv = jnp.sum(ok[:nw])
+    weight = jnp.stack([1 + lo - jnp.sum(ok[:lo]), 1 + hi - jnp.sum(ok[lo:nw]) + 0.5])
+    priority = jnp.where(rank < 0, -1.0, (rank + 0.5) / weight[end.astype(int)])
+    order = jnp.argsort(priority, stable=True)
+    extras = (rank.size - nw) // (2 if lo and hi else 1)
+    return order, nw + jnp.minimum(nconv, extras)
 
 
-def _thick_restart(matvec, v0, seed, *, m, want, tol, max_matvecs, single, rule="arpack"):
+def _thick_restart(matvec, v0, seed, *, m, want, tol, max_matvecs, single):
     """Thick-restart Lanczos (Wu and Simon 2000) with a basis of ``m`` vectors.
 
     ``want = (lo, hi)`` eigenvalues are wanted from the bottom and the top of the spectrum.
@@ -579,8 +562,10 @@ def _thick_restart(matvec, v0, seed, *, m, want, tol, max_matvecs, single, rule=
     dtype = _real_dtype(v0)
     eps23 = float(np.finfo(np.dtype(dtype)).eps) ** (2.0 / 3.0)
     nw = want[0] + want[1]
-    cand, out = _candidates(m, want)
-    rows = jnp.arange(m - 1)
+    cand, rank, end = _candidates(m, want)
+    # The wanted pairs, ascending, among the candidates.
+    out = np.concatenate([np.arange(want[0]), np.arange(nw - 1, want[0] - 1, -1)]).astype(int)
+    rows = jnp.arange(cand.size)
 
     V = jax.tree.map(lambda x: jnp.zeros((m + 1, *jnp.shape(x)), x.dtype).at[0].set(x), v0)
     T = jnp.zeros((m, m), dtype)
@@ -592,26 +577,25 @@ def _thick_restart(matvec, v0, seed, *, m, want, tol, max_matvecs, single, rule=
         V, T, anorm, beta, fresh = _extend(matvec, V, T, j0, anorm, seed, nmv, v0)
         nmv = nmv + (m - j0)
         theta, S = jnp.linalg.eigh(T)
-        theta_c, S_c = theta[cand], S[:, cand]
-        s_last = S_c[m - 1]
-        res = jnp.abs(beta * s_last)
         floor = eps23 * jnp.max(jnp.abs(theta))
-        ok = res <= tol * jnp.maximum(jnp.abs(theta_c), floor)
+        res = jnp.abs(beta * S[m - 1, cand])
+        ok = res <= tol * jnp.maximum(jnp.abs(theta[cand]), floor)
         converged = jnp.all(ok[:nw])
-        p = _num_kept(theta_c, ok, nw, m, rule).astype(jnp.int32)
+        order, p = _restart_order(ok, rank, end, want)
+        idx = jnp.asarray(cand)[order]
+        theta_c, S_c, res = theta[idx], S[:, idx], res[order]
+        s_last = S_c[m - 1]
+        p = p.astype(jnp.int32)
         done = converged | (nmv + (m - p) > max_matvecs) | single
-        # Thick restart: the kept Ritz vectors V[:m]^T S, then the residual direction in
-        # row p (rows past it are stale and masked out by the next cycle).
+        # Thick restart: the kept Ritz vectors V[:m]^T S in rows < p, the residual direction
+        # V[m] in row p, zeros after. One product with a small (m+1) x (m+1) matrix rather
+        # than a product and a dynamic update: XLA would copy the whole basis for the latter.
+        full = jnp.arange(m + 1)[:, None]
+        C = jnp.zeros((m + 1, m + 1), dtype).at[: cand.size, :m].set(S_c.T)
+        C = jnp.where(full < p, C, jnp.zeros_like(C))
+        C = jnp.where((full == p) & (full.T == m), jnp.ones_like(C), C)
         V = jax.tree.map(
-            lambda Vl: jax.lax.dynamic_update_index_in_dim(
-                Vl.at[: m - 1].set(
-                    jnp.tensordot(S_c.T.astype(Vl.dtype), Vl[:m], axes=1, precision=_HIGHEST)
-                ),
-                Vl[m],
-                p,
-                0,
-            ),
-            V,
+            lambda Vl: jnp.tensordot(C.astype(Vl.dtype), Vl, axes=1, precision=_HIGHEST), V
         )
         keep = rows < p
         coupling = jnp.where(keep & ~fresh, beta * s_last, zero)
@@ -647,8 +631,8 @@ def _dense_matrix(A: Any, matvec: Callable, example: PyTree) -> jax.Array:
     return jax.lax.map(column, jnp.arange(n), batch_size=min(n, 64)).T
 
 
-def _eigenvalues_impl(A, matvec, example, key, *, k, which, dense, vectors, method, m, tol,
-                      budget):  # fmt: skip
+def _eigenvalues_impl(A, matvec, example, key, tol, budget, *, k, which, dense, vectors, method,
+                      m):  # fmt: skip
     n = tree_size(example)
     dtype = _real_dtype(example)
     matvec = _matvec_checked(matvec, example)
@@ -662,7 +646,8 @@ def _eigenvalues_impl(A, matvec, example, key, *, k, which, dense, vectors, meth
         _, unravel = ravel_pytree(example)
         vecs = jax.vmap(unravel)(U.T) if vectors else None
         spent = 0 if isinstance(A, jax.Array) else n
-        return EigenResult(lam, vecs, res, jnp.asarray(spent), jnp.asarray(True), jnp.asarray(0))
+        none = jnp.zeros((), jnp.int32)
+        return EigenResult(lam, vecs, res, none + spent, jnp.asarray(True), none)
 
     r, seed = _random_like(key, example)
     v0, _ = _normalize(r)
@@ -674,10 +659,9 @@ def _eigenvalues_impl(A, matvec, example, key, *, k, which, dense, vectors, meth
             seed,
             m=m,
             want=want,
-            rule=_KEEP,
             tol=tol,
             max_matvecs=budget,
-            single=m >= min(n, budget),
+            single=m >= n,
         )
         return EigenResult(lam, vecs if vectors else None, res, spent, converged, restarts)
 
@@ -694,7 +678,8 @@ def _eigenvalues_impl(A, matvec, example, key, *, k, which, dense, vectors, meth
             lambda Vl: jnp.tensordot(S_sel.T.astype(Vl.dtype), Vl, axes=1, precision=_HIGHEST),
             V,
         )
-    return EigenResult(lam, vecs, res, jnp.asarray(m), converged, jnp.asarray(0))
+    none = jnp.zeros((), jnp.int32)
+    return EigenResult(lam, vecs, res, none + m, converged, none)
 
 
 def eigenvalues(
@@ -813,7 +798,7 @@ def eigenvalues(
     )
     wanted = 2 * k if which == "both" else k
     if method == "auto":
-        method = "thick-restart" if num_iters is None else "lanczos"
+        method = "lanczos" if num_iters is not None and max_basis is None else "thick-restart"
     if tol is None:
         tol = 1e-8 if jnp.finfo(dtype).bits >= 64 else 1e-5
     if not tol >= 0:
@@ -860,19 +845,20 @@ def eigenvalues(
         "eigenvalues(dense_threshold=...)", dense_threshold, low=0, fix="Use 0 to force Lanczos."
     )
     key = jax.random.key(0) if key is None else _check_key("eigenvalues", key)
+    # The tolerance and the budget are traced: changing them does not compile again.
     return _run(
         _eigenvalues_impl,
         A,
         example,
         key,
+        jnp.asarray(tol, dtype),
+        jnp.asarray(budget, jnp.int32),
         k=k,
         which=which,
         dense=n <= dense_threshold,
         vectors=bool(return_eigenvectors),
         method=method,
         m=m,
-        tol=float(tol),
-        budget=budget,
     )
 
 
@@ -1318,8 +1304,8 @@ def classify_critical_point(
     ``k`` smallest and ``k`` largest, which is all the rule needs -- the smallest decides
     "all positive", the largest "all negative" -- so it runs on networks with millions of
     parameters. Ritz values lie inside the spectrum, so a saddle found this way is certain;
-    a "minimum" is as reliable as the convergence of the smallest eigenvalue (raise
-    ``num_iters`` to check).
+    a "minimum" is as reliable as the convergence of the smallest eigenvalue (the
+    ``reason`` quotes the largest Ritz residual).
 
     Args:
       fun: scalar function ``f(x, *args)``.
@@ -1329,7 +1315,9 @@ def classify_critical_point(
       eig_tol: relative eigenvalue tolerance; default ``sqrt(eps)``.
       k: eigenvalues from each end on the Lanczos path.
       key: PRNG key for Lanczos; ``None`` uses ``jax.random.key(0)``.
-      num_iters: Lanczos steps (see ``eigenvalues``).
+      num_iters: ``None`` runs thick-restart Lanczos until the Ritz residuals meet
+        ``eigenvalues``' default ``tol``; an int runs one pass of that many Lanczos steps
+        (see ``eigenvalues``).
       dense_threshold: largest ``N`` for which the Hessian is formed and fully diagonalized.
 
     Returns:

@@ -18,6 +18,8 @@ import numpy as np
 import optax
 import pytest
 import scipy.optimize
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxcurv.cg import CGStatus
 from jaxcurv.hessian_free import (
@@ -350,6 +352,79 @@ def test_nan_outside_a_region_is_avoided_by_the_line_search():
     assert not bool(state.rejected) and int(state.num_nonfinite) == 0
 
 
+def test_step_that_would_overflow_is_rejected_and_a_finite_one_taken():
+    # f = (x - 3)^2 / 2 from x = 0: the Newton direction is p = 3 and Armijo takes alpha = 1,
+    # so the step is lr * 3 in float32: finite for lr = 1e38, inf for lr = 2e38 (numpy says
+    # which). The acceptance test reads max|p| * lr, not the step, so it must agree with
+    # float32 arithmetic exactly. A zero-size leaf rides along.
+    def f(p):
+        return 0.5 * jnp.sum((p["x"] - 3.0) ** 2) + jnp.sum(p["empty"])
+
+    f32 = jnp.float32
+    params = {"x": jnp.zeros(1, f32), "empty": jnp.zeros((0,), f32)}
+    # One compiled step for both rates: a schedule of the update count.
+    rates = (1e38, 2e38)
+    opt = hessian_free(
+        lambda count: jnp.asarray(rates, f32)[count],
+        curvature="hessian",
+        damping=0.0,
+        adapt_damping=False,
+    )
+    update = make_step(opt, f)
+    for count, lr in enumerate(rates):
+        new, state = update(params, opt.init(params)._replace(count=jnp.asarray(count, jnp.int32)))
+        with np.errstate(over="ignore"):
+            step = np.float32(3.0) * np.float32(lr)
+        assert int(state.num_nonfinite) == 0  # the direction itself is finite
+        assert new["empty"].shape == (0,)
+        if np.isfinite(step):
+            assert not bool(state.rejected) and float(state.alpha) == 1.0
+            np.testing.assert_allclose(np.asarray(new["x"]), [step], rtol=1e-6)
+        else:
+            assert bool(state.rejected) and float(state.alpha) == 0.0
+            chex.assert_trees_all_equal(new, params)
+            assert float(state.new_loss) == float(state.loss) == 4.5
+
+
+def test_trial_points_share_one_traced_call_of_value_fn():
+    """Backtracking and the line search evaluate every trial point through one call site.
+
+    Counted at trace time: each call site of ``value_fn`` in the compiled program is one
+    trace, however many times the loop runs it. Turning both searches on adds none; an
+    update without ``value`` adds exactly one (the loss at ``params``).
+    """
+
+    def traces(with_value=True, **options):
+        count = [0]
+
+        def f(x):
+            count[0] += 1
+            return _rosenbrock(x)
+
+        opt = hessian_free(curvature="hessian", **options)
+        x = jnp.asarray([-1.2, 1.0])
+
+        def step(x, state):
+            value, grads = jax.value_and_grad(f)(x)
+            extra = {"value": value} if with_value else {}
+            return opt.update(grads, state, x, value_fn=f, **extra)
+
+        jax.jit(step).lower(x, opt.init(x))  # traces only; nothing is compiled
+        return count[0]
+
+    both = traces()
+    assert both == traces(cg_backtracking=False, line_search=False)
+    assert traces(with_value=False) == both + 1
+
+
+def test_init_works_under_jit():
+    opt = hessian_free()
+    params = {"w": jnp.ones((2, 3), jnp.float32), "b": jnp.zeros(3, jnp.float32)}
+    eager, traced = opt.init(params), jax.jit(opt.init)(params)
+    chex.assert_trees_all_equal(eager, traced)
+    chex.assert_trees_all_equal_shapes_and_dtypes(eager, traced)
+
+
 # ------------------------------------------------------------------------ optax plumbing
 
 
@@ -566,3 +641,75 @@ def test_python_flag_extra_argument_stays_a_python_value():
     x0 = jnp.zeros(3)
     x1, state = make_step(opt, loss, jit=False)(x0, opt.init(x0), train=True)
     np.testing.assert_allclose(np.asarray(x1), np.ones(3), rtol=1e-10)
+
+
+# ------------------------------------------------------------------------ multi-device
+
+
+def _mesh_problem():
+    k = jax.random.split(jax.random.key(7), 5)
+    f32 = jnp.float32
+    params = {
+        "w1": jax.random.normal(k[0], (6, 8), f32) / 6**0.5,
+        "b1": 0.1 * jax.random.normal(k[1], (8,), f32),
+        "w2": jax.random.normal(k[2], (8, 3), f32) / 8**0.5,
+    }
+    x = jax.random.normal(k[3], (64, 6), f32)
+    y = jnp.sin(x[:, :3]) + 0.1 * jax.random.normal(k[4], (64, 3), f32)
+    objective = ModelAndLoss(
+        lambda p, x: jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"],
+        lambda out, y: 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1)),
+    )
+    return params, x, y, objective
+
+
+@pytest.fixture(scope="module")
+def one_device_reference():
+    params, x, y, objective = _mesh_problem()
+    opt = hessian_free(damping=1.0, cg_maxiter=5)
+    step, state = make_step(opt, objective), opt.init(params)
+    for _ in range(3):
+        params, state = step(params, state, x=x, y=y)
+    return params, state
+
+
+@pytest.mark.multidevice
+@pytest.mark.skipif(
+    jax.device_count() < 8,
+    reason="needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 (`make test`)",
+)
+@pytest.mark.parametrize("layout", ["data", "model"])
+def test_state_from_init_on_a_mesh_does_not_compile_the_step_twice(layout, one_device_reference):
+    devices = np.asarray(jax.devices()[:8])
+    if layout == "data":  # batch split over 8 devices, parameters replicated
+        mesh = Mesh(devices, ("batch",))
+        specs = {"w1": P(), "b1": P(), "w2": P()}
+    else:  # batch over 4, hidden units over 2 (canonical specs: no trailing None)
+        mesh = Mesh(devices.reshape(4, 2), ("batch", "model"))
+        specs = {"w1": P(None, "model"), "b1": P("model"), "w2": P("model")}
+    params, x, y, objective = _mesh_problem()
+    placed = {k: jax.device_put(v, NamedSharding(mesh, specs[k])) for k, v in params.items()}
+    xs, ys = (jax.device_put(a, NamedSharding(mesh, P("batch"))) for a in (x, y))
+    opt = hessian_free(damping=1.0, cg_maxiter=5)
+
+    state = opt.init(placed)
+    replicated = NamedSharding(mesh, P())
+    for name, leaf in state._asdict().items():
+        if name != "cg_init":
+            assert leaf.sharding == replicated, name
+    for leaf, param in zip(jax.tree.leaves(state.cg_init), jax.tree.leaves(placed)):
+        assert leaf.sharding == param.sharding
+
+    step = jax.jit(make_step(opt, objective, jit=False))
+    p, s = placed, state
+    for _ in range(3):
+        p, s = step(p, s, x=xs, y=ys)
+    assert step._cache_size() == 1, "the state from `init` sat elsewhere than the step's"
+    for after, before in zip(jax.tree.leaves(s), jax.tree.leaves(state), strict=True):
+        assert after.sharding == before.sharding
+
+    # Oracle: the same three updates on one device.
+    p_ref, s_ref = one_device_reference
+    chex.assert_trees_all_close(jax.device_get(p), p_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(s.new_loss), float(s_ref.new_loss), rtol=1e-5)
+    assert float(s_ref.new_loss) < float(s_ref.loss)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.linalg
 from jax.flatten_util import ravel_pytree
 
 import jaxcurv
@@ -116,6 +117,122 @@ def test_krylov_exhaustion_restarts_and_keeps_multiplicities(dtype):
     assert np.all(np.isfinite(eye.residual_norms))
 
 
+# ------------------------------------------------------------- thick-restart Lanczos
+
+# One configuration (N = 200, k = 5 from each end, default basis of 21 vectors, eigenvectors)
+# per dtype for every thick-restart test on matrices: tol and num_iters are traced.
+
+
+def _thick(A, dtype, **kw):
+    return eigenvalues(
+        jnp.asarray(A, dtype),
+        _K,
+        which="both",
+        dense_threshold=0,
+        method="thick-restart",
+        return_eigenvectors=True,
+        **kw,
+    )
+
+
+def _true_residuals(A, res):
+    V = np.asarray(res.eigenvectors, np.float64)
+    lam = np.asarray(res.eigenvalues, np.float64)
+    return V, np.linalg.norm(A @ V.T - V.T * lam, axis=0)
+
+
+def _one_pass_steps_needed(A: np.ndarray, k: int, tol: float) -> int:
+    """Oracle: the fewest steps of one-pass Lanczos (numpy, float64, reorthogonalized twice
+    against the whole basis) after which the k smallest and k largest Ritz pairs all have
+    ``|beta s_mj| <= tol |theta_j|``."""
+    n = A.shape[0]
+    Q = np.zeros((n, n))
+    q = np.random.default_rng(0).standard_normal(n)
+    Q[0] = q / np.linalg.norm(q)
+    alphas, betas = [], []
+    for m in range(1, n + 1):
+        w = A @ Q[m - 1]
+        alphas.append(Q[m - 1] @ w)
+        for _ in range(2):
+            w -= Q[:m].T @ (Q[:m] @ w)
+        betas.append(np.linalg.norm(w))
+        if m >= 2 * k:
+            theta, S = scipy.linalg.eigh_tridiagonal(alphas, betas[:-1])
+            idx = np.r_[np.arange(k), np.arange(m - k, m)]
+            if np.all(np.abs(betas[-1] * S[-1, idx]) <= tol * np.abs(theta[idx])):
+                return m
+        if m < n:
+            Q[m] = w / betas[-1]
+    return n
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", ["spread", "clustered", "negative"])
+def test_thick_restart_matches_eigvalsh(case, dtype):
+    rng = np.random.default_rng(0)
+    A = random_symmetric(rng, _spectrum(case, _N, rng))
+    exact = np.linalg.eigvalsh(A)
+    scale = np.abs(exact).max()
+    res = _thick(A, dtype)
+    assert res.eigenvalues.dtype == dtype and res.eigenvalues.shape == (2 * _K,)
+    assert bool(res.converged) and int(res.num_restarts) > 0
+    want = np.concatenate([exact[:_K], exact[-_K:]])
+    np.testing.assert_allclose(res.eigenvalues, want, atol=_tol(dtype, scale))
+    # The reported residuals are the true ||A v - lambda v|| (up to rounding, ~eps ||A||),
+    # and they met the default tolerance relative to |lambda|.
+    V, true_res = _true_residuals(A, res)
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(res.residual_norms, true_res, atol=20 * eps * scale)
+    tol = 1e-8 if dtype == np.float64 else 1e-5
+    assert np.all(np.asarray(res.residual_norms) <= tol * np.abs(want))
+    np.testing.assert_allclose(V @ V.T, np.eye(2 * _K), atol=50 * eps)
+    # Each eigenvalue lies within its true residual of the exact one (Weyl), no ghosts.
+    assert np.all(np.abs(np.asarray(res.eigenvalues) - want) <= true_res + 20 * eps * scale)
+    assert int(res.num_matvecs) <= 100 * 21
+
+
+def test_thick_restart_fewer_vectors_and_comparable_products_float64():
+    # A Krylov space of m products contains every thick-restart subspace built from the same
+    # m products, so one pass cannot need more products for the same accuracy; thick restart
+    # trades a few more products for a basis of 21 vectors instead of one that grows with
+    # the products (and O(m N) instead of O(m^2 N) reorthogonalization).
+    rng = np.random.default_rng(0)
+    A = random_symmetric(rng, _spectrum("negative", _N, rng))
+    res = _thick(A, np.float64)
+    one_pass = _one_pass_steps_needed(A, _K, 1e-8)
+    assert one_pass > 5 * 21  # one pass needs a basis 5x larger than thick restart's
+    assert one_pass <= int(res.num_matvecs) <= 1.5 * one_pass
+    # A budget too small to converge: reported, never exceeded, best pairs so far returned.
+    short = _thick(A, np.float64, num_iters=40)
+    assert not bool(short.converged) and int(short.num_matvecs) <= 40
+    assert np.all(np.isfinite(short.eigenvalues))
+    assert np.max(np.asarray(short.residual_norms)) > 1e-8 * 5.0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_thick_restart_invariant_subspaces(dtype):
+    # Few distinct eigenvalues: every cycle exhausts Krylov spaces of dimension 3 and
+    # continues from fresh directions, so the repeated eigenvalues come with multiplicity.
+    rng = np.random.default_rng(1)
+    spectrum = np.repeat([-1.0, 2.0, 3.0], [60, 70, 70])
+    A = random_symmetric(rng, spectrum)
+    res = _thick(A, dtype)
+    want = np.r_[-np.ones(_K), 3 * np.ones(_K)]
+    np.testing.assert_allclose(res.eigenvalues, want, atol=_tol(dtype, 3.0))
+    V, true_res = _true_residuals(A, res)
+    np.testing.assert_allclose(V @ V.T, np.eye(2 * _K), atol=50 * np.finfo(dtype).eps)
+    assert bool(res.converged) and np.all(true_res <= _tol(dtype, 3.0))
+    eye = _thick(np.eye(_N), dtype)  # breaks down at every step
+    np.testing.assert_allclose(eye.eigenvalues, np.ones(2 * _K), atol=_tol(dtype, 1.0))
+    assert bool(eye.converged) and np.all(np.isfinite(eye.residual_norms))
+    if dtype == np.float64:
+        # k = N / 2 from each end: the basis is the whole space, one exact cycle.
+        B = random_symmetric(rng, np.linspace(-1.0, 1.0, 12))
+        full = eigenvalues(jnp.asarray(B), 6, which="both", dense_threshold=0)
+        np.testing.assert_allclose(full.eigenvalues, np.linspace(-1.0, 1.0, 12), atol=1e-12)
+        assert int(full.num_matvecs) == 12 and int(full.num_restarts) == 0
+
+
 @pytest.mark.parametrize("dense_threshold", [0, 1000])
 def test_eigenvectors_residuals_and_orthonormality(dense_threshold):
     rng = np.random.default_rng(2)
@@ -192,6 +309,16 @@ def test_mlp_hessian_extremes_via_operator():
     np.testing.assert_allclose(H @ V.T, V.T * want, atol=1e-7)
     dense = eigenvalues(op, 2, which="both")  # N = 67 <= dense_threshold: eigh of to_dense
     np.testing.assert_allclose(dense.eigenvalues, want, atol=1e-10)
+    # Thick restart (a basis of 20 < N vectors, restarted): the three smallest, as pytrees.
+    tr = eigenvalues(op, 3, which="smallest", dense_threshold=0, return_eigenvectors=True)
+    assert bool(tr.converged) and int(tr.num_restarts) > 0
+    np.testing.assert_allclose(tr.eigenvalues, exact[:3], atol=1e-9 * np.abs(exact).max())
+    assert jax.tree.structure(tr.eigenvectors) == jax.tree.structure(params)
+    V = np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(tr.eigenvectors))
+    lam = np.asarray(tr.eigenvalues)
+    true_res = np.linalg.norm(H @ V.T - V.T * lam, axis=0)
+    assert np.all(true_res <= 1e-8 * np.abs(lam))  # default float64 tol, relative
+    np.testing.assert_allclose(tr.residual_norms, true_res, atol=1e-12 * np.abs(exact).max())
 
 
 def test_bare_callable_with_tuple_example_float32():
@@ -201,9 +328,14 @@ def test_bare_callable_with_tuple_example_float32():
     def matvec(v):
         return jaxcurv.hvp(loss, params, v, X, Y)
 
-    res = eigenvalues(matvec, 3, example=params, dense_threshold=0, num_iters=67)
-    assert res.eigenvalues.dtype == jnp.float32
-    np.testing.assert_allclose(res.eigenvalues, exact[-3:], atol=1e-4 * np.abs(exact).max())
+    # Thick restart (the default), float32: converged to the default relative tol 1e-5.
+    tr = eigenvalues(matvec, 3, example=params, dense_threshold=0, return_eigenvectors=True)
+    assert tr.eigenvalues.dtype == jnp.float32 and bool(tr.converged)
+    np.testing.assert_allclose(tr.eigenvalues, exact[-3:], atol=1e-4 * np.abs(exact).max())
+    V = np.asarray(jax.vmap(lambda t: ravel_pytree(t)[0])(tr.eigenvectors), np.float64)
+    H = _mlp_hessian("tuple")
+    true_res = np.linalg.norm(H @ V.T - V.T * np.asarray(tr.eigenvalues, np.float64), axis=0)
+    assert np.all(true_res <= 2e-5 * np.abs(exact[-3:]))
     small = eigenvalues(matvec, 1, which="smallest", example=params)  # dense path, N products
     np.testing.assert_allclose(small.eigenvalues, exact[:1], atol=1e-4 * np.abs(exact).max())
     assert int(small.num_matvecs) == 67
@@ -227,6 +359,23 @@ def test_one_compilation_per_configuration_and_jit():
         )
         np.testing.assert_allclose(again.eigenvalues, first.eigenvalues, atol=1e-10)
     assert len(traces) == count  # new keys, same compiled code
+    # Thick restart (the default without num_iters): key, tol and budget are traced too.
+    thick = eigenvalues(matvec, 2, example=example, dense_threshold=0)
+    count = len(traces)
+    for seed, tol, budget in ((1, 1e-6, 500), (2, 1e-10, 900)):
+        again = eigenvalues(
+            matvec,
+            2,
+            example=example,
+            key=jax.random.key(seed),
+            dense_threshold=0,
+            tol=tol,
+            num_iters=budget,
+            method="thick-restart",
+        )
+        assert bool(again.converged)
+        np.testing.assert_allclose(again.eigenvalues, thick.eigenvalues, atol=1e-10)
+    assert len(traces) == count
     # Operators and matrices are traced arguments: usable inside the caller's jit.
     jitted = jax.jit(lambda M, key: eigenvalues(M, 2, key=key, dense_threshold=0, num_iters=50))
     out = jitted(A, jax.random.key(1))
@@ -234,6 +383,11 @@ def test_one_compilation_per_configuration_and_jit():
     np.testing.assert_allclose(out.eigenvalues, exact, atol=1e-9)
     batched = jax.vmap(lambda M: eigenvalues(M, 2, dense_threshold=0, num_iters=50).eigenvalues)
     np.testing.assert_allclose(batched(jnp.stack([A, 2 * A])), [exact, 2 * exact], atol=1e-9)
+    # Thick restart under jit and vmap: each batch member stops on its own convergence.
+    B = jnp.asarray(random_symmetric(np.random.default_rng(5), np.linspace(-1.0, 1.0, 50)))
+    out = jax.jit(jax.vmap(lambda M: eigenvalues(M, 2, dense_threshold=0)))(jnp.stack([A, B]))
+    np.testing.assert_allclose(out.eigenvalues, [exact, [0.959183673, 1.0]], atol=1e-8)
+    assert np.all(np.asarray(out.converged))
 
 
 # ---------------------------------------------------------------------- power iteration
@@ -493,6 +647,16 @@ def test_bad_inputs_raise_with_the_argument_named():
         eigenvalues(A, 1, num_iters=9)
     with pytest.raises(ValueError, match="example"):
         eigenvalues(lambda v: v, 1)
+    with pytest.raises(ValueError, match="method"):
+        eigenvalues(A, 1, method="arpack")
+    with pytest.raises(ValueError, match="tol"):
+        eigenvalues(A, 1, tol=-1e-3)
+    with pytest.raises(ValueError, match="max_basis"):
+        eigenvalues(jnp.eye(50), 10, max_basis=10)
+    with pytest.raises(ValueError, match="max_basis"):
+        eigenvalues(A, 1, method="lanczos", max_basis=3)
+    with pytest.raises(ValueError, match="num_iters"):
+        eigenvalues(jnp.eye(50), 10, method="thick-restart", num_iters=5)
     with pytest.raises(TypeError, match="key"):
         eigenvalues(A, 1, key=0)
     with pytest.raises(ValueError, match="square"):
