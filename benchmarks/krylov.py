@@ -306,7 +306,7 @@ def dense_cg(s: dict) -> dict:
             f"  solve to {tol:g}: {name:<28s} {solves[name]['median_s'] * 1e3:8.2f} ms, "
             f"{iters} it, err {solves[name]['rel_error_vs_numpy_solve']:.1e}"
         )
-    per_it = {row["name"]: row["median_s"] for row in rows}
+    rel = {row["name"]: row["ratio"] for row in rows}  # paired, per round
     return {
         "n": n,
         "cond": cond,
@@ -317,9 +317,9 @@ def dense_cg(s: dict) -> dict:
         "solves": solves,
         "target": {
             "target": "jaxcurv.cg per iteration no slower than jax.scipy cg (dense, within 5%)",
-            "value": per_it["jaxcurv.cg"] / per_it["jax.scipy.sparse.linalg.cg"],
+            "value": rel["jaxcurv.cg"],
             "limit": 1.05,
-            "met": bool(per_it["jaxcurv.cg"] / per_it["jax.scipy.sparse.linalg.cg"] <= 1.05),
+            "met": bool(rel["jaxcurv.cg"] <= 1.05),
         },
     }
 
