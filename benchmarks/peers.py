@@ -19,6 +19,12 @@ jaxcurv function they compete with, in products / krylov / optimizers.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import jax
 import numpy as np
 
@@ -110,11 +116,9 @@ def _as_jax_layout(flat, nlayers):
     return [{"w": flat[2 * i], "b": flat[2 * i + 1]} for i in range(nlayers)]
 
 
-def run(s: dict, torch) -> dict:
+def _jax_side(s: dict):
     prob = common.mlp_problem(s["sizes"], s["batch"], seed=s["seed"])
-    f, p, v, x, y = common.mlp_loss, prob.params, prob.v, prob.x, prob.y
-    k, lam = s["cg_iters"], s["damping"]
-    print(f"MLP {'-'.join(map(str, prob.sizes))}, batch {prob.batch}, N = {prob.num_params:,}")
+    f, p, x, y = common.mlp_loss, prob.params, prob.x, prob.y
 
     def model_fn(q):
         return common.mlp_apply(q, x)
@@ -122,9 +126,56 @@ def run(s: dict, torch) -> dict:
     def loss_fn(o):
         return common.softmax_xent(o, y)
 
-    grad = jax.jit(jax.grad(f))
     gop = jaxcurv.ggn_operator(model_fn, loss_fn, p)
     hop = jaxcurv.hessian_operator(f, p, x, y)
+    return prob, gop, hop
+
+
+def run_torch(s: dict, torch) -> dict:
+    """The PyTorch side, in its own process: JAX's results are computed once first, as the
+    reference of the checks, so no XLA thread pool is busy while PyTorch is timed."""
+    prob, gop, _ = _jax_side(s)
+    f, p, v, x, y = common.mlp_loss, prob.params, prob.v, prob.x, prob.y
+    refs = {
+        "grad": jax.block_until_ready(jax.grad(f)(p, x, y)),
+        "hvp": jax.block_until_ready(jaxcurv.hvp(f, p, v, x, y)),
+        "ggn": jax.block_until_ready(gop(v)),
+    }
+    tparams, tv, _, _, apply, loss = torch_problem(torch, prob)
+    apply.x = torch.tensor(np.asarray(x), device=tparams[0].device)
+    cands = torch_candidates(torch, tparams, tv, apply, loss, y)
+    nlayers = len(p)
+    checks: list[dict] = []
+
+    def check(res):
+        c = common.check_close
+        lay = lambda r: _as_jax_layout(list(r), nlayers)  # noqa: E731
+        c(checks, "torch grad == jax.grad", lay(res["torch grad"]), refs["grad"], 1e-4)
+        for name in (
+            "torch HVP double backward (fresh)",
+            "torch HVP double backward (graph retained)",
+            "torch.func HVP jvp(grad)",
+        ):
+            c(checks, f"{name} == jaxcurv.hvp", lay(res[name]), refs["hvp"], 1e-3)
+        c(
+            checks,
+            "torch.func GGN product == ggn_operator",
+            lay(res["torch.func GGN product"]),
+            refs["ggn"],
+            1e-3,
+        )
+
+    t = common.interleaved(cands, repeats=s["repeats"], warmup=s["warmup"], check=check)
+    return {"rows": common.ratio_rows(t, "torch grad"), "checks": checks}
+
+
+def run(s: dict, torch_side) -> dict:
+    """The JAX side timed here; then ``torch_side()`` (PyTorch in its own process, or None)."""
+    prob, gop, hop = _jax_side(s)
+    f, p, v, x, y = common.mlp_loss, prob.params, prob.v, prob.x, prob.y
+    k, lam = s["cg_iters"], s["damping"]
+    print(f"MLP {'-'.join(map(str, prob.sizes))}, batch {prob.batch}, N = {prob.num_params:,}")
+    grad = jax.jit(jax.grad(f))
     b = tree_scale(gop.grad, -1.0)
     cg = jax.jit(lambda op, rhs: jaxcurv.cg(op, rhs, tol=0.0, maxiter=k, damping=lam))
     cands = {
@@ -135,43 +186,26 @@ def run(s: dict, torch) -> dict:
         "jaxcurv.cg iteration, ggn_operator": lambda: cg(gop, b),
     }
     per_call = {"jaxcurv.cg iteration, ggn_operator": k}
-    nlayers = len(p)
-    if torch is not None:
-        tparams, tv, _, _, apply, loss = torch_problem(torch, prob)
-        apply.x = torch.tensor(np.asarray(x), device=tparams[0].device)
-        cands.update(torch_candidates(torch, tparams, tv, apply, loss, y))
-    checks: list[dict] = []
-
-    def check(res):
-        if torch is None:
-            return
-        c = common.check_close
-        lay = lambda r: _as_jax_layout(list(r), nlayers)  # noqa: E731
-        c(checks, "torch grad == jax.grad", lay(res["torch grad"]), res["jax.grad"], 1e-4)
-        ref = res["jaxcurv.hvp"]
-        for name in (
-            "torch HVP double backward (fresh)",
-            "torch HVP double backward (graph retained)",
-            "torch.func HVP jvp(grad)",
-        ):
-            c(checks, f"{name} == jaxcurv.hvp", lay(res[name]), ref, 1e-3)
-        c(
-            checks,
-            "torch.func GGN product == ggn_operator",
-            lay(res["torch.func GGN product"]),
-            res["jaxcurv ggn_operator apply"],
-            1e-3,
-        )
-
-    t = common.interleaved(
-        cands, repeats=s["repeats"], warmup=s["warmup"], per_call=per_call, check=check
-    )
+    t = common.interleaved(cands, repeats=s["repeats"], warmup=s["warmup"], per_call=per_call)
     rows = common.ratio_rows(t, "jax.grad")
-    # Speed-ups from per-round paired ratios (see common.paired_ratio), robust to load drift.
-    rel = {r["name"]: r["ratio"] for r in rows}  # time / jax.grad time, per round
-    med = rel
+    checks: list[dict] = []
+    med = {name: tm.median for name, tm in t.items()}
+    torch_rows = torch_side()
+    if torch_rows is not None:
+        checks = torch_rows["checks"]
+        for r in torch_rows["rows"]:
+            # Across processes there are no shared rounds: ratios of medians here.
+            r = {
+                **r,
+                "ratio_vs_torch_grad": r["ratio"],
+                "ratio": r["median_s"] / med["jax.grad"],
+                "ratio_min": r["min_s"] / t["jax.grad"].min,
+            }
+            rows.append(r)
+            med[r["name"]] = r["median_s"]
     targets = []
-    if torch is not None:
+    like_for_like = {}
+    if torch_rows is not None:
         for ref in (
             "torch HVP double backward (fresh)",
             "torch HVP double backward (graph retained)",
@@ -195,8 +229,7 @@ def run(s: dict, torch) -> dict:
                     "higher_is_better": True,
                 }
             )
-    like_for_like = {}
-    if torch is not None:
+    if torch_rows is not None:
         # PyHessian's retained graph is a linearize-once product: compare it with ours.
         like_for_like = {
             "hessian_operator apply vs torch retained-graph HVP (speed-up)": med[
@@ -212,7 +245,10 @@ def run(s: dict, torch) -> dict:
     return {
         "problem": {"sizes": list(prob.sizes), "batch": prob.batch, "num_params": prob.num_params},
         "like_for_like": like_for_like,
-        "torch_available": torch is not None,
+        "torch_available": torch_rows is not None,
+        "torch_note": "PyTorch timed in its own process right after the JAX side (same "
+        "weights, batch and direction), so that neither library's thread pool competes with "
+        "the other's; PyTorch ratios are ratios of medians across the two processes.",
         "cg_iters": k,
         "damping": lam,
         "checks": checks,
@@ -222,12 +258,35 @@ def run(s: dict, torch) -> dict:
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "--torch-worker":
+        s = json.loads(argv[1])
+        Path(argv[2]).write_text(json.dumps(run_torch(s, common.optional_torch())))
+        return
     s, out_dir, quick = common.settings_for("peers", DEFAULTS, argv)
     common.header("peers", quick)
-    torch = common.optional_torch()
-    if torch is None:
-        print("PyTorch not installed: timing the JAX side only (pip install torch==2.13.0).")
-    common.write_result(out_dir, "peers", s, quick, run(s, torch))
+
+    def torch_side():
+        if common.optional_torch() is None:
+            print("PyTorch not installed: JAX side only (pip install torch==2.13.0).")
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "torch.json"
+            cmd = [
+                sys.executable,
+                "-m",
+                "benchmarks.peers",
+                "--torch-worker",
+                json.dumps(s),
+                str(out),
+            ]
+            proc = subprocess.run(cmd, cwd=common.ROOT, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"the PyTorch side failed (exit {proc.returncode})")
+            return json.loads(out.read_text())
+
+    payload = run(s, torch_side)
+    common.write_result(out_dir, "peers", s, quick, payload)
 
 
 if __name__ == "__main__":

@@ -124,8 +124,8 @@ def _summary_rows(d: dict) -> list[tuple[str, str, str, bool | None]]:
     if db:
         hv = _row(prow2, "jaxcurv.hvp")
         cg = _row(prow2, "jaxcurv.cg iteration, ggn_operator")
-        s1 = db["ratio"] / hv["ratio"]
-        s2 = db["ratio"] / cg["ratio"]
+        s1 = db["median_s"] / hv["median_s"]
+        s2 = db["median_s"] / cg["median_s"]
         rows.append(
             ("`hvp` speed-up over PyTorch double-backward HVP", ">= 1.25x", _x(s1), s1 >= 1.25)
         )
@@ -538,6 +538,8 @@ def _peers_section(d: dict, rel) -> list[str]:
     ]
     if not pe["torch_available"]:
         out += ["PyTorch was not installed for this run (`pip install torch==2.13.0`).", ""]
+    elif pe.get("torch_note"):
+        out += [pe["torch_note"], ""]
     out += [*_timing_table(pe["rows"], with_floor=False), ""]
     if pe.get("like_for_like"):
         out += [
