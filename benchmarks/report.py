@@ -532,7 +532,7 @@ def _peers_section(d: dict, rel) -> list[str]:
         "### PyTorch on the same MLP with the same weights (`benchmarks/peers.py`)",
         "",
         f"{'-'.join(map(str, pe['problem']['sizes']))}, batch {pe['problem']['batch']}; "
-        "ratios to one `jax.grad` in the same interleaved run. The CG row is one iteration of "
+        "JAX rows: ratios to one `jax.grad` in one interleaved run. The CG row is one iteration of "
         f"a {pe['cg_iters']}-iteration `jaxcurv.cg` on the GGN operator.",
         "",
     ]
@@ -804,8 +804,9 @@ def _missed_notes(d: dict) -> list[str]:
     if busy:
         notes.append(
             f"- The machine was shared while these ran (1-minute load up to {max(loads):.1f} on "
-            f"{cores} cores): medians carry that noise; the min-based ratios are the less "
-            "disturbed estimate, and A/B interleaving keeps the comparisons fair."
+            f"{cores} cores): absolute times carry that noise; the per-round paired ratios "
+            "and A/B interleaving keep the comparisons fair, with the ratios of minima beside "
+            "them."
         )
     return notes
 
