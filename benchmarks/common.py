@@ -438,8 +438,8 @@ def mlp_floors(sizes: Sequence[int], batch: int) -> dict[str, float]:
 # ------------------------------------------------------------------ settings and output
 
 
-def parse_args(name: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=__doc__)
+def add_common_args(p: argparse.ArgumentParser, example_key: str) -> None:
+    """The options every benchmark entry point shares (each script and `benchmarks.run`)."""
     p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
     p.add_argument("--out", default=None, help="results root (default benchmarks/results)")
     p.add_argument("--config", default=None, help="TOML file with a [bench] table")
@@ -449,8 +449,13 @@ def parse_args(name: str, argv: Sequence[str] | None = None) -> argparse.Namespa
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a setting, e.g. `--set {name}.repeats=5` (TOML value)",
+        help=f"override a setting, e.g. `--set {example_key}.repeats=5` (TOML value)",
     )
+
+
+def parse_args(name: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=__doc__)
+    add_common_args(p, name)
     p.add_argument("--settings-json", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 

@@ -122,18 +122,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
-    p.add_argument("--config", default=None, help="TOML file with a [bench] table")
-    p.add_argument("--out", default=None, help="results root (default benchmarks/results)")
+    common.add_common_args(p, "products")
     p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(BENCHMARKS)}")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a setting, e.g. --set products.repeats=5",
-    )
     p.add_argument("--report-only", action="store_true", help="only rebuild BENCHMARKS.md")
     args = p.parse_args(argv)
     bench, settings = common.load_settings(args.config, args.overrides)
