@@ -49,3 +49,21 @@ def random_symmetric(rng: np.random.Generator, eigenvalues) -> np.ndarray:
     eigenvalues = np.asarray(eigenvalues, dtype=np.float64)
     q, _ = np.linalg.qr(rng.standard_normal((eigenvalues.size, eigenvalues.size)))
     return (q * eigenvalues) @ q.T
+
+
+def plain_lanczos_ritz(A: np.ndarray, m: int, seed: int = 0) -> np.ndarray:
+    """Textbook Lanczos without reorthogonalization (the thing that makes ghosts)."""
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal(A.shape[0]).astype(A.dtype)
+    v /= np.linalg.norm(v)
+    v_prev, beta, alphas, betas = np.zeros_like(v), 0.0, [], []
+    for _ in range(m):
+        w = A @ v - beta * v_prev
+        alpha = w @ v
+        w = w - alpha * v
+        beta = np.linalg.norm(w)
+        alphas.append(alpha)
+        betas.append(beta)
+        v_prev, v = v, w / beta
+    T = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
+    return np.linalg.eigvalsh(T.astype(np.float64))

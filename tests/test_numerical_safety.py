@@ -20,6 +20,7 @@ import pytest
 import jaxcurv
 from jaxcurv.cg import CGStatus, cg
 from jaxcurv.hessian_free import ModelAndLoss, hessian_free
+from tests.helpers import plain_lanczos_ritz
 
 # --------------------------------------------------------------------- the optimizer
 
@@ -176,26 +177,6 @@ def test_cg_on_singular_ggn_operator_at_extreme_scales_float32(scale):
 # -------------------------------------------------- Lanczos on a clustered GGN operator
 
 
-def _plain_lanczos_top(A, m, seed=0):
-    """Lanczos without reorthogonalization in float32: the algorithm that makes ghosts."""
-    n = A.shape[0]
-    rng = np.random.default_rng(seed)
-    q = rng.standard_normal(n).astype(np.float32)
-    q /= np.linalg.norm(q)
-    q_prev = np.zeros_like(q)
-    alphas, betas, beta = [], [], np.float32(0)
-    for _ in range(m):
-        w = A @ q - beta * q_prev
-        alpha = np.float32(q @ w)
-        w = w - alpha * q
-        beta = np.float32(np.linalg.norm(w))
-        alphas.append(alpha)
-        betas.append(beta)
-        q_prev, q = q, w / beta
-    T = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
-    return np.linalg.eigvalsh(T.astype(np.float64))
-
-
 def test_lanczos_on_clustered_ggn_operator_float32_has_no_ghosts():
     rng = np.random.default_rng(1)
     n = 150
@@ -213,7 +194,7 @@ def test_lanczos_on_clustered_ggn_operator_float32_has_no_ghosts():
     op = jaxcurv.ggn_operator(model_fn, lambda o: 0.5 * jnp.sum(o**2), params)
     exact = np.linalg.eigvalsh(J.T.astype(np.float64) @ J.astype(np.float64))[-5:]
     m = 60
-    plain = _plain_lanczos_top(J.T @ J, m)
+    plain = plain_lanczos_ritz(J.T @ J, m)
     assert np.sum(np.abs(plain - 100.0) < 1e-2) >= 2  # hard enough: plain Lanczos ghosts
     res = jaxcurv.eigenvalues(op, 5, key=jax.random.key(0), num_iters=m, dense_threshold=0)
     got = np.asarray(res.eigenvalues, np.float64)

@@ -24,7 +24,7 @@ from jaxcurv.spectral import (
     power_iteration,
     spectral_density,
 )
-from tests.helpers import random_symmetric
+from tests.helpers import plain_lanczos_ritz, random_symmetric
 
 KEY = jax.random.key(0)
 
@@ -72,30 +72,12 @@ def test_lanczos_extremes_match_eigvalsh(case, dtype):
     assert np.all(np.asarray(res.residual_norms) <= 1e-3 * np.abs(exact).max())
 
 
-def _plain_lanczos_ritz(A: np.ndarray, m: int, seed: int = 0) -> np.ndarray:
-    """Textbook Lanczos without reorthogonalization (the thing that makes ghosts)."""
-    rng = np.random.default_rng(seed)
-    v = rng.standard_normal(A.shape[0]).astype(A.dtype)
-    v /= np.linalg.norm(v)
-    v_prev, beta, alphas, betas = np.zeros_like(v), 0.0, [], []
-    for _ in range(m):
-        w = A @ v - beta * v_prev
-        alpha = w @ v
-        w = w - alpha * v
-        beta = np.linalg.norm(w)
-        alphas.append(alpha)
-        betas.append(beta)
-        v_prev, v = v, w / beta
-    T = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
-    return np.linalg.eigvalsh(T.astype(np.float64))
-
-
 def test_no_ghost_eigenvalues_on_clustered_spectrum_float32():
     rng = np.random.default_rng(0)
     A = random_symmetric(rng, _spectrum("clustered", _N, rng)).astype(np.float32)
     exact = np.linalg.eigvalsh(A.astype(np.float64))[-_K:]  # [10, 10.002, 10.004, 50, 100]
     # The setting is hard enough: plain Lanczos reports 100 several times.
-    plain = _plain_lanczos_ritz(A, _M)
+    plain = plain_lanczos_ritz(A, _M)
     assert np.sum(np.abs(plain - 100.0) < 1e-2) >= 2
     top = np.asarray(_extremes(A, np.float32).eigenvalues[_K:])
     np.testing.assert_allclose(top, exact, atol=1e-3)
