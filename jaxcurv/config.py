@@ -131,7 +131,7 @@ class OptimizerConfig:
     adapt_damping: bool = _field(True)
     cg_maxiter: int = _count(250)
     cg_tol: float = _field(1e-5, low=0.0)
-    cg_stop: str = _field("martens", choices=("martens", "residual"))
+    cg_stop: str = _field("martens", choices=("martens", "residual", "forcing"))
     cg_backtracking: bool = _field(True)
     line_search: bool = _field(True)
     preconditioner: str = _field("none", choices=("none", "martens"))

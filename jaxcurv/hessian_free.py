@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 _CURVATURES = ("ggn", "hessian")
-_CG_STOPS = ("martens", "residual")
+_CG_STOPS = ("martens", "residual", "forcing")
 _PRECONDITIONERS = (None, "martens")
 
 
@@ -277,36 +277,15 @@ def _mean_squared_example_grads(
 
 
 # --------------------------------------------------------------------------------------------
-# Per-candidate quantities, computed for every recorded CG iterate at once.
+# What the search needs of one candidate direction.
 
 
-def _slot_vdots(tree: PyTree, stacked: PyTree) -> jax.Array:
-    """``[vdot(tree, stacked[j]) for j]``, one reduction per leaf and no per-slot slicing.
-
-    A sum of products rather than a ``tensordot``, so that XLA fuses it with the sibling
-    reduction of :func:`_slot_absmax` over the same buffer: one kernel per leaf for both.
-    """
-    terms = [
-        jnp.sum(s * t[None], axis=tuple(range(1, s.ndim)))
-        for t, s in zip(jax.tree.leaves(tree), jax.tree.leaves(stacked), strict=True)
-    ]
-    return sum(terms[1:], terms[0])
-
-
-def _slot_absmax(stacked: PyTree) -> list[jax.Array]:
-    """Per non-empty leaf, ``max |stacked[j]|`` of each slot ``j`` (NaN if it holds one)."""
-    return [
-        jnp.max(jnp.abs(s), axis=tuple(range(1, s.ndim)))
-        for s in jax.tree.leaves(stacked)
-        if s.size
-    ]
-
-
-def _all_finite(values: list[jax.Array], shape: tuple[int, ...] = ()) -> jax.Array:
-    """Elementwise: every array in ``values`` (all of ``shape``) is finite there."""
-    if not values:
-        return jnp.ones(shape, bool)
-    return jnp.all(jnp.stack([jnp.isfinite(v) for v in values]), axis=0)
+def _tree_absmax(tree: PyTree) -> jax.Array:
+    """``max |tree|`` over all leaves (NaN if any entry is NaN); 0 for empty leaves."""
+    maxes = [jnp.max(jnp.abs(leaf)) for leaf in jax.tree.leaves(tree) if jnp.size(leaf)]
+    if not maxes:
+        return jnp.zeros(())
+    return jnp.max(jnp.stack([m.astype(jnp.result_type(*maxes)) for m in maxes]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,6 +322,9 @@ class _Search(NamedTuple):
     candidate: jax.Array  # int32: slot of the recorded CG iterate to try next (phase _BACK)
     best: jax.Array  # int32: slot of the best iterate so far
     f_best: jax.Array  # loss at params + iterate[best]
+    g_dot: jax.Array  # updates^T iterate[best] (the model's linear term)
+    slope: jax.Array  # min(grad^T iterate[best], 0): the Armijo slope
+    absmax: jax.Array  # max |iterate[best]| (NaN if it holds one)
     alpha: jax.Array  # step to try next (phase _SEARCH), else the step taken
     f_alpha: jax.Array  # loss at params + alpha * iterate[best]
     tries: jax.Array  # int32: line-search shrinks so far
@@ -433,7 +415,8 @@ def hessian_free(
     1. builds ``B`` at ``params`` once (linearize-once operators of :mod:`jaxcurv.products`),
        on the first ``ceil(curvature_fraction * n)`` examples if ``curvature_fraction`` is set;
     2. runs CG on ``(B + lambda I) p = -g`` from ``cg_decay *`` the previous solution, with
-       Martens' relative-progress stop (``cg_stop="martens"``) or a residual stop, at most
+       Martens' relative-progress stop (``cg_stop="martens"``), a residual stop or an
+       inexact-Newton forcing sequence, at most
        ``cg_maxiter`` steps, leaving early on negative curvature, optionally preconditioned
        by ``(mean_i grad l_i^2 + lambda)^preconditioner_exponent`` (Martens §4.7 sums the
        squared per-example gradients; the mean keeps the scale of a batch-mean loss);
@@ -448,7 +431,15 @@ def hessian_free(
        zero updates (params unchanged) and ``lambda`` raised.
 
     A non-finite loss, gradient or CG direction always rejects the step, so the parameters
-    never receive a non-finite value; ``state.num_nonfinite`` counts such updates.
+    never receive a non-finite value; ``state.num_nonfinite`` counts such updates. The next
+    CG solve after a rejected step starts from zero rather than from the rejected direction.
+
+    The defaults are Martens' recipe for training networks on mini-batches. For a
+    deterministic objective (full batch, a test function, a least-squares fit) the
+    truncated-Newton recipe is faster: ``cg_stop="forcing", cg_backtracking=False,
+    line_search_factor=0.5`` and a small initial ``damping``; with a least-squares
+    ``ModelAndLoss`` (residuals, sum of squares) and ``curvature="ggn"`` it is the
+    Levenberg-Marquardt method with CG inner solves.
 
     ``update(updates, state, params, *, value_fn, value=None, grad=None, **extra_args)``
     follows ``optax.lbfgs``: ``value_fn(params, **extra_args)`` is the scalar loss of the
@@ -486,8 +477,11 @@ def hessian_free(
       min_damping, max_damping: bounds kept after every adaptation.
       cg_maxiter: CG step cap per update.
       cg_tol: relative residual tolerance of CG (also active under the Martens stop).
-      cg_stop: ``"martens"`` (relative progress of the quadratic, Martens §4.4) or
-        ``"residual"``.
+      cg_stop: ``"martens"`` (relative progress of the quadratic, Martens §4.4),
+        ``"residual"`` (``||r|| <= cg_tol ||g||``) or ``"forcing"``: the inexact-Newton
+        forcing sequence ``||r|| <= max(min(1/2, sqrt||g||), cg_tol) ||g||`` (Nocedal &
+        Wright Alg. 7.1, as in scipy's Newton-CG): loose far from a minimum and tight near
+        it, for superlinear convergence on deterministic objectives.
       martens_eps: tolerance of the relative-progress stop.
       cg_decay: warm start ``x0 = cg_decay * previous solution``; 0 starts CG from zero.
       cg_backtracking: choose among recorded CG iterates by the loss (Martens §4.6).
@@ -737,15 +731,21 @@ def hessian_free(
 
         x0 = tree_scale(state.cg_init, cg_decay) if cg_decay > 0 else None
         b = tree_scale(g, -1.0)
+        tol = cg_tol
+        if cg_stop == "forcing":
+            # Inexact Newton (Nocedal & Wright Alg. 7.1): ||r|| <= min(1/2, sqrt||g||) ||g||,
+            # loose far from a minimum, tightening as the gradient vanishes (superlinear).
+            tol = jnp.minimum(0.5, jnp.sqrt(jnp.sqrt(tree_vdot(g, g).real)))
+            tol = jnp.maximum(tol, cg_tol).astype(dtype)
         x, info = cg(
             op,
             b,
             x0,
-            tol=cg_tol,
+            tol=tol,
             maxiter=cg_maxiter,
             M=precond,
             damping=lam,
-            stop_rule=cg_stop,
+            stop_rule="martens" if cg_stop == "martens" else "residual",
             record_iterates=cg_backtracking,
             martens_eps=martens_eps,
         )
@@ -754,8 +754,9 @@ def hessian_free(
 
         # The candidate directions: the recorded CG iterates (Martens §4.6), or just the final
         # one. What the search and the acceptance test need of a candidate (slope, largest
-        # entry) is reduced here for all of them at once, one fused pass per leaf, so the
-        # loop body holds no per-leaf reduction and the test after it reads scalars only.
+        # entry) is reduced inside the loop, for the candidates it actually visits (two or
+        # three): reducing every slot of the buffer up front read all R iterates each update
+        # and cost more than the search itself on cheap objectives.
         if cg_backtracking:
             # Slots hold the iterates at steps ceil(5 * 1.3^j) (-1: not reached), then the
             # final one (x itself) in the last slot.
@@ -763,15 +764,11 @@ def hessian_free(
             slots = jnp.arange(steps.shape[0])
             direction = lambda j: jax.tree.map(lambda a: a[j], stacked)
             previous = lambda j: jnp.max(jnp.where((slots < j) & (steps >= 0), slots, -1))
+            last = steps.shape[0] - 1
         else:
-            stacked = jax.tree.map(lambda a: a[None], x)
             direction = lambda j: x
             previous = lambda j: jnp.asarray(-1)
-        last = jax.tree.leaves(stacked)[0].shape[0] - 1
-        g_dot = _slot_vdots(g, stacked)
-        slopes = jnp.minimum(as_f(g_dot if grad is None else _slot_vdots(grad, stacked)), 0.0)
-        slot_max = _slot_absmax(stacked)
-        slot_finite = _all_finite(slot_max, (last + 1,))
+            last = 0
         searching = line_search and line_search_max_steps > 0
 
         def sufficient(a, fa, slope):
@@ -787,14 +784,21 @@ def hessian_free(
         def search_body(c):
             back = c.phase == _BACK
             j = jnp.where(back, c.candidate, c.best)
+            d = direction(j)
             a = jnp.where(back, 1.0, c.alpha).astype(dtype)
-            f = loss_at(shifted(tree_scale(direction(j), a)))
-            # Walking back.
+            f = loss_at(shifted(tree_scale(d, a)))
+            g_dot = as_f(tree_vdot(g, d))
+            slope_j = jnp.minimum(g_dot if grad is None else as_f(tree_vdot(grad, d)), 0.0)
+            # Walking back. The first candidate (the final CG iterate) is the best so far
+            # whatever its loss, so its statistics are always taken.
             improved = back & (f < c.f_best)
+            take = improved | (c.evals == 0)
             best = jnp.where(improved, c.candidate, c.best)
             f_best = jnp.where(improved, f, c.f_best)
+            g_dot_best = jnp.where(take, g_dot, c.g_dot)
+            slope = jnp.where(take, slope_j, c.slope)
+            absmax = jnp.where(take, as_f(_tree_absmax(d)), c.absmax)
             walk_on = improved & (previous(c.candidate) >= 0)
-            slope = slopes[best]
             full_ok = sufficient(1.0, f_best, slope)
             # Line search.
             ok = sufficient(a, f, slope)
@@ -817,6 +821,9 @@ def hessian_free(
                 candidate=previous(c.candidate).astype(jnp.int32),
                 best=best.astype(jnp.int32),
                 f_best=f_best,
+                g_dot=g_dot_best,
+                slope=slope,
+                absmax=absmax,
                 alpha=alpha,
                 f_alpha=f_alpha,
                 tries=tries,
@@ -831,6 +838,9 @@ def hessian_free(
                 candidate=i32(last),
                 best=i32(last),
                 f_best=as_f(jnp.inf),
+                g_dot=as_f(0.0),
+                slope=as_f(0.0),
+                absmax=as_f(jnp.nan),  # never searched: the start was not finite
                 alpha=as_f(1.0),
                 f_alpha=as_f(jnp.inf),
                 tries=i32(0),
@@ -842,18 +852,18 @@ def hessian_free(
         f_p, alpha, f_new = found.f_best, found.alpha, found.f_alpha
         evals = evals + found.evals
         back_step = info.iterate_steps[best] if cg_backtracking else info.num_steps
-        nonfinite = ~(start_finite & slot_finite[best])
+        nonfinite = ~(start_finite & jnp.isfinite(found.absmax))
 
         # Reduction ratio against the undamped model (Martens §4.1; Nocedal & Wright §4.1).
-        predicted = as_f(g_dot[best]) + 0.5 * as_f(tree_vdot(p, op(p)))
+        predicted = found.g_dot + 0.5 * as_f(tree_vdot(p, op(p)))
         rho = jnp.where(predicted < 0, (f_p - f0) / predicted, jnp.nan)
 
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         scale = as_f(lr) * alpha
         # `p * scale` is finite exactly when `max|p| * scale` is (rounding is monotone), so
         # the step is checked without another pass over the parameters.
-        step_finite = _all_finite([m[best] * jnp.asarray(scale, m.dtype) for m in slot_max])
-        accepted = sufficient(alpha, f_new, slopes[best]) & ~nonfinite & step_finite
+        step_finite = jnp.isfinite(found.absmax * as_f(scale))
+        accepted = sufficient(alpha, f_new, found.slope) & ~nonfinite & step_finite
         step = tree_scale(p, scale)
         new_updates = tree_where(accepted, step, tree_zeros_like(step))
         new_updates = jax.tree.map(lambda u, t: u.astype(t.dtype), new_updates, params)
@@ -867,9 +877,12 @@ def hessian_free(
             new_lam = jnp.where(accepted, new_lam, lam * damping_increase)
             new_lam = jnp.clip(new_lam, min_damping, max_damping).astype(dtype)
 
-        # Martens warm-starts from the final CG solution, not the backtracked iterate. It is
-        # the last candidate, so its finiteness is already known.
-        new_init = tree_where(slot_finite[last], x, tree_zeros_like(x))
+        # Martens warm-starts from the final CG solution, not the backtracked iterate (CG
+        # returns only finite iterates). After a rejected step the next solve starts from
+        # zero: the rejected direction is what failed, and starting from it again repeats
+        # the failure at every damping on the way up (measured on Rosenbrock: 29 rejected
+        # updates in a row instead of 1).
+        new_init = tree_where(accepted, x, tree_zeros_like(x))
         new_init = jax.tree.map(lambda a, t: a.astype(t.dtype), new_init, state.cg_init)
 
         new_state = HessianFreeState(
