@@ -80,9 +80,7 @@ def backprop(
         pullbacks.append(pullback)
     loss, loss_pullback = jax.vjp(loss_fn, h)
     if jnp.shape(loss) != ():
-        raise ValueError(
-            f"`backprop(loss_fn)` must return a scalar, got shape {jnp.shape(loss)}."
-        )
+        raise ValueError(f"`backprop(loss_fn)` must return a scalar, got shape {jnp.shape(loss)}.")
     (g,) = loss_pullback(jnp.ones_like(loss))
     cotangents = [g]
     grads = []

@@ -104,9 +104,7 @@ def _check_scalar_output(name: str, out: Any, alternative: str) -> None:
             f"Reduce it (e.g. `jnp.sum` or `jnp.mean`) or use {alternative}."
         )
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"`{name}` needs a real floating-point scalar output, got dtype {dtype}."
-        )
+        raise TypeError(f"`{name}` needs a real floating-point scalar output, got dtype {dtype}.")
 
 
 def _partial_fun(fun: Callable, args: tuple, argnums: int | Sequence[int]) -> tuple:

@@ -527,6 +527,5 @@ def as_matvec(
             )
         return A, example
     raise TypeError(
-        f"`A` must be a jaxcurv operator, a square matrix or a callable, got "
-        f"{type(A).__name__}."
+        f"`A` must be a jaxcurv operator, a square matrix or a callable, got {type(A).__name__}."
     )

@@ -38,9 +38,9 @@ def fd_hessian(f, x: np.ndarray, eps: float = 1e-4) -> np.ndarray:
             ej = np.zeros(n)
             ei[i] = eps
             ej[j] = eps
-            h[i, j] = (
-                f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)
-            ) / (4 * eps * eps)
+            h[i, j] = (f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)) / (
+                4 * eps * eps
+            )
     return 0.5 * (h + h.T)
 
 

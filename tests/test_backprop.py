@@ -34,8 +34,9 @@ def test_chain_of_vjps_equals_jax_grad():
     g_params, g_x = jax.grad(full, argnums=(0, 1))(params, x)
     np.testing.assert_allclose(res.loss, full(params, x), rtol=1e-12)
     np.testing.assert_allclose(res.input_grad, g_x, rtol=1e-12)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), res.param_grads,
-                 g_params)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12), res.param_grads, g_params
+    )
     assert len(res.cotangents) == len(layers) + 1
 
 
@@ -47,8 +48,10 @@ def test_chain_equals_product_of_explicit_transposed_jacobians():
     hs = [x]
     for layer, p in zip(layers, params):
         hs.append(layer(p, hs[-1]))
-    jacs = [np.asarray(jax.jacobian(lambda h, p=p, f=f: f(p, h))(h))
-            for f, p, h in zip(layers, params, hs[:-1])]
+    jacs = [
+        np.asarray(jax.jacobian(lambda h, p=p, f=f: f(p, h))(h))
+        for f, p, h in zip(layers, params, hs[:-1])
+    ]
     g = 2 * (np.asarray(hs[-1]) - 0.5)
     for j in reversed(jacs):
         g = j.T @ g

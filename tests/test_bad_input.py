@@ -421,8 +421,7 @@ def _message(case: Case, tmp: pathlib.Path) -> str:
 
 # Messages that still lack a fix, reported to the module's owner. Strict: once fixed, the
 # case passes and this entry must go.
-KNOWN_POOR = {
-}
+KNOWN_POOR = {}
 
 
 @pytest.mark.parametrize(

@@ -55,10 +55,12 @@ def test_gradient_and_hessian_match_finite_differences():
     rng = np.random.default_rng(0)
     x = rng.standard_normal(6)
     fnp = lambda z: float(_smooth(jnp.asarray(z)))
-    np.testing.assert_allclose(jaxcurv.gradient(_smooth)(jnp.asarray(x)), fd_gradient(fnp, x),
-                               rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(jaxcurv.hessian(_smooth)(jnp.asarray(x)), fd_hessian(fnp, x),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        jaxcurv.gradient(_smooth)(jnp.asarray(x)), fd_gradient(fnp, x), rtol=1e-6, atol=1e-8
+    )
+    np.testing.assert_allclose(
+        jaxcurv.hessian(_smooth)(jnp.asarray(x)), fd_hessian(fnp, x), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_quadratic_hessian_is_a_plus_a_transpose():
@@ -99,11 +101,15 @@ def test_jacobian_auto_picks_mode_by_shape(monkeypatch):
 def test_hessian_pytree_matches_jax_hessian(container):
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal(3), rng.standard_normal((2, 2))
-    tree = {"a": jnp.asarray(a), "b": jnp.asarray(b)} if container == "dict" else (
-        jnp.asarray(a), (jnp.asarray(b),))
+    tree = (
+        {"a": jnp.asarray(a), "b": jnp.asarray(b)}
+        if container == "dict"
+        else (jnp.asarray(a), (jnp.asarray(b),))
+    )
     leaves = lambda t: jax.tree.leaves(t)
-    f = lambda t: jnp.sum(jnp.sin(leaves(t)[0])) * jnp.sum(leaves(t)[1] ** 3) + jnp.sum(
-        leaves(t)[0] ** 2)
+    f = lambda t: (
+        jnp.sum(jnp.sin(leaves(t)[0])) * jnp.sum(leaves(t)[1] ** 3) + jnp.sum(leaves(t)[0] ** 2)
+    )
     mine, ref = jaxcurv.hessian(f, chunk_size=2)(tree), jax.hessian(f)(tree)
     assert jax.tree.structure(mine) == jax.tree.structure(ref)
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-12, atol=1e-12), mine, ref)
@@ -144,9 +150,12 @@ def test_describe_reproduces_seed_table():
     assert (scalar.kind, scalar.shape) == ("derivative", (1, 1))
     grad = jaxcurv.describe(lambda x: jnp.sum(x**2), jnp.zeros(5))
     assert (grad.kind, grad.shape, grad.hessian.kind, grad.hessian.shape) == (
-        "gradient", (5,), "hessian", (5, 5))
-    jac = jaxcurv.describe(lambda x: jnp.stack([x[0] ** 2 + x[1], x[0] * x[1], x[0]]),
-                           jnp.zeros(2))
+        "gradient",
+        (5,),
+        "hessian",
+        (5, 5),
+    )
+    jac = jaxcurv.describe(lambda x: jnp.stack([x[0] ** 2 + x[1], x[0] * x[1], x[0]]), jnp.zeros(2))
     assert (jac.kind, jac.shape, jac.hessian) == ("jacobian", (3, 2), None)
     table = jaxcurv.derivative_table([("f", lambda x: jnp.sum(x**2), (jnp.zeros(4),))])
     assert "| f | vector | scalar | gradient | 4 x 1 |" in table

@@ -88,8 +88,8 @@ def test_ggn_equals_hessian_for_linear_model_under_squared_loss():
     op = jaxcurv.ggn_operator(model_fn, loss_fn, w)
     np.testing.assert_allclose(op.to_dense(), expected, rtol=1e-12)
     np.testing.assert_allclose(
-        jaxcurv.hessian_operator(lambda z: loss_fn(model_fn(z)), w).to_dense(), expected,
-        rtol=1e-12)
+        jaxcurv.hessian_operator(lambda z: loss_fn(model_fn(z)), w).to_dense(), expected, rtol=1e-12
+    )
     v = jnp.asarray(rng.standard_normal(4))
     np.testing.assert_allclose(jaxcurv.ggn_vp(model_fn, loss_fn, w, v), expected @ v, rtol=1e-12)
     np.testing.assert_allclose(op.grad, a.T @ (a @ w - t), rtol=1e-12)
@@ -101,9 +101,7 @@ def test_ggn_matches_jacobian_formula_and_is_psd(container):
     flat, unravel = ravel_pytree(params)
     jac = np.asarray(jax.jacobian(lambda z: model_fn(unravel(z)).ravel())(flat))
     out = model_fn(params)
-    h_loss = np.asarray(
-        jax.hessian(lambda o: loss_fn(o.reshape(out.shape)))(out.ravel())
-    )
+    h_loss = np.asarray(jax.hessian(lambda o: loss_fn(o.reshape(out.shape)))(out.ravel()))
     expected = jac.T @ h_loss @ jac
     op = jaxcurv.ggn_operator(model_fn, loss_fn, params)
     g = np.asarray(op.to_dense())
@@ -112,13 +110,19 @@ def test_ggn_matches_jacobian_formula_and_is_psd(container):
     v = unravel(jnp.asarray(np.random.default_rng(4).standard_normal(flat.size)))
     np.testing.assert_allclose(
         ravel_pytree(jaxcurv.ggn_vp(model_fn, loss_fn, params, v))[0],
-        expected @ np.asarray(ravel_pytree(v)[0]), rtol=1e-10, atol=1e-12)
+        expected @ np.asarray(ravel_pytree(v)[0]),
+        rtol=1e-10,
+        atol=1e-12,
+    )
     # The GGN's gradient J^T grad(loss) is the true gradient.
     np.testing.assert_allclose(
         ravel_pytree(op.grad)[0],
-        ravel_pytree(jax.grad(lambda p: loss_fn(model_fn(p)))(params))[0], rtol=1e-10)
-    np.testing.assert_allclose(ravel_pytree(op.diagonal())[0], np.diag(expected), rtol=1e-10,
-                               atol=1e-12)
+        ravel_pytree(jax.grad(lambda p: loss_fn(model_fn(p)))(params))[0],
+        rtol=1e-10,
+    )
+    np.testing.assert_allclose(
+        ravel_pytree(op.diagonal())[0], np.diag(expected), rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -165,8 +169,11 @@ def test_ggn_operator_equals_plain_product_in_float32():
     v = jax.tree.map(jnp.ones_like, params)
     gop = jaxcurv.ggn_operator(model_fn, loss_fn, params)
     np.testing.assert_allclose(
-        ravel_pytree(gop(v))[0], ravel_pytree(jaxcurv.ggn_vp(model_fn, loss_fn, params, v))[0],
-        rtol=1e-5, atol=1e-6)
+        ravel_pytree(gop(v))[0],
+        ravel_pytree(jaxcurv.ggn_vp(model_fn, loss_fn, params, v))[0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_as_matvec_normalises_operators_matrices_and_callables():
@@ -218,20 +225,25 @@ def test_ggn_with_traced_batch_arguments_reuses_compilation():
     model_fn = lambda w, x: jnp.tanh(x @ w)
     loss_fn = lambda out, y: 0.5 * jnp.mean((out - y) ** 2)
     w = jnp.asarray(rng.standard_normal(3))
-    batches = [(jnp.asarray(rng.standard_normal((4, 3))), jnp.asarray(rng.standard_normal(4)))
-               for _ in range(3)]
+    batches = [
+        (jnp.asarray(rng.standard_normal((4, 3))), jnp.asarray(rng.standard_normal(4)))
+        for _ in range(3)
+    ]
     new_entries = []
     for x, y in batches:
         before = _build_ggn_jit._cache_size()
         op = jaxcurv.ggn_operator(model_fn, loss_fn, w, model_args=(x,), loss_args=(y,))
         new_entries.append(_build_ggn_jit._cache_size() - before)
-        closed = jaxcurv.ggn_operator(lambda p, x=x: model_fn(p, x),
-                                      lambda o, y=y: loss_fn(o, y), w)
+        closed = jaxcurv.ggn_operator(
+            lambda p, x=x: model_fn(p, x), lambda o, y=y: loss_fn(o, y), w
+        )
         v = jnp.ones(3)
         np.testing.assert_allclose(op(v), closed(v), rtol=1e-12)
         np.testing.assert_allclose(
-            jaxcurv.ggn_vp(model_fn, loss_fn, w, v, model_args=(x,), loss_args=(y,)), op(v),
-            rtol=1e-12)
+            jaxcurv.ggn_vp(model_fn, loss_fn, w, v, model_args=(x,), loss_args=(y,)),
+            op(v),
+            rtol=1e-12,
+        )
         # Oracle: J^T H J with J from finite-size jacobian and H = I / n for the mean loss.
         j = np.asarray(jax.jacobian(lambda p, x=x: model_fn(p, x))(w))
         np.testing.assert_allclose(op.to_dense(), j.T @ j / 4, rtol=1e-10)
