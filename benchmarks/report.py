@@ -208,7 +208,7 @@ def _summary_rows(d: dict) -> list[tuple[str, str, str, bool | None]]:
         )
     rb = _get(o, "rosenbrock")
     if rb:
-        ours = rb["runs"]["jaxcurv hessian_free (Hessian)"]["time_to_tol_s"]
+        ours = _rosen_headline(rb)["time_to_tol_s"]
         theirs = rb["runs"]["scipy Newton-CG"]["time_to_tol_s"]
         rows.append(
             (
@@ -219,6 +219,12 @@ def _summary_rows(d: dict) -> list[tuple[str, str, str, bool | None]]:
             )
         )
     return rows
+
+
+def _rosen_headline(rb: dict) -> dict:
+    """The ``hessian_free`` run the Rosenbrock target is judged on (older files: Hessian)."""
+    runs = rb["runs"]
+    return runs.get("jaxcurv hessian_free (Gauss-Newton)") or runs["jaxcurv hessian_free (Hessian)"]
 
 
 def summary_table(per_backend: dict[str, dict]) -> list[str]:
@@ -772,14 +778,14 @@ def _missed_notes(d: dict) -> list[str]:
         if t["target"].startswith("hessian_free reaches"):
             rb = _get(d, "optimizers", "rosenbrock")
             if rb:
-                hf = rb["runs"]["jaxcurv hessian_free (Hessian)"]
+                hf = _rosen_headline(rb)
                 sp = rb["runs"]["scipy Newton-CG"]
                 each = lambda r: ", ".join(_s(x) for x in r.get("time_to_tol_all_s", []))  # noqa: E731
                 text += (
                     f" Runs: hessian_free {each(hf)} ({hf['iterations']} updates), scipy "
                     f"Newton-CG {each(sp)} ({sp['iterations']} iterations). Each "
-                    "hessian_free update also runs Martens' CG backtracking and an Armijo "
-                    f"line search on the objective: {hf['elapsed_s'] / hf['iterations'] * 1e3:.1f} "
+                    "hessian_free update also runs an Armijo line search on the objective: "
+                    f"{hf['elapsed_s'] / hf['iterations'] * 1e3:.1f} "
                     f"ms per update against {sp['elapsed_s'] / sp['iterations'] * 1e3:.1f} ms per "
                     "scipy iteration (numpy's vectorized Rosenbrock, float64)."
                 )
