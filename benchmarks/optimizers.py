@@ -127,7 +127,8 @@ def autoencoder(s: dict, ae: dict) -> dict:
         return step
 
     runs = {}
-    plans = [("hessian_free (GGN)", hessian_free(damping=s["hf_damping"]), "hessian_free")]
+    hf_options = {"damping": s["hf_damping"], **ae.get("hessian_free", {})}
+    plans = [("hessian_free (GGN)", hessian_free(**hf_options), "hessian_free")]
     plans += [(f"adam lr={lr:g}", optax.adam(lr), "adam") for lr in s["adam_lrs"]]
     plans += [("lbfgs", optax.lbfgs(), "lbfgs")]
     for name, opt, kind in plans:

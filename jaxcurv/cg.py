@@ -152,6 +152,7 @@ class CGInfo(NamedTuple):
     curvature: jax.Array  # (): p^T (A + damping I) p of the last direction; 0 if none
     iterates: PyTree | None = None  # record_iterates: leaves stacked (R, *leaf.shape)
     iterate_steps: jax.Array | None = None  # int32 (R,): step of each slot, -1 = empty
+    iterate_values: jax.Array | None = None  # (R,): quadratic model phi at each slot's iterate
 
     @property
     def converged(self) -> jax.Array:
@@ -271,6 +272,7 @@ class _State(NamedTuple):
     phi: jax.Array  # quadratic model at x
     phi_hist: jax.Array | None  # ring buffer of past phi (martens rule only)
     rec: PyTree | None  # recorded iterates (record_iterates only)
+    rec_phi: jax.Array | None  # phi at the recorded iterates (record_iterates only)
 
 
 def cg(
@@ -342,8 +344,10 @@ def cg(
       ``(x, info)``: ``x`` a pytree like ``b``; ``info`` a :class:`CGInfo`. With
       ``record_iterates=True``, ``info.iterates`` stacks ``R = len(cg_record_steps(maxiter))
       + 1`` iterates per leaf (shape ``(R, *leaf.shape)``; the last slot is the returned
-      ``x``) and ``info.iterate_steps`` gives each slot's step, ``-1`` for slots past the
-      end of the run (which hold zeros).
+      ``x``), ``info.iterate_steps`` gives each slot's step, ``-1`` for slots past the
+      end of the run (which hold zeros), and ``info.iterate_values`` the quadratic model
+      :math:`\phi` at each slot's iterate (from the recurrence, like
+      ``info.quadratic_value``; 0 for empty slots).
 
     Raises:
       ValueError: bad ``maxiter`` / ``tol`` / ``atol`` / ``martens_eps`` / ``stop_rule``;
@@ -437,9 +441,10 @@ def cg(
 
     rec_steps = np.asarray(cg_record_steps(maxiter), np.int32)
     n_rec = rec_steps.size + 1
-    rec = None
+    rec = rec_phi = None
     if record_iterates:
         rec = jax.tree.map(lambda leaf: jnp.zeros((n_rec, *jnp.shape(leaf)), leaf.dtype), b)
+        rec_phi = jnp.zeros((n_rec,), real)
 
     tiny = jnp.asarray(jnp.finfo(real).eps, real)
     state = _State(
@@ -456,6 +461,7 @@ def cg(
         phi=phi0,
         phi_hist=phi_hist,
         rec=rec,
+        rec_phi=rec_phi,
     )
 
     def cond_fun(s: _State) -> jax.Array:
@@ -520,7 +526,7 @@ def cg(
             ),
         ).astype(jnp.int32)
 
-        rec = s.rec
+        rec, rec_phi = s.rec, s.rec_phi
         if record_iterates and rec_steps.size:
             hit = jnp.asarray(rec_steps) == i_new
             slot = jnp.argmax(hit)
@@ -535,7 +541,9 @@ def cg(
             # Only at recorded steps (a few in a hundred): an unconditional write of x_new
             # is one more pass over N per step, ~20% of a step on a cheap operator. The
             # conditional updates the buffer in place.
-            rec = jax.lax.cond(moved & ~neg & hit.any(), write, lambda bufs: bufs, s.rec)
+            record = moved & ~neg & hit.any()
+            rec = jax.lax.cond(record, write, lambda bufs: bufs, s.rec)
+            rec_phi = jnp.where(record, s.rec_phi.at[slot].set(phi_new), s.rec_phi)
 
         p_new = tree_axpy(beta, s.p, z_new)
         return _State(
@@ -553,16 +561,18 @@ def cg(
             phi=phi_new,
             phi_hist=hist,
             rec=rec,
+            rec_phi=rec_phi,
         )
 
     s = jax.lax.while_loop(cond_fun, body_fun, state)
 
-    iterates = iterate_steps = None
+    iterates = iterate_steps = iterate_values = None
     if record_iterates:
         iterates = jax.tree.map(lambda buf, leaf: buf.at[n_rec - 1].set(leaf), s.rec, s.x)
         iterate_steps = jnp.concatenate(
             [jnp.where(jnp.asarray(rec_steps) <= s.i, rec_steps, -1), s.i[None]]
         ).astype(jnp.int32)
+        iterate_values = s.rec_phi.at[n_rec - 1].set(s.phi)
     info = CGInfo(
         num_steps=s.i,
         residual_norm=jnp.sqrt(s.rr),
@@ -571,5 +581,6 @@ def cg(
         curvature=s.curvature,
         iterates=iterates,
         iterate_steps=iterate_steps,
+        iterate_values=iterate_values,
     )
     return s.x, info

@@ -322,7 +322,7 @@ class _Search(NamedTuple):
     candidate: jax.Array  # int32: slot of the recorded CG iterate to try next (phase _BACK)
     best: jax.Array  # int32: slot of the best iterate so far
     f_best: jax.Array  # loss at params + iterate[best]
-    g_dot: jax.Array  # updates^T iterate[best] (the model's linear term)
+    sq_norm: jax.Array  # ||iterate[best]||^2 (to undo the damping in the model value)
     slope: jax.Array  # min(grad^T iterate[best], 0): the Armijo slope
     absmax: jax.Array  # max |iterate[best]| (NaN if it holds one)
     alpha: jax.Array  # step to try next (phase _SEARCH), else the step taken
@@ -761,12 +761,14 @@ def hessian_free(
             # Slots hold the iterates at steps ceil(5 * 1.3^j) (-1: not reached), then the
             # final one (x itself) in the last slot.
             stacked, steps = info.iterates, info.iterate_steps
+            model_values = info.iterate_values
             slots = jnp.arange(steps.shape[0])
             direction = lambda j: jax.tree.map(lambda a: a[j], stacked)
             previous = lambda j: jnp.max(jnp.where((slots < j) & (steps >= 0), slots, -1))
             last = steps.shape[0] - 1
         else:
             direction = lambda j: x
+            model_values = info.quadratic_value[None]
             previous = lambda j: jnp.asarray(-1)
             last = 0
         searching = line_search and line_search_max_steps > 0
@@ -788,6 +790,7 @@ def hessian_free(
             a = jnp.where(back, 1.0, c.alpha).astype(dtype)
             f = loss_at(shifted(tree_scale(d, a)))
             g_dot = as_f(tree_vdot(g, d))
+            sq_norm = as_f(tree_vdot(d, d))
             slope_j = jnp.minimum(g_dot if grad is None else as_f(tree_vdot(grad, d)), 0.0)
             # Walking back. The first candidate (the final CG iterate) is the best so far
             # whatever its loss, so its statistics are always taken.
@@ -795,7 +798,7 @@ def hessian_free(
             take = improved | (c.evals == 0)
             best = jnp.where(improved, c.candidate, c.best)
             f_best = jnp.where(improved, f, c.f_best)
-            g_dot_best = jnp.where(take, g_dot, c.g_dot)
+            sq_norm_best = jnp.where(take, sq_norm, c.sq_norm)
             slope = jnp.where(take, slope_j, c.slope)
             absmax = jnp.where(take, as_f(_tree_absmax(d)), c.absmax)
             walk_on = improved & (previous(c.candidate) >= 0)
@@ -821,7 +824,7 @@ def hessian_free(
                 candidate=previous(c.candidate).astype(jnp.int32),
                 best=best.astype(jnp.int32),
                 f_best=f_best,
-                g_dot=g_dot_best,
+                sq_norm=sq_norm_best,
                 slope=slope,
                 absmax=absmax,
                 alpha=alpha,
@@ -838,7 +841,7 @@ def hessian_free(
                 candidate=i32(last),
                 best=i32(last),
                 f_best=as_f(jnp.inf),
-                g_dot=as_f(0.0),
+                sq_norm=as_f(0.0),
                 slope=as_f(0.0),
                 absmax=as_f(jnp.nan),  # never searched: the start was not finite
                 alpha=as_f(1.0),
@@ -854,8 +857,10 @@ def hessian_free(
         back_step = info.iterate_steps[best] if cg_backtracking else info.num_steps
         nonfinite = ~(start_finite & jnp.isfinite(found.absmax))
 
-        # Reduction ratio against the undamped model (Martens §4.1; Nocedal & Wright §4.1).
-        predicted = found.g_dot + 0.5 * as_f(tree_vdot(p, op(p)))
+        # Reduction ratio against the undamped model (Martens §4.1; Nocedal & Wright §4.1):
+        # g^T p + p^T B p / 2 = phi(p) - lambda ||p||^2 / 2, with CG's own phi of the damped
+        # model at the chosen iterate, so the ratio costs no curvature product.
+        predicted = as_f(model_values[best]) - 0.5 * lam * found.sq_norm
         rho = jnp.where(predicted < 0, (f_p - f0) / predicted, jnp.nan)
 
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate

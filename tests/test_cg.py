@@ -328,14 +328,19 @@ def test_recorded_iterates_match_numpy_cg(use_jit):
     np.testing.assert_array_equal(steps, [s if s <= n_steps else -1 for s in rec_steps] + [n_steps])
     assert 25 < n_steps < 32  # some slots filled, one empty
     xs, _ = np_cg(A, b, maxiter=n_steps)
+    values = np.asarray(info.iterate_values)
     for slot, s in enumerate(steps):
         if s >= 0:
             np.testing.assert_allclose(
                 np.asarray(info.iterates[slot]), xs[s], rtol=1e-10, atol=1e-13
             )
+            # The recorded model value is phi at that iterate, computed directly here.
+            phi = 0.5 * xs[s] @ A @ xs[s] - b @ xs[s]
+            np.testing.assert_allclose(values[slot], phi, rtol=1e-10)
         else:
-            assert not np.any(np.asarray(info.iterates[slot]))
+            assert not np.any(np.asarray(info.iterates[slot])) and values[slot] == 0.0
     np.testing.assert_array_equal(np.asarray(info.iterates[-1]), np.asarray(x))
+    np.testing.assert_array_equal(values[-1], np.asarray(info.quadratic_value))
 
 
 def test_recorded_iterates_pytree_and_default_maxiter():
