@@ -196,11 +196,14 @@ def _summary_rows(d: dict) -> list[tuple[str, str, str, bool | None]]:
             )
         )
     for ae in _get(o, "autoencoders", default=[]):
-        hf = ae["runs"]["hessian_free (GGN)"]["final_loss"]
+        best_hf = ae.get("best_hessian_free", "hessian_free (GGN)")
+        hf = ae["runs"][best_hf]["final_loss"]
         rows.append(
             (
-                f"Autoencoder {ae['problem']['model'].split()[1]}, loss after "
-                f"{ae['budget_s']:.0f} s: `hessian_free` vs best Adam ({ae['best_adam']})",
+                f"Autoencoder {ae['problem']['model'].split()[1]} on "
+                f"{ae['problem']['num_images']:,} images, loss after {ae['budget_s']:.0f} s: "
+                f"best `hessian_free` ({best_hf}) vs "
+                f"best Adam ({ae['best_adam']})",
                 "lower",
                 f"{hf:.3f} vs {ae['target_loss']:.3f}",
                 hf < ae["target_loss"],
@@ -853,7 +856,8 @@ def _autoencoder_note(d: dict, t: dict) -> str:
     for ae in _get(d, "optimizers", "autoencoders", default=[]):
         if ae["problem"]["model"].split()[1] not in t["target"]:
             continue
-        hf, adam = ae["runs"]["hessian_free (GGN)"], ae["runs"][ae["best_adam"]]
+        hf = ae["runs"][ae.get("best_hessian_free", "hessian_free (GGN)")]
+        adam = ae["runs"][ae["best_adam"]]
 
         def at(hist, frac, budget=ae["budget_s"]):
             return min((v for s_, v in hist if s_ <= frac * budget), default=math.nan)
