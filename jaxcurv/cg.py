@@ -545,7 +545,13 @@ def cg(
             rec = jax.lax.cond(record, write, lambda bufs: bufs, s.rec)
             rec_phi = jnp.where(record, s.rec_phi.at[slot].set(phi_new), s.rec_phi)
 
-        p_new = tree_axpy(beta, s.p, z_new)
+        # Order x's update before p's: both read p, and with p_new free to come first XLA
+        # keeps p alive by copying it every step (one more pass over N). Reading one entry
+        # of each x_new leaf into beta (times zero: x_new is finite) makes p_new depend on
+        # x_new, so p_new can take p's buffer in place.
+        tie = [jnp.ravel(leaf)[0] for leaf in jax.tree.leaves(x_new) if jnp.size(leaf)]
+        beta_tied = beta + 0 * sum(jnp.real(t).astype(beta.dtype) for t in tie)
+        p_new = tree_axpy(beta_tied, s.p, z_new)
         return _State(
             i=i_new,
             x=x_new,
