@@ -296,25 +296,10 @@ def test_spectral(reference, sharded):
         _assert_close(est, spectral.hutchinson_diagonal(ref_ggn, key, 8))
 
 
-def _place_state(state, params):
-    """Put a fresh optimizer state where the step's outputs will be.
-
-    ``opt.init`` makes its scalars on the default device, while the jitted step returns
-    them on the mesh: without this the second step would compile again.
-    """
-    mesh = jax.tree.leaves(params)[0].sharding.mesh
-    scalars = NamedSharding(mesh, P())
-    placed = jax.tree.map(lambda a: jax.device_put(a, scalars), state)
-    cg_init = jax.tree.map(lambda a, p: jax.device_put(a, p.sharding), state.cg_init, params)
-    return placed._replace(cg_init=cg_init)
-
-
 def _hf_run(params, x, y, num_steps=3):
     value_fn = ModelAndLoss(model_fn, loss_fn)
     opt = hessian_free(damping=1.0, cg_maxiter=10)
-    state = opt.init(params)
-    if isinstance(jax.tree.leaves(params)[0].sharding, NamedSharding):
-        state = _place_state(state, params)
+    state = opt.init(params)  # placed on the params' mesh by init itself
 
     @jax.jit
     def step(params, state, x, y):
