@@ -789,18 +789,25 @@ def hessian_free(
             d = direction(j)
             a = jnp.where(back, 1.0, c.alpha).astype(dtype)
             f = loss_at(shifted(tree_scale(d, a)))
-            g_dot = as_f(tree_vdot(g, d))
-            sq_norm = as_f(tree_vdot(d, d))
-            slope_j = jnp.minimum(g_dot if grad is None else as_f(tree_vdot(grad, d)), 0.0)
             # Walking back. The first candidate (the final CG iterate) is the best so far
             # whatever its loss, so its statistics are always taken.
             improved = back & (f < c.f_best)
             take = improved | (c.evals == 0)
             best = jnp.where(improved, c.candidate, c.best)
             f_best = jnp.where(improved, f, c.f_best)
-            sq_norm_best = jnp.where(take, sq_norm, c.sq_norm)
-            slope = jnp.where(take, slope_j, c.slope)
-            absmax = jnp.where(take, as_f(_tree_absmax(d)), c.absmax)
+
+            def candidate_stats(d):
+                slope_dot = tree_vdot(g if grad is None else grad, d)
+                return (
+                    as_f(tree_vdot(d, d)),
+                    jnp.minimum(as_f(slope_dot), 0.0),
+                    as_f(_tree_absmax(d)),
+                )
+
+            # Only for a new best: line-search tries reuse the chosen iterate's statistics.
+            sq_norm_best, slope, absmax = jax.lax.cond(
+                take, candidate_stats, lambda d: (c.sq_norm, c.slope, c.absmax), d
+            )
             walk_on = improved & (previous(c.candidate) >= 0)
             full_ok = sufficient(1.0, f_best, slope)
             # Line search.
