@@ -169,29 +169,25 @@ def autoencoder(s: dict, ae: dict) -> dict:
         return step
 
     runs = {}
-    plans = []
-    for name, options in s["hf_grid"].items():
+
+    def hf(options, batch):
+        """``hessian_free`` from a grid entry; ``curvature_examples`` of a ``batch``."""
         options = dict(options)
         examples = options.pop("curvature_examples", None)
         if examples is not None:
-            options["curvature_fraction"] = min(1.0, examples / ae["num"])
-        plans.append((name, hessian_free(**options), "hessian_free"))
+            options["curvature_fraction"] = min(1.0, examples / batch)
+        return hessian_free(**options)
+
+    plans = [(name, hf(o, ae["num"]), "hessian_free") for name, o in s["hf_grid"].items()]
     plans += [(f"adam lr={lr:g}", optax.adam(lr), "adam") for lr in s["adam_lrs"]]
     plans += [("lbfgs", optax.lbfgs(), "lbfgs")]
     plans = [(n, o, k, None) for n, o, k in plans]
     mb = ae.get("minibatch")
     if mb:
         hb, ab = mb["hf_batch"], mb["adam_batch"]
-        options = {**s["hf_grid"]["hessian_free (GGN, curvature on 250)"]}
-        options["curvature_fraction"] = min(1.0, options.pop("curvature_examples") / hb)
-        plans.append(
-            (
-                f"hessian_free (GGN, batch {hb}, curvature on 250)",
-                hessian_free(**options),
-                "hf_mb",
-                hb,
-            )
-        )
+        options = s["hf_grid"]["hessian_free (GGN, curvature on 250)"]
+        name = f"hessian_free (GGN, batch {hb}, curvature on 250)"
+        plans.append((name, hf(options, hb), "hf_mb", hb))
         plans += [
             (f"adam lr={lr:g}, batch {ab}", optax.adam(lr), "adam_mb", ab) for lr in mb["adam_lrs"]
         ]

@@ -196,7 +196,7 @@ def _summary_rows(d: dict) -> list[tuple[str, str, str, bool | None]]:
             )
         )
     for ae in _get(o, "autoencoders", default=[]):
-        best_hf = ae.get("best_hessian_free", "hessian_free (GGN)")
+        best_hf = ae["best_hessian_free"]
         hf = ae["runs"][best_hf]["final_loss"]
         rows.append(
             (
@@ -239,9 +239,8 @@ def _summary_rows(d: dict) -> list[tuple[str, str, str, bool | None]]:
 
 
 def _rosen_headline(rb: dict) -> dict:
-    """The ``hessian_free`` run the Rosenbrock target is judged on (older files: Hessian)."""
-    runs = rb["runs"]
-    return runs.get("jaxcurv hessian_free (Gauss-Newton)") or runs["jaxcurv hessian_free (Hessian)"]
+    """The ``hessian_free`` run the Rosenbrock target is judged on."""
+    return rb["runs"]["jaxcurv hessian_free (Gauss-Newton)"]
 
 
 def summary_table(per_backend: dict[str, dict]) -> list[str]:
@@ -898,7 +897,7 @@ def _autoencoder_note(d: dict, t: dict) -> str:
     for ae in _get(d, "optimizers", "autoencoders", default=[]):
         if ae["problem"]["model"].split()[1] not in t["target"]:
             continue
-        hf = ae["runs"][ae.get("best_hessian_free", "hessian_free (GGN)")]
+        hf = ae["runs"][ae["best_hessian_free"]]
         adam = ae["runs"][ae["best_adam"]]
 
         def at(hist, frac, budget=ae["budget_s"]):
