@@ -410,6 +410,11 @@ CASES: dict[str, Case] = {
         ("mlp 2-4-1", "mlp 2-8-1"),
         "Resume with the config",
     ),
+    # --- derivatives and input trees (issue 11) ---
+    # --- spectral, critical points and cg (issue 11) ---
+    # --- hessian_free, sharding, determinism (issue 11) ---
+    # --- command line, config, checkpoints (issue 11) ---
+    # --- compile policy (issue 11) ---
 }
 
 
