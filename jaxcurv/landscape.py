@@ -38,6 +38,7 @@ import numpy as np
 
 import jaxcurv
 from jaxcurv import models as models_lib
+from jaxcurv._compile import compiled_call
 from jaxcurv.config import (
     Config,
     ConfigError,
@@ -125,11 +126,6 @@ def _slices_impl(fun, x, v1, v2, t, args):
     return LossSlices(t, along_1d, jax.vmap(jax.vmap(loss_at))(grid_a, grid_b))
 
 
-# One compile per loss function and shapes; the jitted builders of the public API cache
-# the same way, so analyzing a second point of a model compiles nothing.
-_slices_jit = jax.jit(_slices_impl, static_argnums=0)
-
-
 def _check_int(name: str, value: Any, low: int, fix: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"`{name}` must be an int, got {type(value).__name__}: {value!r}.")
@@ -190,11 +186,9 @@ def loss_slices(
         )
     dtype = jnp.result_type(*jax.tree.leaves(x))
     t = jnp.linspace(-radius, radius, num_points, dtype=dtype)
-    try:
-        hash(fun)
-    except TypeError:
-        return _slices_impl(fun, x, v1, v2, t, args)
-    return _slices_jit(fun, x, v1, v2, t, args)
+    # One compile per computation and shapes (`jaxcurv._compile`): a second point, batch or
+    # closure of the same model compiles nothing.
+    return compiled_call(lambda *a: _slices_impl(fun, *a), x, v1, v2, t, args)
 
 
 def analyze_landscape(

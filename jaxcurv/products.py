@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxcurv._compile import compiled_call
 from jaxcurv.derivatives import _check_real_inputs
 from jaxcurv.tree import tree_check_like
 
@@ -75,8 +76,7 @@ def _check_tangent(name: str, v: PyTree, x: PyTree, x_name: str = "x") -> None:
             )
 
 
-def _check_scalar(name: str, fun: Callable, *args: Any, ggn: bool = False) -> None:
-    out = jax.eval_shape(fun, *args)
+def _check_scalar_output(name: str, out: Any, *, ggn: bool = False) -> None:
     shape = getattr(out, "shape", None)
     if shape != ():
         alternative = (
@@ -93,14 +93,15 @@ def _check_scalar(name: str, fun: Callable, *args: Any, ggn: bool = False) -> No
         raise TypeError(f"`{name}` needs a real floating-point output, got dtype {out.dtype}.")
 
 
-def _maybe_jit(jitted: Callable, plain: Callable, *static: Any) -> Callable:
-    """Use the jitted version when the static callables are hashable (the usual case)."""
-    try:
-        for s in static:
-            hash(s)
-    except TypeError:
-        return plain
-    return jitted
+def _scalar(name: str, fun: Callable, *, ggn: bool = False) -> Callable:
+    """``fun`` that checks its output where it is traced anyway: no extra trace to check."""
+
+    def checked(*args):
+        out = fun(*args)
+        _check_scalar_output(name, out, ggn=ggn)
+        return out
+
+    return checked
 
 
 # --------------------------------------------------------------------------- products
@@ -108,9 +109,6 @@ def _maybe_jit(jitted: Callable, plain: Callable, *static: Any) -> Callable:
 
 def _hvp_impl(fun, x, v, args):
     return jax.jvp(lambda y: jax.grad(fun)(y, *args), (x,), (v,))[1]
-
-
-_hvp_jit = jax.jit(_hvp_impl, static_argnums=0)
 
 
 def hvp(fun: Callable, x: PyTree, v: PyTree, *args: Any) -> PyTree:
@@ -142,8 +140,8 @@ def hvp(fun: Callable, x: PyTree, v: PyTree, *args: Any) -> PyTree:
     _check_callable("hvp", "fun", fun)
     _check_real_inputs("hvp", x, "point `x`")
     _check_tangent("hvp", v, x)
-    _check_scalar("hvp", fun, x, *args)
-    return _maybe_jit(_hvp_jit, _hvp_impl, fun)(fun, x, v, args)
+    fun = _scalar("hvp", fun)
+    return compiled_call(lambda x, v, args: _hvp_impl(fun, x, v, args), x, v, args)
 
 
 def _ggn_vp_impl(model_fn, loss_fn, params, v, model_args, loss_args):
@@ -153,9 +151,6 @@ def _ggn_vp_impl(model_fn, loss_fn, params, v, model_args, loss_args):
     # J^T is the transpose of the stored linearization: no second forward pass.
     (res,) = jax.linear_transpose(jvp_fn, params)(hjv)
     return res
-
-
-_ggn_vp_jit = jax.jit(_ggn_vp_impl, static_argnums=(0, 1))
 
 
 def ggn_vp(
@@ -207,11 +202,13 @@ def ggn_vp(
     _check_callable("ggn_vp", "loss_fn", loss_fn)
     _check_real_inputs("ggn_vp", params, "`params`")
     _check_tangent("ggn_vp", v, params, "params")
-    model_args, loss_args = tuple(model_args), tuple(loss_args)
-    out = jax.eval_shape(model_fn, params, *model_args)
-    _check_scalar("ggn_vp(loss_fn)", loss_fn, out, *loss_args, ggn=True)
-    return _maybe_jit(_ggn_vp_jit, _ggn_vp_impl, model_fn, loss_fn)(
-        model_fn, loss_fn, params, v, model_args, loss_args
+    loss_fn = _scalar("ggn_vp(loss_fn)", loss_fn, ggn=True)
+    return compiled_call(
+        lambda p, v, margs, largs: _ggn_vp_impl(model_fn, loss_fn, p, v, margs, largs),
+        params,
+        v,
+        tuple(model_args),
+        tuple(loss_args),
     )
 
 
@@ -370,11 +367,6 @@ def _build_hessian_impl(fun, x, args):
     return HessianOperator(x, value, grad, lin)
 
 
-# Built under jit so that operators at points of equal shapes share the stored jaxpr (the
-# jit cache returns the same one), and hence one compiled `_apply`.
-_build_hessian_jit = jax.jit(_build_hessian_impl, static_argnums=0)
-
-
 def hessian_operator(fun: Callable, x: PyTree, *args: Any) -> HessianOperator:
     r"""The Hessian of ``fun`` at ``x`` as a reusable linear operator.
 
@@ -407,8 +399,11 @@ def hessian_operator(fun: Callable, x: PyTree, *args: Any) -> HessianOperator:
     """
     _check_callable("hessian_operator", "fun", fun)
     _check_real_inputs("hessian_operator", x, "point `x`")
-    _check_scalar("hessian_operator", fun, x, *args)
-    return _maybe_jit(_build_hessian_jit, _build_hessian_impl, fun)(fun, x, args)
+    fun = _scalar("hessian_operator", fun)
+    # Built through the compile policy, so operators of one computation at points of equal
+    # shapes share the stored linearization (the cached executable returns the same one),
+    # and hence one compiled `_apply`.
+    return compiled_call(lambda x, args: _build_hessian_impl(fun, x, args), x, args)
 
 
 def _build_ggn_impl(model_fn, loss_fn, params, model_args, loss_args):
@@ -417,9 +412,6 @@ def _build_ggn_impl(model_fn, loss_fn, params, model_args, loss_args):
     g_out, loss_lin, value = jax.linearize(loss_grad_and_value, out, has_aux=True)
     (grad,) = jax.linear_transpose(jvp, params)(g_out)
     return GaussNewtonOperator(params, value, grad, out, jvp, loss_lin)
-
-
-_build_ggn_jit = jax.jit(_build_ggn_impl, static_argnums=(0, 1))
 
 
 def ggn_operator(
@@ -465,11 +457,12 @@ def ggn_operator(
     _check_callable("ggn_operator", "model_fn", model_fn)
     _check_callable("ggn_operator", "loss_fn", loss_fn)
     _check_real_inputs("ggn_operator", params, "`params`")
-    model_args, loss_args = tuple(model_args), tuple(loss_args)
-    out = jax.eval_shape(model_fn, params, *model_args)
-    _check_scalar("ggn_operator(loss_fn)", loss_fn, out, *loss_args, ggn=True)
-    return _maybe_jit(_build_ggn_jit, _build_ggn_impl, model_fn, loss_fn)(
-        model_fn, loss_fn, params, model_args, loss_args
+    loss_fn = _scalar("ggn_operator(loss_fn)", loss_fn, ggn=True)
+    return compiled_call(
+        lambda p, margs, largs: _build_ggn_impl(model_fn, loss_fn, p, margs, largs),
+        params,
+        tuple(model_args),
+        tuple(loss_args),
     )
 
 

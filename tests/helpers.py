@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+
+import jax
 import numpy as np
 
 
@@ -67,3 +70,22 @@ def plain_lanczos_ritz(A: np.ndarray, m: int, seed: int = 0) -> np.ndarray:
         v_prev, v = v, w / beta
     T = np.diag(alphas) + np.diag(betas[:-1], 1) + np.diag(betas[:-1], -1)
     return np.linalg.eigvalsh(T.astype(np.float64))
+
+
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts XLA backend compilations inside the block (``jax.monitoring`` events)."""
+    count = [0]
+
+    def listener(event, duration, **kwargs):
+        if event == _COMPILE_EVENT:
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
