@@ -11,8 +11,12 @@ vector     vector     Jacobian        M x N
 vector     scalar     Hessian         N x N
 =========  =========  ==============  ===========
 
-The wrappers follow ``jax.grad``'s signature ``(fun, argnums=0, has_aux=False)`` and return
-callables. They add three things JAX leaves to the user: arguments are validated with
+The wrappers are drop-in for ``jax.grad``, ``jax.jacfwd``/``jax.jacrev`` and ``jax.hessian``
+on real inputs: the same signature ``(fun, argnums=0, has_aux=False)``, returned functions
+with ``fun``'s signature (``functools.wraps``, so ``jax.jit(static_argnames=...)`` works)
+that pass keyword arguments on to ``fun``, and results equal to JAX's in tree structure,
+shapes, dtypes and weak types (``tests/test_jax_compat.py`` runs JAX's own test cases
+through both). They add three things JAX leaves to the user: arguments are validated with
 messages that name the argument and the fix, ``jacobian`` picks forward or reverse mode from
 the shapes, and ``hessian`` builds the dense matrix from chunks of Hessian-vector products
 so that memory stays bounded by the chunk rather than by ``N**2`` intermediates.
@@ -21,15 +25,19 @@ so that memory stays bounded by the chunk rather than by ``N**2`` intermediates.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
+import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
+import numpy as np
 
 PyTree = Any
+Argnums = int | tuple[int, ...]
 
 __all__ = [
     "Description",
@@ -42,27 +50,58 @@ __all__ = [
 ]
 
 _MODES = ("auto", "fwd", "rev")
+_TRANSFORMS = {"fwd": jax.jacfwd, "rev": jax.jacrev}
 # Default ceiling for a dense Hessian: beyond this, products are the right tool.
 _DEFAULT_MAX_BYTES = 4 * 2**30
+# Leaf types JAX can turn into arrays; anything else in a differentiated tree is a mistake.
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, int, float, complex)
 
 
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_argnums(name: str, argnums: int | Sequence[int]) -> tuple[int, ...]:
-    """Validate ``argnums`` when the wrapper is built; returns a tuple of ints."""
-    items = (argnums,) if isinstance(argnums, int) else argnums
+def _check_argnums(name: str, argnums: Any) -> Argnums:
+    """``argnums`` read as JAX reads it (``operator.index``), checked when the wrapper is built.
+
+    Returns an int or a tuple of ints, so results keep ``jax.grad``'s layout: a bare
+    derivative for an int, a tuple for a sequence. Booleans are refused although JAX reads
+    ``True`` as 1: ``gradient(f, True)`` is almost always ``has_aux`` passed by position.
+    """
+    if isinstance(argnums, (bool, np.bool_)):
+        raise TypeError(
+            f"`{name}(argnums=...)` must be an int or a non-empty tuple of ints, got the bool "
+            f"{argnums!r}. Pass `has_aux=...` by keyword."
+        )
     try:
-        items = tuple(items)
+        return operator.index(argnums)
+    except TypeError:
+        pass
+    try:
+        items = tuple(argnums)
     except TypeError:
         raise TypeError(
             f"`{name}(argnums=...)` must be an int or a tuple of ints, got {argnums!r}."
         ) from None
-    if not items or not all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+    try:
+        if not items or any(isinstance(i, (bool, np.bool_)) for i in items):
+            raise TypeError
+        items = tuple(map(operator.index, items))
+    except TypeError:
         raise TypeError(
             f"`{name}(argnums=...)` must be an int or a non-empty tuple of ints, got {argnums!r}."
-        )
+        ) from None
+    _check_distinct(name, items, items)
     return items
+
+
+def _check_distinct(name: str, argnums: Argnums, positions: tuple[int, ...]) -> None:
+    # jax.grad(argnums=(0, 0)) passes None for the other arguments: refuse it instead.
+    if len(set(positions)) < len(positions):
+        kept = tuple(dict.fromkeys(positions))
+        raise ValueError(
+            f"`{name}(argnums={argnums})` names the same argument twice. Differentiate each "
+            f"argument once, e.g. `argnums={kept}`."
+        )
 
 
 def _check_fun(name: str, fun: Any) -> None:
@@ -70,24 +109,71 @@ def _check_fun(name: str, fun: Any) -> None:
         raise TypeError(f"`{name}(fun)` must be callable, got {type(fun).__name__}: {fun!r}.")
 
 
-def _select_args(name: str, args: tuple, argnums: tuple[int, ...]) -> None:
-    """Raise a ``ValueError`` for ``argnums`` out of range for the actual call."""
-    for i in argnums:
+def _check_positions(name: str, args: tuple, argnums: Argnums) -> None:
+    """Raise a ``ValueError`` for ``argnums`` out of range (or repeated) for the actual call."""
+    items = (argnums,) if isinstance(argnums, int) else argnums
+    if not args:
+        raise ValueError(
+            f"`{name}(argnums={argnums})` needs the differentiated argument(s) by position, but "
+            "the function was called with none. Keyword arguments reach `fun` but are not "
+            "differentiated: pass the inputs to differentiate positionally."
+        )
+    for i in items:
         if not -len(args) <= i < len(args):
             raise ValueError(
                 f"`{name}(argnums={i})` is out of range: the function was called with "
                 f"{len(args)} positional argument(s). Pass argnums between 0 and "
                 f"{len(args) - 1}."
             )
+    _check_distinct(name, argnums, tuple(i % len(args) for i in items))
 
 
-def _check_real_inputs(name: str, tree: PyTree, what: str = "differentiated input") -> None:
-    """Integer, boolean and complex inputs have no real derivative here: say so clearly."""
+def _is_array(x: Any) -> bool:
+    """Whether JAX can treat ``x`` as an array (strings name dtypes, so are excluded first)."""
+    if isinstance(x, (str, bytes)):
+        return False
+    if not (isinstance(x, _ARRAY_TYPES) or hasattr(x, "__jax_array__")):
+        return False
+    try:
+        jnp.result_type(x)  # refuses numpy object arrays
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _describe_value(x: Any) -> str:
+    """A short description for messages: never a tracer's repr or a memory address."""
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of length {len(x)}"
+    if isinstance(x, (str, bytes)):
+        return f"a {type(x).__name__} {reprlib.repr(x)}"
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"an array of shape {tuple(x.shape)} and dtype {x.dtype}"
+    if callable(x):
+        return f"a {type(x).__name__} `{getattr(x, '__name__', '?')}`"
+    return f"a {type(x).__name__}"
+
+
+def _check_array_leaves(name: str, tree: PyTree, what: str = "differentiated input") -> None:
+    """Every leaf a real floating-point array or number; the tree may be empty."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        where = jax.tree_util.keystr(path) or "<root>"
+        if not _is_array(leaf):
+            raise TypeError(
+                f"`{name}` differentiates arrays only, but the {what} at {where} is "
+                f"{_describe_value(leaf)}. Keep configuration out of the differentiated "
+                "arguments: split a model with `params, static = eqx.partition(model, "
+                "eqx.is_inexact_array)` and differentiate `params` (rebuild it with "
+                "`eqx.combine(params, static)`), or pass settings by closure or keyword."
+            )
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.floating):
-            where = jax.tree_util.keystr(path) or "<root>"
-            kind = "complex" if jnp.issubdtype(dtype, jnp.complexfloating) else "integer/bool"
+            if jnp.issubdtype(dtype, jnp.complexfloating):
+                kind = "complex"
+            elif jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
+                kind = "integer/bool"
+            else:
+                kind = "non-floating"
             raise TypeError(
                 f"`{name}` requires real floating-point inputs, but the {what} at {where} "
                 f"has {kind} dtype {dtype}. Convert it first, e.g. `jnp.asarray(x, "
@@ -95,7 +181,29 @@ def _check_real_inputs(name: str, tree: PyTree, what: str = "differentiated inpu
             )
 
 
+def _check_real_inputs(name: str, tree: PyTree, what: str = "differentiated input") -> None:
+    """Real floating-point array leaves, and at least one of them.
+
+    Shared by every module that differentiates a user's tree: strings, functions and other
+    non-array leaves are a ``TypeError`` naming the leaf's path, integer and complex leaves
+    a ``TypeError``, and a tree with no array leaves a ``ValueError``.
+    """
+    _check_array_leaves(name, tree, what)
+    if not jax.tree.leaves(tree):
+        raise ValueError(
+            f"`{name}` has nothing to differentiate: the {what} has no array leaves (got "
+            f"{jax.tree.structure(tree)}). Pass the arrays to differentiate, e.g. "
+            "`{'w': jnp.zeros(3)}`, and check `argnums`."
+        )
+
+
 def _check_scalar_output(name: str, out: Any, alternative: str) -> None:
+    if not _is_array(out):
+        raise TypeError(
+            f"`{name}` needs a function with a scalar output, but it returned "
+            f"{_describe_value(out)}. Return one scalar (with `has_aux=True`, a pair "
+            f"`(scalar, aux)`) or use {alternative}."
+        )
     shape = jnp.shape(out)
     dtype = jnp.result_type(out)
     if shape != ():
@@ -107,24 +215,63 @@ def _check_scalar_output(name: str, out: Any, alternative: str) -> None:
         raise TypeError(f"`{name}` needs a real floating-point scalar output, got dtype {dtype}.")
 
 
-def _partial_fun(fun: Callable, args: tuple, argnums: int | Sequence[int]) -> tuple:
-    """``(g, dyn)``: ``g(dyn) = fun(*args)`` with the differentiated arguments as ``dyn``.
+def _value_of_pair(name: str, out: Any) -> Any:
+    # JAX's own rule for has_aux (jax/_src/interpreters/ad.py): a list or tuple of two.
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(
+            f"`{name}(has_aux=True)` expects `fun` to return a two-element tuple "
+            f"`(value, aux)`, but it returned {_describe_value(out)}. Return `(value, aux)`, "
+            "or drop `has_aux=True`."
+        )
+    return out[0]
+
+
+def _validate_output(
+    name: str, fun: Callable, has_aux: bool, scalar_alternative: str | None = None
+) -> Callable:
+    """``fun``, with its output checked where the JAX transform traces it.
+
+    Checking inside the transform's own trace, rather than in a separate ``jax.eval_shape``,
+    traces ``fun`` once (not twice under ``jax.jit``) and keeps concrete inputs concrete, so
+    Python control flow on values (``if x > 0``, ``x.item()``) works as under ``jax.grad``.
+    ``scalar_alternative`` (the fix to suggest) asks for a real scalar output.
+    """
+
+    def checked(*args, **kwargs):
+        out = fun(*args, **kwargs)
+        value = _value_of_pair(name, out) if has_aux else out
+        if scalar_alternative is not None:
+            _check_scalar_output(name, value, scalar_alternative)
+        return out
+
+    return checked
+
+
+def _dyn_args(args: tuple, argnums: Argnums) -> PyTree:
+    """The differentiated arguments: one for an int ``argnums``, a tuple otherwise."""
+    return args[argnums] if isinstance(argnums, int) else tuple(args[i] for i in argnums)
+
+
+def _partial_fun(fun: Callable, args: tuple, kwargs: dict, argnums: Argnums) -> tuple:
+    """``(g, dyn)``: ``g(dyn) = fun(*args, **kwargs)`` with the differentiated arguments as ``dyn``.
 
     ``dyn`` is the single argument for an int ``argnums`` and a tuple otherwise, so every
     derivative comes out in ``jax.grad``'s layout without an extra tuple level.
     """
-    n = len(args)
     single = isinstance(argnums, int)
-    positions = [i % n for i in ((argnums,) if single else argnums)]
+    positions = [i % len(args) for i in ((argnums,) if single else argnums)]
 
     def g(dyn):
         full = list(args)
         for p, d in zip(positions, (dyn,) if single else dyn):
             full[p] = d
-        return fun(*full)
+        return fun(*full, **kwargs)
 
-    dyn = args[positions[0]] if single else tuple(args[p] for p in positions)
-    return g, dyn
+    return g, _dyn_args(args, argnums)
+
+
+def _size(tree: PyTree) -> int:
+    return sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(tree))
 
 
 # ------------------------------------------------------------------------ wrappers
@@ -134,10 +281,11 @@ def derivative(fun: Callable) -> Callable:
     r"""The derivative :math:`f'` of a scalar-to-scalar function.
 
     Args:
-      fun: ``f(x) -> y`` with ``x`` and ``y`` real scalars.
+      fun: ``f(x, *args, **kwargs) -> y`` with ``x`` and ``y`` real scalars.
 
     Returns:
-      A function ``x -> f'(x)`` of the same signature. It is ``jax.jit``/``jax.vmap``
+      A function with ``fun``'s signature returning :math:`\partial f / \partial x`, the
+      derivative in the first argument (``jax.grad(fun)``). It is ``jax.jit``/``jax.vmap``
       friendly: to evaluate on many points, ``jax.vmap(derivative(f))(xs)``.
 
     Raises:
@@ -151,19 +299,21 @@ def derivative(fun: Callable) -> Callable:
       12.0
     """
     _check_fun("derivative", fun)
+    grad = jax.grad(
+        _validate_output("derivative", fun, False, "`jaxcurv.jacobian` for vector outputs")
+    )
 
-    def df(x):
-        if jnp.shape(x) != ():
-            raise ValueError(
-                f"`derivative` is for scalar -> scalar functions, but x has shape "
-                f"{jnp.shape(x)}. Use `jaxcurv.gradient` (vector -> scalar) or "
-                "`jaxcurv.jacobian` (vector -> vector), or `jax.vmap` over scalars."
-            )
-        x = jnp.asarray(x)
+    @functools.wraps(fun)
+    def df(x, *args, **kwargs):
         _check_real_inputs("derivative", x)
-        out = jax.eval_shape(fun, x)
-        _check_scalar_output("derivative", out, "`jaxcurv.jacobian` for vector outputs")
-        return jax.grad(fun)(x)
+        if not _is_array(x) or jnp.shape(x) != ():
+            got = f"has shape {jnp.shape(x)}" if _is_array(x) else f"is {_describe_value(x)}"
+            raise ValueError(
+                f"`derivative` is for scalar -> scalar functions, but x {got}. Use "
+                "`jaxcurv.gradient` (vector -> scalar) or `jaxcurv.jacobian` (vector -> "
+                "vector), or `jax.vmap` over scalars."
+            )
+        return grad(x, *args, **kwargs)
 
     return df
 
@@ -171,19 +321,25 @@ def derivative(fun: Callable) -> Callable:
 def gradient(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
     r"""The gradient :math:`\nabla f` of a scalar function of (pytrees of) arrays.
 
+    A drop-in for ``jax.grad`` on real inputs: the same signature, keyword arguments passed
+    on to ``fun``, and the same result (tree, shapes, dtypes, weak types), with errors that
+    name the argument and the fix.
+
     Args:
-      fun: ``f(*args) -> scalar`` (or ``(scalar, aux)`` with ``has_aux=True``).
-      argnums: which positional argument(s) to differentiate; an int or a tuple.
+      fun: ``f(*args, **kwargs) -> scalar`` (or ``(scalar, aux)`` with ``has_aux=True``).
+      argnums: which positional argument(s) to differentiate; an int or a sequence of ints.
       has_aux: whether ``fun`` returns ``(value, aux)``.
 
     Returns:
       A function with ``fun``'s signature returning the gradient, a pytree shaped like the
-      differentiated argument (a tuple of them when ``argnums`` is a tuple), and ``aux``
+      differentiated argument (a tuple of them when ``argnums`` is a sequence), and ``aux``
       as well when ``has_aux``.
 
     Raises:
-      TypeError: non-callable ``fun``, bad ``argnums``, integer or complex inputs.
-      ValueError: non-scalar output (use ``jacobian``), ``argnums`` out of range.
+      TypeError: non-callable ``fun``, bad ``argnums``, integer, complex or non-array inputs,
+        an output that is not a real scalar (or not a pair with ``has_aux``).
+      ValueError: non-scalar array output (use ``jacobian``), ``argnums`` out of range or
+        repeated.
 
     Example:
       >>> import jax.numpy as jnp
@@ -193,16 +349,16 @@ def gradient(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = Fa
       Array([8., 7.], dtype=float32)
     """
     _check_fun("gradient", fun)
-    nums = _check_argnums("gradient", argnums)
+    argnums = _check_argnums("gradient", argnums)
+    checked = _validate_output("gradient", fun, has_aux, "`jaxcurv.jacobian` for vector outputs")
+    grad = jax.grad(checked, argnums, has_aux=has_aux)
 
-    def grad_fun(*args):
-        _select_args("gradient", args, nums)
-        g, dyn = _partial_fun(fun, args, argnums)
-        _check_real_inputs("gradient", dyn)
-        out = jax.eval_shape(g, dyn)
-        value = out[0] if has_aux else out
-        _check_scalar_output("gradient", value, "`jaxcurv.jacobian` for vector outputs")
-        return jax.grad(g, has_aux=has_aux)(dyn)
+    @functools.wraps(fun)
+    def grad_fun(*args, **kwargs):
+        _check_positions("gradient", args, argnums)
+        # No non-empty check: as with jax.grad, the gradient of an empty tree is that tree.
+        _check_array_leaves("gradient", _dyn_args(args, argnums))
+        return grad(*args, **kwargs)
 
     return grad_fun
 
@@ -211,6 +367,23 @@ def _choose_mode(n_in: int, n_out: int) -> str:
     # Forward mode costs one JVP per input, reverse one VJP per output; JVPs are cheaper
     # per call (no stored residuals), so ties go to forward mode, as jax.hessian does.
     return "fwd" if n_in <= n_out else "rev"
+
+
+def _auto_jacobian(
+    fun: Callable, args: tuple, kwargs: dict, argnums: Argnums, has_aux: bool
+) -> PyTree:
+    """The Jacobian in the mode ``_choose_mode`` picks from one trace of ``fun``.
+
+    ``jax.linearize`` traces ``fun`` once and gives its output (hence the output size) and
+    the linear map ``t -> J t``. That map's Jacobian, at any point, is ``J``: ``jax.jacfwd``
+    or ``jax.jacrev`` of it returns their own layout, dtypes and weak types, and traces only
+    the linear map, not ``fun`` again.
+    """
+    g, dyn = _partial_fun(fun, args, kwargs, argnums)
+    out, lin, *aux = jax.linearize(g, dyn, has_aux=has_aux)
+    mode = _choose_mode(_size(dyn), _size(out))
+    jac = _TRANSFORMS[mode](lin)(dyn)
+    return (jac, aux[0]) if has_aux else jac
 
 
 def jacobian(
@@ -222,24 +395,28 @@ def jacobian(
     r"""The Jacobian :math:`J_{ij} = \partial f_i / \partial x_j` of a vector function.
 
     Row ``i`` says how output ``i`` changes with each input; column ``j`` how every output
-    changes with input ``j``. ``mode="auto"`` picks forward mode (one JVP per input) when the
-    flattened input is no larger than the flattened output and reverse mode (one VJP per
-    output) otherwise, from shapes known at trace time.
+    changes with input ``j``. ``mode="fwd"`` is ``jax.jacfwd`` and ``mode="rev"`` is
+    ``jax.jacrev``, with the same signature and results; ``mode="auto"`` picks forward mode
+    (one JVP per input) when the flattened input is no larger than the flattened output and
+    reverse mode (one VJP per output) otherwise, from a single trace of ``fun``.
 
     Args:
-      fun: ``f(*args) -> pytree of arrays`` (or ``(out, aux)`` with ``has_aux``).
+      fun: ``f(*args, **kwargs) -> pytree of arrays`` (or ``(out, aux)`` with ``has_aux``).
       argnums: which positional argument(s) to differentiate.
       has_aux: whether ``fun`` returns ``(out, aux)``.
       mode: ``"auto"``, ``"fwd"`` (``jax.jacfwd``) or ``"rev"`` (``jax.jacrev``).
 
     Returns:
-      A function returning the Jacobian with ``jax.jacfwd``'s layout: for array input of
-      shape ``(N,)`` and output ``(M,)`` an ``(M, N)`` array; for pytrees, the output tree
-      whose leaves are trees over the input with blocks ``out.shape + in.shape``.
+      A function with ``fun``'s signature returning the Jacobian with ``jax.jacfwd``'s
+      layout: for array input of shape ``(N,)`` and output ``(M,)`` an ``(M, N)`` array; for
+      pytrees, the output tree whose leaves are trees over the input with blocks
+      ``out.shape + in.shape``.
 
     Raises:
-      ValueError: ``mode`` not one of the three, ``argnums`` out of range.
-      TypeError: integer or complex inputs, bad ``argnums``.
+      ValueError: ``mode`` not one of the three, ``argnums`` out of range or repeated,
+        inputs with no array leaves.
+      TypeError: integer, complex or non-array inputs, bad ``argnums``, a non-pair output
+        with ``has_aux``.
 
     Example (the seed's worked example, :math:`f(x, y) = (x^2 + y, xy)` at (2, 3)):
       >>> import jax.numpy as jnp
@@ -250,28 +427,81 @@ def jacobian(
              [3., 2.]], dtype=float32)
     """
     _check_fun("jacobian", fun)
-    nums = _check_argnums("jacobian", argnums)
+    argnums = _check_argnums("jacobian", argnums)
     if mode not in _MODES:
         raise ValueError(
             f"`jacobian(mode=...)` must be one of {_MODES}, got {mode!r}. Use 'auto' to pick "
             "forward or reverse mode from the shapes."
         )
+    checked = _validate_output("jacobian", fun, has_aux)
+    jac = None if mode == "auto" else _TRANSFORMS[mode](checked, argnums, has_aux=has_aux)
 
-    def jac_fun(*args):
-        _select_args("jacobian", args, nums)
-        g, dyn = _partial_fun(fun, args, argnums)
-        _check_real_inputs("jacobian", dyn)
-        m = mode
-        if m == "auto":
-            out = jax.eval_shape(g, dyn)
-            out = out[0] if has_aux else out
-            n_in = sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(dyn))
-            n_out = sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(out))
-            m = _choose_mode(n_in, n_out)
-        jac = jax.jacfwd if m == "fwd" else jax.jacrev
-        return jac(g, has_aux=has_aux)(dyn)
+    @functools.wraps(fun)
+    def jac_fun(*args, **kwargs):
+        _check_positions("jacobian", args, argnums)
+        _check_real_inputs("jacobian", _dyn_args(args, argnums))
+        if jac is not None:
+            return jac(*args, **kwargs)
+        return _auto_jacobian(checked, args, kwargs, argnums, has_aux)
 
     return jac_fun
+
+
+def _check_dense_size(tree: PyTree, max_bytes: int) -> None:
+    leaves = jax.tree.leaves(tree)
+    sizes = [math.prod(jnp.shape(leaf)) for leaf in leaves]
+    dtypes = [jnp.dtype(jnp.result_type(leaf)) for leaf in leaves]
+    n = sum(sizes)
+    # Block (i, j) has leaf i's dtype, as in jax.hessian, so rows are priced per leaf.
+    nbytes = n * sum(s * d.itemsize for s, d in zip(sizes, dtypes))
+    if nbytes > max_bytes:
+        names = "/".join(dict.fromkeys(d.name for d in dtypes))
+        raise ValueError(
+            f"`hessian` would build a dense {n} x {n} {names} matrix of {nbytes:,} bytes "
+            f"({nbytes / 2**30:.3g} GiB), over `max_bytes={max_bytes:,}`. Use "
+            "`jaxcurv.hvp(fun, x, v)` or `jaxcurv.hessian_operator(fun, x)` for products, "
+            "or raise `max_bytes` if it fits."
+        )
+
+
+def _hessian_blocks(hvp_lin: Callable, tree: PyTree, chunk_size: int | None) -> PyTree:
+    """``jax.hessian``'s nested blocks from the columns ``H e_k``, ``chunk_size`` at a time.
+
+    Each basis vector ``e_k`` is built leaf by leaf in that leaf's own dtype (and weak
+    type), and each column comes back shaped like the gradient, so block ``(i, j)`` keeps
+    gradient leaf ``i``'s dtype and weak type as in ``jax.hessian``: nothing is promoted to
+    a common dtype, as flattening the tree into one vector would.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    shapes = [jnp.shape(leaf) for leaf in leaves]
+    sizes = [math.prod(s) for s in shapes]
+    offsets = [0, *np.cumsum(sizes).tolist()]
+    n = offsets[-1]
+
+    def column(k):
+        basis = [
+            jnp.where(
+                jnp.arange(size).reshape(shape) == k - start,
+                jnp.ones_like(leaf),
+                jnp.zeros_like(leaf),
+            )
+            for leaf, shape, size, start in zip(leaves, shapes, sizes, offsets)
+        ]
+        return hvp_lin(jax.tree.unflatten(treedef, basis))
+
+    batch = max(1, min(n, chunk_size or 64))
+    # Stacked leaf i holds, in row k, the part of H e_k along leaf i: shape (n,) + shape_i.
+    stacked = jax.tree.leaves(jax.lax.map(column, jnp.arange(n), batch_size=batch))
+    rows = []
+    for cols, shape_i in zip(stacked, shapes):
+        row = []
+        for shape_j, size_j, start in zip(shapes, sizes, offsets):
+            block = cols[start : start + size_j].reshape(shape_j + shape_i)
+            # d(grad_i)/d(x_j) is indexed [i..., j...]: bring leaf i's axes to the front.
+            order = tuple(range(len(shape_j), block.ndim)) + tuple(range(len(shape_j)))
+            row.append(block.transpose(order))
+        rows.append(jax.tree.unflatten(treedef, row))
+    return jax.tree.unflatten(treedef, rows)
 
 
 def hessian(
@@ -287,24 +517,27 @@ def hessian(
     Built column by column from Hessian-vector products of the gradient linearized once
     at ``x`` (forward-over-reverse, Pearlmutter 1994), ``chunk_size`` columns at a time with
     ``jax.lax.map``: the peak memory beyond the ``N x N`` result is that of ``chunk_size``
-    products, where ``jax.hessian`` (``jacfwd(jacrev)``) vectorises all ``N`` at once.
+    products, where ``jax.hessian`` (``jacfwd(jacrev)``) vectorises all ``N`` at once. The
+    result equals ``jax.hessian``'s in tree structure, shapes, dtypes and weak types.
 
     Args:
-      fun: scalar function ``f(*args)`` (or ``(value, aux)`` with ``has_aux``).
+      fun: scalar function ``f(*args, **kwargs)`` (or ``(value, aux)`` with ``has_aux``).
       argnums: which positional argument(s) to differentiate.
       has_aux: whether ``fun`` returns ``(value, aux)``.
       chunk_size: columns per batch (default: ``min(N, 64)``).
       max_bytes: refuse to build a result larger than this many bytes.
 
     Returns:
-      A function returning the Hessian with ``jax.hessian``'s layout: ``(N, N)`` for an
-      array of shape ``(N,)``, ``x.shape + x.shape`` in general, and nested per-leaf blocks
-      ``leaf_i.shape + leaf_j.shape`` for pytrees.
+      A function with ``fun``'s signature returning the Hessian with ``jax.hessian``'s
+      layout: ``(N, N)`` for an array of shape ``(N,)``, ``x.shape + x.shape`` in general,
+      and nested per-leaf blocks ``leaf_i.shape + leaf_j.shape`` (in leaf ``i``'s dtype)
+      for pytrees.
 
     Raises:
-      ValueError: non-scalar output, ``argnums`` out of range, a result over ``max_bytes``
-        (use ``jaxcurv.hvp`` or ``jaxcurv.hessian_operator`` instead), bad ``chunk_size``.
-      TypeError: integer or complex inputs.
+      ValueError: non-scalar output, ``argnums`` out of range or repeated, inputs with no
+        array leaves, a result over ``max_bytes`` (use ``jaxcurv.hvp`` or
+        ``jaxcurv.hessian_operator`` instead), bad ``chunk_size``.
+      TypeError: integer, complex or non-array inputs, a non-pair output with ``has_aux``.
 
     Example (the seed's :math:`f(x, y) = x^2 + 3xy + y^2`):
       >>> import jax.numpy as jnp
@@ -318,68 +551,26 @@ def hessian(
       Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 1994.
     """
     _check_fun("hessian", fun)
-    nums = _check_argnums("hessian", argnums)
+    argnums = _check_argnums("hessian", argnums)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
         raise ValueError(f"`hessian(chunk_size=...)` must be a positive int, got {chunk_size!r}.")
     if max_bytes <= 0:
         raise ValueError(f"`hessian(max_bytes=...)` must be positive, got {max_bytes!r}.")
+    checked = _validate_output("hessian", fun, has_aux, "`jaxcurv.jacobian` of a gradient")
+    with_aux = checked if has_aux else lambda *a, **k: (checked(*a, **k), None)
 
-    def hess_fun(*args):
-        _select_args("hessian", args, nums)
-        g, dyn = _partial_fun(fun, args, argnums)
+    @functools.wraps(fun)
+    def hess_fun(*args, **kwargs):
+        _check_positions("hessian", args, argnums)
+        g, dyn = _partial_fun(with_aux, args, kwargs, argnums)
         _check_real_inputs("hessian", dyn)
-        out = jax.eval_shape(g, dyn)
-        _check_scalar_output(
-            "hessian", out[0] if has_aux else out, "`jaxcurv.jacobian` of a gradient"
-        )
-        leaves = jax.tree.leaves(dyn)
-        n = sum(math.prod(jnp.shape(leaf)) for leaf in leaves)
-        dtype = jnp.result_type(*leaves)
-        nbytes = n * n * jnp.dtype(dtype).itemsize
-        if nbytes > max_bytes:
-            raise ValueError(
-                f"`hessian` would build a dense {n} x {n} {dtype} matrix of {nbytes:,} bytes "
-                f"({nbytes / 2**30:.3g} GiB), over `max_bytes={max_bytes:,}`. Use "
-                "`jaxcurv.hvp(fun, x, v)` or `jaxcurv.hessian_operator(fun, x)` for products, "
-                "or raise `max_bytes` if it fits."
-            )
-        flat, unravel = ravel_pytree(dyn)
-
-        def flat_value(z):
-            res = g(unravel(z))
-            return res if has_aux else (res, None)
-
-        grad_flat = jax.grad(flat_value, has_aux=True)
+        _check_dense_size(dyn, max_bytes)
         # One forward and backward pass here; every column below reuses the linearization.
-        (_, lin, aux) = jax.linearize(grad_flat, flat, has_aux=True)
-        bs = min(n, chunk_size or 64)
-        eye_cols = jnp.arange(n)
-        dense = jax.lax.map(
-            lambda i: lin(jax.nn.one_hot(i, n, dtype=flat.dtype)), eye_cols, batch_size=bs
-        )
-        # lax.map stacks the columns H e_i as rows: H^T, equal to H for smooth f.
-        h = _unflatten_square(dense.T, dyn)
+        _, hvp_lin, aux = jax.linearize(jax.grad(g, has_aux=True), dyn, has_aux=True)
+        h = _hessian_blocks(hvp_lin, dyn, chunk_size)
         return (h, aux) if has_aux else h
 
     return hess_fun
-
-
-def _unflatten_square(mat: jax.Array, tree: PyTree) -> PyTree:
-    """Split an ``N x N`` matrix over ``ravel_pytree(tree)`` into jax.hessian's blocks."""
-    leaves, treedef = jax.tree.flatten(tree)
-    shapes = [jnp.shape(leaf) for leaf in leaves]
-    sizes = [math.prod(s) for s in shapes]
-    offsets = [0]
-    for s in sizes:
-        offsets.append(offsets[-1] + s)
-    rows = []
-    for i, si in enumerate(shapes):
-        row = []
-        for j, sj in enumerate(shapes):
-            block = mat[offsets[i] : offsets[i + 1], offsets[j] : offsets[j + 1]]
-            row.append(block.reshape(si + sj))
-        rows.append(jax.tree.unflatten(treedef, row))
-    return jax.tree.unflatten(treedef, rows)
 
 
 # ------------------------------------------------------------------------- describe
@@ -437,9 +628,9 @@ def describe(fun: Callable, *args: Any, argnums: int | Sequence[int] = 0) -> Des
       ('gradient', (5,), (5, 5))
     """
     _check_fun("describe", fun)
-    nums = _check_argnums("describe", argnums)
-    _select_args("describe", args, nums)
-    _, dyn = _partial_fun(fun, args, argnums)
+    argnums = _check_argnums("describe", argnums)
+    _check_positions("describe", args, argnums)
+    dyn = _dyn_args(args, argnums)
     out = jax.eval_shape(fun, *args)
     in_leaves = jax.tree_util.tree_leaves_with_path(dyn)
     out_leaves = jax.tree_util.tree_leaves_with_path(out)

@@ -1,5 +1,7 @@
 """Derivative wrappers against the seed's worked examples, closed forms, finite differences."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -201,3 +203,166 @@ def test_hessian_over_memory_budget_points_to_products():
         jaxcurv.hessian(f, max_bytes=100)(jnp.ones(10))
     with pytest.raises(ValueError, match=r"chunk_size"):
         jaxcurv.hessian(f, chunk_size=0)
+
+
+# ------------------------------------------------- drop-in for jax.* (issue 11)
+# One test per reliability item; tests/test_jax_compat.py runs JAX's own cases through both.
+
+WRAPPERS = {
+    "gradient": (jaxcurv.gradient, jax.grad),
+    "jacobian-fwd": (lambda f, *a, **k: jaxcurv.jacobian(f, *a, mode="fwd", **k), jax.jacfwd),
+    "jacobian-rev": (lambda f, *a, **k: jaxcurv.jacobian(f, *a, mode="rev", **k), jax.jacrev),
+    "jacobian-auto": (jaxcurv.jacobian, jax.jacfwd),  # scalar in and out: auto picks fwd
+    "hessian": (jaxcurv.hessian, jax.hessian),
+}
+
+
+def _assert_tree_equal(mine, ref):
+    """Same structure, shapes, dtypes, weak types; values equal to float64 rounding."""
+    assert jax.tree.structure(mine) == jax.tree.structure(ref)
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref)):
+        assert (a.shape, a.dtype, a.weak_type) == (b.shape, b.dtype, b.weak_type)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+def test_keyword_arguments_reach_fun(name):
+    mine, ref = WRAPPERS[name]
+    f = lambda x, scale=1.0, *, flag: scale * jnp.sin(x) ** 2 if flag else None
+    _assert_tree_equal(mine(f)(0.3, scale=2.0, flag=True), ref(f)(0.3, scale=2.0, flag=True))
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+def test_wrapped_function_keeps_the_signature(name):
+    # jax.jit(static_argnames=...) reads the signature; "(*args)" makes it an invalid name.
+    mine, ref = WRAPPERS[name]
+
+    def f(x, flag):
+        return x**2 if flag else jnp.zeros_like(x)
+
+    assert str(inspect.signature(mine(f))) == "(x, flag)"
+    g = jax.jit(mine(f), static_argnames=["flag"])
+    _assert_tree_equal(g(1.5, True), ref(f)(1.5, True))
+
+
+@pytest.mark.parametrize("name", ["gradient", "jacobian-auto", "hessian"])
+def test_python_control_flow_on_concrete_inputs(name):
+    # No separate jax.eval_shape trace: `fun` sees concrete values, as under jax.grad.
+    mine, ref = WRAPPERS[name]
+
+    def f(x):
+        if x > 0 and x.astype(bool).item():
+            return x**3
+        return -x
+
+    for x in (2.0, -1.0):
+        _assert_tree_equal(mine(f)(x), ref(f)(x))
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+def test_jit_traces_fun_once(name):
+    traces = []
+
+    def f(x):
+        traces.append(None)
+        return jnp.sum(jnp.sin(x))
+
+    g = jax.jit(WRAPPERS[name][0](f))
+    g(jnp.ones(3))
+    g(jnp.zeros(3))
+    assert len(traces) == 1
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+def test_numpy_integer_argnums(name):
+    mine, _ = WRAPPERS[name]
+    f = lambda x, y: x * y**2
+    # jax.grad's reading of argnums (operator.index): the bare derivative in y.
+    expected = 4.0 if name == "hessian" else 12.0
+    out = mine(f, argnums=np.int64(1))(2.0, 3.0)
+    assert out.shape == () and float(out) == expected
+
+
+def test_hessian_of_mixed_precision_tree_matches_jax():
+    x = {
+        "a": jnp.asarray([1.5, -0.5], jnp.float32),
+        "b": jnp.asarray([0.5, 2.0, -1.0], jnp.float64),
+        "c": 2.0,  # weakly typed
+    }
+
+    def f(t):
+        a = t["a"].astype(jnp.float64)
+        return jnp.sum(a**2) * jnp.sum(t["b"] ** 3) + t["c"] ** 3 + jnp.sum(a) * t["c"]
+
+    mine, ref = jaxcurv.hessian(f, chunk_size=2)(x), jax.hessian(f)(x)
+    assert mine["a"]["b"].dtype == jnp.float32 and mine["c"]["c"].weak_type
+    # float32 rows: both round the same float64 products to float32 (at most 1 ulp apart).
+    assert jax.tree.structure(mine) == jax.tree.structure(ref)
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref)):
+        assert (a.shape, a.dtype, a.weak_type) == (b.shape, b.dtype, b.weak_type)
+        np.testing.assert_allclose(a, b, rtol=2 * float(jnp.finfo(a.dtype).eps))
+
+
+def test_hessian_budget_prices_each_block_in_its_own_dtype():
+    # 10 float32 + 10 float64 inputs: rows of the float32 leaf cost 4 bytes an entry.
+    x = (jnp.ones(10, jnp.float32), jnp.ones(10, jnp.float64))
+    f = lambda t: jnp.sum(t[0] ** 2) * jnp.sum(t[1] ** 2)
+    nbytes = 20 * (10 * 4 + 10 * 8)
+    with pytest.raises(ValueError, match=r"20 x 20 float32/float64 matrix of 2,400 bytes"):
+        jaxcurv.hessian(f, max_bytes=nbytes - 1)(x)
+    _assert_tree_equal(jaxcurv.hessian(f, max_bytes=nbytes, chunk_size=3)(x), jax.hessian(f)(x))
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+@pytest.mark.parametrize("out", [lambda x: (1, 2, 3), lambda x: x, lambda x: (x,)])
+def test_has_aux_needs_a_pair(name, out):
+    with pytest.raises(TypeError, match=r"has_aux=True\)` expects `fun` to return a two-element"):
+        WRAPPERS[name][0](out, has_aux=True)(1.0)
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+def test_repeated_argnums_is_refused(name):
+    mine, _ = WRAPPERS[name]
+    f = lambda x, y: x * y
+    with pytest.raises(ValueError, match=r"argnums=\(0, 0\)\)` names the same argument twice"):
+        mine(f, argnums=(0, 0))
+    with pytest.raises(ValueError, match=r"argnums=\(0, -2\)\)` names the same argument twice"):
+        mine(f, argnums=(0, -2))(1.0, 2.0)
+
+
+@pytest.mark.parametrize("name", ["jacobian-fwd", "jacobian-rev", "jacobian-auto", "hessian"])
+def test_empty_tree_has_no_array_leaves(name):
+    with pytest.raises(ValueError, match=r"has nothing to differentiate.*no array leaves"):
+        WRAPPERS[name][0](lambda d: 1.0)({})
+
+
+def test_gradient_of_empty_tree_is_the_empty_tree_as_in_jax():
+    assert jaxcurv.gradient(lambda d: 1.0)({}) == jax.grad(lambda d: 1.0)({}) == {}
+
+
+@pytest.mark.parametrize("name", WRAPPERS)
+def test_non_array_leaves_name_their_path(name):
+    import equinox as eqx
+
+    mine, _ = WRAPPERS[name]
+    fix = r"eqx\.partition\(model, eqx\.is_inexact_array\)"
+    with pytest.raises(TypeError, match=r"at \['act'\] is a str 'tanh'.*" + fix):
+        mine(lambda p: jnp.sum(p["w"] ** 2))({"w": jnp.ones(2), "act": "tanh"})
+    model = eqx.nn.MLP(2, 1, 3, 1, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=r"at \.activation is a custom_jvp `relu`.*" + fix):
+        mine(lambda m: jnp.sum(m(jnp.ones(2))))(model)
+
+
+def test_check_real_inputs_contract():
+    # Shared with products, determinism, spectral and hessian_free.
+    from jaxcurv.derivatives import _check_real_inputs
+
+    _check_real_inputs("f", {"w": jnp.ones(2), "b": 1.0, "s": jax.ShapeDtypeStruct((2,), float)})
+    with pytest.raises(ValueError, match=r"`f` has nothing.*`params` has no array leaves"):
+        _check_real_inputs("f", {"a": None}, "`params`")
+    with pytest.raises(TypeError, match=r"`params` at \['f'\] is a PjitFunction `tanh`"):
+        _check_real_inputs("f", {"f": jnp.tanh}, "`params`")
+    with pytest.raises(TypeError, match=r"at \[0\] has integer/bool dtype int32"):
+        _check_real_inputs("f", [jnp.ones(2, jnp.int32)])
+    with pytest.raises(TypeError, match=r"at <root> has complex dtype complex64"):
+        _check_real_inputs("f", jnp.ones(2, jnp.complex64))
