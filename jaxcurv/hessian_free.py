@@ -31,7 +31,9 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxcurv._compile import compiled_call
 from jaxcurv.cg import CGStatus, cg
+from jaxcurv.derivatives import _check_real_inputs
 from jaxcurv.products import ggn_operator, hessian_operator
 from jaxcurv.tree import (
     tree_all_finite,
@@ -147,40 +149,6 @@ class ModelAndLoss:
     def __call__(self, params: PyTree, **extra_args: Any) -> jax.Array:
         m_kw, l_kw = self.split_kwargs(extra_args)
         return self.loss_fn(self.model_fn(params, **m_kw), **l_kw)
-
-
-@dataclasses.dataclass(frozen=True)
-class _BoundObjective:
-    """``f(params, arrays) = value_fn(params, **kwargs)`` with the array leaves of ``kwargs``
-    as an argument and the rest (Python flags) bound.
-
-    Hashable and equal across updates with the same non-array extras, so the operators'
-    jit cache is hit every update instead of growing by a fresh closure per call; the
-    Python values stay Python values instead of becoming tracers.
-    """
-
-    value_fn: Callable[..., jax.Array]
-    treedef: Any
-    is_array: tuple[bool, ...]
-    static: tuple[Any, ...]
-
-    def __call__(self, params: PyTree, arrays: list[jax.Array]) -> jax.Array:
-        it = iter(arrays)
-        leaves = [next(it) if a else s for a, s in zip(self.is_array, self.static, strict=True)]
-        return self.value_fn(params, **jax.tree.unflatten(self.treedef, leaves))
-
-
-def _bind(value_fn: Callable, kwargs: dict[str, Any]) -> tuple[Callable, list[jax.Array]]:
-    leaves, treedef = jax.tree.flatten(kwargs)
-    is_array = tuple(isinstance(x, jax.Array | np.ndarray) for x in leaves)
-    static = tuple(None if a else x for x, a in zip(leaves, is_array, strict=True))
-    arrays = [x for x, a in zip(leaves, is_array, strict=True) if a]
-    fn = _BoundObjective(value_fn, treedef, is_array, static)
-    try:
-        hash(fn)
-    except TypeError:
-        return (lambda p, arrs: fn(p, arrs)), arrays
-    return fn, arrays
 
 
 def _check_value_fn_kwargs(value_fn: Callable, extra_args: dict[str, Any]) -> None:
@@ -303,8 +271,9 @@ class HessianFreeState(NamedTuple):
     cg_init: PyTree  # like params: final CG solution of the last update (warm start).
     rho: jax.Array  # float (), reduction ratio actual / predicted of the last update (nan: none).
     loss: jax.Array  # float (), value_fn at params at the start of the last update.
-    new_loss: jax.Array  # float (), value_fn at params + alpha p (== loss if rejected).
-    alpha: jax.Array  # float (), line-search step of the last update (0 if rejected).
+    new_loss: jax.Array  # float (), value_fn at params + updates (== loss if rejected).
+    alpha: jax.Array  # float (), line-search factor of the last update (0 if rejected).
+    learning_rate: jax.Array  # float (), rate the last update used (schedule value; nan: none).
     cg_steps: jax.Array  # int32 (), CG iterations of the last update.
     cg_status: jax.Array  # int32 (), CGStatus of the last CG solve.
     cg_backtrack_step: jax.Array  # int32 (), CG step whose iterate was taken.
@@ -321,12 +290,13 @@ class _Search(NamedTuple):
     phase: jax.Array  # int32: _BACK, _SEARCH or _DONE
     candidate: jax.Array  # int32: slot of the recorded CG iterate to try next (phase _BACK)
     best: jax.Array  # int32: slot of the best iterate so far
-    f_best: jax.Array  # loss at params + iterate[best]
+    f_best: jax.Array  # loss at params + lr * iterate[best]
     sq_norm: jax.Array  # ||iterate[best]||^2 (to undo the damping in the model value)
+    g_dot: jax.Array  # updates^T iterate[best]: the model's linear term
     slope: jax.Array  # min(grad^T iterate[best], 0): the Armijo slope
     absmax: jax.Array  # max |iterate[best]| (NaN if it holds one)
-    alpha: jax.Array  # step to try next (phase _SEARCH), else the step taken
-    f_alpha: jax.Array  # loss at params + alpha * iterate[best]
+    alpha: jax.Array  # factor to try next (phase _SEARCH), else the factor taken
+    f_alpha: jax.Array  # loss at params + lr * alpha * iterate[best]
     tries: jax.Array  # int32: line-search shrinks so far
     evals: jax.Array  # int32: loss evaluations so far
 
@@ -371,6 +341,97 @@ def _check(cond: bool, option: str, value: Any, requirement: str) -> None:
         raise ValueError(f"`hessian_free({option}=...)` must be {requirement}, got {value!r}.")
 
 
+_LR_FIX = (
+    "Pass a positive finite float (1.0 is Martens' algorithm) or an optax schedule of the "
+    "update count, e.g. `optax.exponential_decay(1.0, 100, 0.5)`."
+)
+
+
+def _is_real_scalar(x: Any) -> bool:
+    """A Python/numpy real number or a 0-d integer/float array; bools are not rates."""
+    if isinstance(x, bool | np.bool_):
+        return False
+    if isinstance(x, jax.Array | np.ndarray | np.generic):
+        dtype = x.dtype
+        real = jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+        return x.ndim == 0 and real
+    return isinstance(x, int | float)
+
+
+def _check_learning_rate(learning_rate: Any) -> None:
+    """What can be known of ``learning_rate`` before any update; raises if it is wrong.
+
+    A constant must be a positive finite real number: a negative one steps uphill, zero
+    never moves, NaN and inf have no step. A schedule (a callable of the int32 update count)
+    must return a real scalar and must not start negative or non-finite; 0 at count 0 is
+    allowed, since warm-up schedules start there (that update is then rejected and
+    reported, see ``update``). Later values, and a rate traced under ``jit``, can only be
+    checked at run time, where a non-positive or non-finite one rejects the update.
+
+    Raises:
+      TypeError: not a real number nor a callable; a schedule that fails on an int32
+        count or returns a non-real dtype.
+      ValueError: a non-positive or non-finite constant; a non-scalar schedule value; a
+        schedule negative or non-finite at count 0.
+
+    Example:
+      >>> from jaxcurv.hessian_free import _check_learning_rate
+      >>> _check_learning_rate(0.5)
+      >>> _check_learning_rate(-1.0)
+      Traceback (most recent call last):
+      ...
+      ValueError: `hessian_free(learning_rate=...)` must be positive and finite, got -1.0: ...
+    """
+    name = "`hessian_free(learning_rate=...)`"
+    if callable(learning_rate):
+        _check_schedule(learning_rate)
+        return
+    if isinstance(learning_rate, jax.core.Tracer):
+        return  # its value exists only at run time, where it is checked
+    if not _is_real_scalar(learning_rate):
+        raise TypeError(
+            f"{name} must be a positive finite number or a schedule, got "
+            f"{type(learning_rate).__name__}: {learning_rate!r}. {_LR_FIX}"
+        )
+    value = float(learning_rate)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{name} must be positive and finite, got {learning_rate!r}: a negative rate "
+            f"steps uphill, zero never moves and NaN or inf has no step. {_LR_FIX}"
+        )
+
+
+def _check_schedule(schedule: Callable) -> None:
+    name = "`hessian_free(learning_rate=...)`"
+    count = jax.ShapeDtypeStruct((), jnp.int32)
+    try:
+        out = jax.eval_shape(schedule, count)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{name} got a callable, so it is taken as a schedule of the update count, but "
+            f"calling it on an int32 count failed: {e} {_LR_FIX}"
+        ) from e
+    dtype, shape = getattr(out, "dtype", None), getattr(out, "shape", None)
+    if dtype is None or not (
+        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    ):
+        raise TypeError(
+            f"{name} schedule must return a real scalar, got {type(out).__name__} "
+            f"{dtype or ''}. {_LR_FIX}"
+        )
+    if shape != ():
+        raise ValueError(f"{name} schedule must return a scalar, got shape {shape}. {_LR_FIX}")
+    first = schedule(jnp.asarray(0, jnp.int32))
+    if isinstance(first, jax.core.Tracer):
+        return  # it closes over traced values: only the run-time check applies
+    value = float(first)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"{name} schedule gives {value!r} at count 0; a rate must be positive and "
+            f"finite (0 is allowed only as the start of a warm-up). {_LR_FIX}"
+        )
+
+
 def hessian_free(
     learning_rate: float | optax.Schedule = 1.0,
     *,
@@ -409,8 +470,9 @@ def hessian_free(
     with ``B`` the Gauss-Newton matrix ``J^T H_loss J`` (``curvature="ggn"``, positive
     semi-definite) or the Hessian (``curvature="hessian"``), ``g`` the incoming ``updates``
     (the gradient, possibly transformed by earlier links of an ``optax.chain``), ``alpha``
-    from the line search and ``eta = learning_rate`` (keep 1 for Martens' algorithm). In
-    order, one update:
+    from the line search and ``eta = learning_rate`` (keep 1 for Martens' algorithm). The
+    rate scales every trial point, so everything below judges the step actually returned,
+    ``eta alpha p``. In order, one update:
 
     1. builds ``B`` at ``params`` once (linearize-once operators of :mod:`jaxcurv.products`),
        on the first ``ceil(curvature_fraction * n)`` examples if ``curvature_fraction`` is set;
@@ -421,18 +483,25 @@ def hessian_free(
        by ``(mean_i grad l_i^2 + lambda)^preconditioner_exponent`` (Martens §4.7 sums the
        squared per-example gradients; the mean keeps the scale of a batch-mean loss);
     3. CG backtracking: of the iterates recorded at steps ``ceil(5 * 1.3^j)`` and the last,
-       walks back from the last while the loss keeps falling, and takes that one;
-    4. reduction ratio ``rho = (f(theta + p) - f(theta)) / (g^T p + p^T B p / 2)`` against the
-       *undamped* model; ``rho < rho_low`` (or non-finite) multiplies ``lambda`` by
-       ``damping_increase``, ``rho > rho_high`` by ``damping_decrease``, clipped to
-       ``[min_damping, max_damping]``;
-    5. Armijo backtracking ``f(theta + a p) <= f(theta) + c a g^T p``, ``a = 1, 0.8, ...``; a
-       step that does not lower the loss within ``line_search_max_steps`` tries is rejected:
-       zero updates (params unchanged) and ``lambda`` raised.
+       walks back from the last while the loss at ``theta + eta p`` keeps falling, and takes
+       that one;
+    4. reduction ratio ``rho = (f(theta + eta p) - f(theta)) / m(eta p)`` against the
+       *undamped* model ``m(s) = g^T s + s^T B s / 2``; ``rho < rho_low`` (or non-finite)
+       multiplies ``lambda`` by ``damping_increase``, ``rho > rho_high`` by
+       ``damping_decrease``, clipped to ``[min_damping, max_damping]``;
+    5. Armijo backtracking ``f(theta + eta a p) <= f(theta) + c eta a g^T p``,
+       ``a = 1, 0.8, ...``; a step that does not lower the loss within
+       ``line_search_max_steps`` tries is rejected: zero updates (params unchanged) and
+       ``lambda`` raised.
 
-    A non-finite loss, gradient or CG direction always rejects the step, so the parameters
-    never receive a non-finite value; ``state.num_nonfinite`` counts such updates. The next
-    CG solve after a rejected step starts from zero rather than from the rejected direction.
+    ``state.new_loss`` is ``value_fn`` at ``optax.apply_updates(params, updates)``, the
+    parameters the caller gets (``state.loss`` when the step is rejected). A non-finite
+    loss, gradient or CG direction always rejects the step, so the parameters never receive
+    a non-finite value; ``state.num_nonfinite`` counts such updates. The next CG solve after
+    a rejected step starts from zero rather than from the rejected direction. A scheduled
+    rate that is not positive and finite at run time (a warm-up's 0, say) rejects that
+    update without a search and leaves damping and warm start as they were;
+    ``state.learning_rate`` shows the value used.
 
     The defaults are Martens' recipe for training networks on mini-batches. For a
     deterministic objective (full batch, a test function, a least-squares fit) the
@@ -464,9 +533,10 @@ def hessian_free(
     step's second call finds the same input layouts and does not compile again.
 
     Args:
-      learning_rate: scale of the accepted step ``alpha p``, a float or an ``optax``
-        schedule of ``state.count``. The line search and ``rho`` judge ``alpha p`` itself,
-        so values other than 1 step off the point they validated.
+      learning_rate: ``eta``, scale of the CG direction ``p``: a positive finite float or
+        an ``optax`` schedule of ``state.count``. The line search tries ``eta a p`` with
+        ``a = 1, 0.8, ...``, so ``eta`` is the largest step it may take; 1 is Martens'
+        algorithm.
       curvature: ``"ggn"`` (Gauss-Newton; ``value_fn`` must be a :class:`ModelAndLoss`) or
         ``"hessian"`` (any ``value_fn``; indefinite: CG stops at negative curvature).
       damping: initial Tikhonov damping ``lambda >= 0`` (with ``adapt_damping``, later
@@ -499,9 +569,13 @@ def hessian_free(
       :class:`HessianFreeState`; ``optax.apply_updates(params, updates)`` takes the step.
 
     Raises:
-      ValueError: an option out of range (at construction).
-      TypeError: at ``update``: no ``value_fn``, ``curvature="ggn"`` with a ``value_fn`` that
-        is not a :class:`ModelAndLoss`, or keywords ``value_fn`` does not accept.
+      ValueError: an option out of range (at construction), e.g. a ``learning_rate`` that
+        is not positive and finite, or a schedule negative or non-finite at count 0.
+      TypeError: a ``learning_rate`` that is neither a real number nor a schedule; at
+        ``init``: a parameter leaf that is not a floating-point array (a string, a
+        function: keep configuration out of the parameters, e.g. with ``eqx.partition``);
+        at ``update``: no ``value_fn``, ``curvature="ggn"`` with a ``value_fn`` that is not
+        a :class:`ModelAndLoss`, or keywords ``value_fn`` does not accept.
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -537,6 +611,7 @@ def hessian_free(
       descent", Neural Computation, 2002.
       Nocedal & Wright, "Numerical Optimization", 2nd ed., 2006 (Ch. 3, 4, 7).
     """
+    _check_learning_rate(learning_rate)
     _check(curvature in _CURVATURES, "curvature", curvature, f"one of {_CURVATURES}")
     _check(cg_stop in _CG_STOPS, "cg_stop", cg_stop, f"one of {_CG_STOPS}")
     _check(
@@ -594,6 +669,9 @@ def hessian_free(
     )
 
     def init_fn(params: PyTree) -> HessianFreeState:
+        # Configuration in the parameter tree (an activation name, a whole Equinox module
+        # with its functions) has no step to take: say which leaf, before any arithmetic.
+        _check_real_inputs("hessian_free(...).init", params, "`params`")
         dtype = _scalar_dtype(params)
         scalars, like = _state_shardings(params)
         i32 = lambda v: jnp.asarray(v, jnp.int32, device=scalars)
@@ -609,6 +687,7 @@ def hessian_free(
             loss=f(jnp.nan),
             new_loss=f(jnp.nan),
             alpha=f(0.0),
+            learning_rate=f(jnp.nan),
             cg_steps=i32(0),
             cg_status=i32(CGStatus.CONVERGED),
             cg_backtrack_step=i32(-1),
@@ -653,16 +732,19 @@ def hessian_free(
         tree_check_like("updates", updates, params, "params")
         if grad is not None:
             tree_check_like("grad", grad, params, "params")
-        # The internal jit needs a hashable `value_fn` (a static argument) and array-only
-        # extras (a Python flag such as `train=True` must stay a Python value).
-        try:
-            hash(value_fn)
-        except TypeError:
-            run = update_impl
-        else:
-            arrays = all(isinstance(a, jax.Array | np.ndarray) for a in jax.tree.leaves(extra_args))
-            run = update_jit if arrays else update_impl
-        return run(updates, state, params, value_fn, value, grad, extra_args)
+        # The compile policy (`jaxcurv._compile`): inlined into the user's jitted step; at
+        # top level compiled once per computation, whatever closure `value_fn` is, with the
+        # batch an argument of the executable (Python flags such as `train=True` stay
+        # Python values).
+        return compiled_call(
+            lambda u, s, p, v, g, e: update_impl(u, s, p, value_fn, v, g, e),
+            updates,
+            state,
+            params,
+            value,
+            grad,
+            extra_args,
+        )
 
     def update_impl(updates, state, params, value_fn, value, grad, extra_args):
         dtype = state.damping.dtype
@@ -716,8 +798,8 @@ def hessian_free(
                 params,
             )
         else:
-            bound, arrays = _bind(value_fn, curv_args)
-            op = hessian_operator(bound, params, arrays)
+            # Always traced here (compiled_call or the user's jit), so a closure is fine.
+            op = hessian_operator(lambda p: value_fn(p, **curv_args), params)
 
         precond = None
         if preconditioner == "martens":
@@ -752,6 +834,19 @@ def hessian_free(
 
         start_finite = jnp.isfinite(f0) & tree_all_finite(g)
 
+        # The learning rate scales every trial point, not only the step finally returned:
+        # the line search, the acceptance test, the reduction ratio and `new_loss` then
+        # all judge the step actually taken, `lr * alpha * p`. (Scaling after the search
+        # would report the loss at `params + alpha p` for parameters that moved elsewhere,
+        # and accept a step nobody evaluated; re-evaluating at the end instead would cost
+        # a forward pass per update and still leave rho and the damping judging a
+        # different step.) With lr = 1 this is Martens' algorithm unchanged.
+        lr = as_f(learning_rate(state.count) if callable(learning_rate) else learning_rate)
+        # A schedule (or a traced rate) can still hand out 0, a negative value or NaN: such
+        # an update is not searched and is rejected, so it can neither step uphill nor
+        # write a non-finite value; `state.learning_rate` shows the value it got.
+        lr_ok = jnp.isfinite(lr) & (lr > 0)
+
         # The candidate directions: the recorded CG iterates (Martens §4.6), or just the final
         # one. What the search and the acceptance test need of a candidate (slope, largest
         # entry) is reduced inside the loop, for the candidates it actually visits (two or
@@ -774,7 +869,8 @@ def hessian_free(
         searching = line_search and line_search_max_steps > 0
 
         def sufficient(a, fa, slope):
-            return (fa < f0) & (fa <= f0 + line_search_c * a * slope)
+            # Armijo on the step taken, lr * a * p (its slope along p is lr * a * slope).
+            return (fa < f0) & (fa <= f0 + line_search_c * (lr * a) * slope)
 
         # One loop evaluates every trial point (a single copy of the forward pass in the
         # compiled program). Phase _BACK walks back over the recorded CG iterates while the
@@ -788,7 +884,9 @@ def hessian_free(
             j = jnp.where(back, c.candidate, c.best)
             d = direction(j)
             a = jnp.where(back, 1.0, c.alpha).astype(dtype)
-            f = loss_at(shifted(tree_scale(d, a)))
+            # The same product `lr * a` scales the returned step: `new_loss` is the loss
+            # at exactly the parameters the caller gets.
+            f = loss_at(shifted(tree_scale(d, lr * a)))
             # Walking back. The first candidate (the final CG iterate) is the best so far
             # whatever its loss, so its statistics are always taken.
             improved = back & (f < c.f_best)
@@ -797,16 +895,18 @@ def hessian_free(
             f_best = jnp.where(improved, f, c.f_best)
 
             def candidate_stats(d):
-                slope_dot = tree_vdot(g if grad is None else grad, d)
+                g_dot = as_f(tree_vdot(g, d))
+                slope_dot = g_dot if grad is None else as_f(tree_vdot(grad, d))
                 return (
                     as_f(tree_vdot(d, d)),
-                    jnp.minimum(as_f(slope_dot), 0.0),
+                    g_dot,
+                    jnp.minimum(slope_dot, 0.0),
                     as_f(_tree_absmax(d)),
                 )
 
             # Only for a new best: line-search tries reuse the chosen iterate's statistics.
-            sq_norm_best, slope, absmax = jax.lax.cond(
-                take, candidate_stats, lambda d: (c.sq_norm, c.slope, c.absmax), d
+            sq_norm_best, g_dot, slope, absmax = jax.lax.cond(
+                take, candidate_stats, lambda d: (c.sq_norm, c.g_dot, c.slope, c.absmax), d
             )
             walk_on = improved & (previous(c.candidate) >= 0)
             full_ok = sufficient(1.0, f_best, slope)
@@ -832,6 +932,7 @@ def hessian_free(
                 best=best.astype(jnp.int32),
                 f_best=f_best,
                 sq_norm=sq_norm_best,
+                g_dot=g_dot,
                 slope=slope,
                 absmax=absmax,
                 alpha=alpha,
@@ -844,13 +945,14 @@ def hessian_free(
             search_cond,
             search_body,
             _Search(
-                phase=jnp.where(start_finite, _BACK, _DONE).astype(jnp.int32),
+                phase=jnp.where(start_finite & lr_ok, _BACK, _DONE).astype(jnp.int32),
                 candidate=i32(last),
                 best=i32(last),
                 f_best=as_f(jnp.inf),
                 sq_norm=as_f(0.0),
+                g_dot=as_f(0.0),
                 slope=as_f(0.0),
-                absmax=as_f(jnp.nan),  # never searched: the start was not finite
+                absmax=as_f(jnp.nan),  # never searched: the start or the rate was unusable
                 alpha=as_f(1.0),
                 f_alpha=as_f(jnp.inf),
                 tries=i32(0),
@@ -862,20 +964,25 @@ def hessian_free(
         f_p, alpha, f_new = found.f_best, found.alpha, found.f_alpha
         evals = evals + found.evals
         back_step = info.iterate_steps[best] if cg_backtracking else info.num_steps
-        nonfinite = ~(start_finite & jnp.isfinite(found.absmax))
+        # With an unusable rate the direction was never examined (absmax stays NaN).
+        nonfinite = ~start_finite | (lr_ok & ~jnp.isfinite(found.absmax))
 
-        # Reduction ratio against the undamped model (Martens §4.1; Nocedal & Wright §4.1):
-        # g^T p + p^T B p / 2 = phi(p) - lambda ||p||^2 / 2, with CG's own phi of the damped
-        # model at the chosen iterate, so the ratio costs no curvature product.
-        predicted = as_f(model_values[best]) - 0.5 * lam * found.sq_norm
-        rho = jnp.where(predicted < 0, (f_p - f0) / predicted, jnp.nan)
+        # Reduction ratio against the undamped model (Martens §4.1; Nocedal & Wright §4.1)
+        # at the step the search starts from, lr * p (Martens: p): actual f(theta + lr p) -
+        # f(theta) over m(lr p) = lr g^T p + lr^2 p^T B p / 2. CG's own phi of the damped
+        # model at the chosen iterate gives p^T B p / 2 = phi(p) - g^T p - lambda ||p||^2 / 2,
+        # so the ratio costs no curvature product.
+        half_curv = as_f(model_values[best]) - found.g_dot - 0.5 * lam * found.sq_norm
+        predicted = lr * found.g_dot + lr * lr * half_curv
+        rho = jnp.where(lr_ok & (predicted < 0), (f_p - f0) / predicted, jnp.nan)
 
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        scale = as_f(lr) * alpha
+        scale = lr * alpha
         # `p * scale` is finite exactly when `max|p| * scale` is (rounding is monotone), so
-        # the step is checked without another pass over the parameters.
-        step_finite = jnp.isfinite(found.absmax * as_f(scale))
-        accepted = sufficient(alpha, f_new, found.slope) & ~nonfinite & step_finite
+        # the step is checked without another pass over the parameters. The trial loss
+        # alone is not enough: a loss can be finite at infinite parameters (a clipped or
+        # saturating function).
+        step_finite = jnp.isfinite(found.absmax * scale)
+        accepted = lr_ok & sufficient(alpha, f_new, found.slope) & ~nonfinite & step_finite
         step = tree_scale(p, scale)
         new_updates = tree_where(accepted, step, tree_zeros_like(step))
         new_updates = jax.tree.map(lambda u, t: u.astype(t.dtype), new_updates, params)
@@ -887,6 +994,8 @@ def hessian_free(
                 bad, lam * damping_increase, jnp.where(rho > rho_high, lam * damping_decrease, lam)
             )
             new_lam = jnp.where(accepted, new_lam, lam * damping_increase)
+            # An unusable rate says nothing about the quadratic model: damping stays.
+            new_lam = jnp.where(lr_ok, new_lam, lam)
             new_lam = jnp.clip(new_lam, min_damping, max_damping).astype(dtype)
 
         # Martens warm-starts from the final CG solution, not the backtracked iterate (CG
@@ -896,6 +1005,8 @@ def hessian_free(
         # updates in a row instead of 1).
         new_init = tree_where(accepted, x, tree_zeros_like(x))
         new_init = jax.tree.map(lambda a, t: a.astype(t.dtype), new_init, state.cg_init)
+        # An update voided by its rate judged no direction: keep the previous warm start.
+        new_init = tree_where(lr_ok, new_init, state.cg_init)
 
         new_state = HessianFreeState(
             count=optax.safe_increment(state.count),
@@ -905,6 +1016,7 @@ def hessian_free(
             loss=f0,
             new_loss=jnp.where(accepted, f_new, f0),
             alpha=jnp.where(accepted, alpha, 0.0).astype(dtype),
+            learning_rate=lr,
             cg_steps=jnp.asarray(info.num_steps, jnp.int32),
             cg_status=jnp.asarray(info.status, jnp.int32),
             cg_backtrack_step=jnp.asarray(back_step, jnp.int32),
@@ -915,7 +1027,4 @@ def hessian_free(
         )
         return new_updates, new_state
 
-    # Jitted here too, so that an un-jitted training loop compiles once per `value_fn` rather
-    # than re-tracing every loop; inside the user's jit this is inlined.
-    update_jit = jax.jit(update_impl, static_argnums=3)
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -108,6 +108,42 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
 
+def _check_common_leading_size(batch: PyTree) -> None:
+    """Every leaf with ``ndim >= 1`` has the same leading size; else name two that differ.
+
+    Each leaf is split on its own, so leaves of different sizes would be sharded without
+    complaint and pair example ``i`` of one with some other example of the next: the
+    mistake (a mislabelled or truncated array) must stop here, not in the loss.
+
+    Raises:
+      ValueError: naming the first leaf and one whose leading size differs from it.
+
+    Example:
+      >>> import numpy as np
+      >>> from jaxcurv.sharding import _check_common_leading_size
+      >>> _check_common_leading_size({"x": np.zeros((4, 2)), "y": np.zeros(4), "t": 1.0})
+      >>> _check_common_leading_size({"x": np.zeros((4, 2)), "y": np.zeros(6)})
+      Traceback (most recent call last):
+      ...
+      ValueError: `shard_batch(batch)` ... leaf ['x'] has leading size 4 and leaf ['y'] has 6. ...
+    """
+    first = None
+    for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
+        if np.ndim(leaf) == 0:
+            continue  # scalars are replicated, not split
+        where, n = jax.tree_util.keystr(path) or "<root>", np.shape(leaf)[0]
+        if first is None:
+            first = (where, n)
+        elif n != first[1]:
+            raise ValueError(
+                f"`shard_batch(batch)` splits every leaf along its leading (batch) axis, so "
+                f"all leaves must hold the same number of examples, but leaf {first[0]} has "
+                f"leading size {first[1]} and leaf {where} has {n}. Give every leaf one row "
+                f"per example (drop or pad the longer ones); pass data that is not "
+                f"per-example (a table, a scalar) through `replicate` instead."
+            )
+
+
 def shard_batch(batch: PyTree, mesh: Mesh, axis: str = "batch") -> PyTree:
     """Split every leaf of ``batch`` along its leading axis over the mesh axis ``axis``.
 
@@ -124,8 +160,9 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: str = "batch") -> PyTree:
       The batch as global ``jax.Array``s sharded ``P(axis)`` along their first dimension.
 
     Raises:
-      ValueError: ``axis`` not in the mesh; a leading size that the devices of this process
-        along ``axis`` do not divide (say how many examples to drop or pad).
+      ValueError: ``axis`` not in the mesh; leaves with different leading sizes (both are
+        named); a leading size that the devices of this process along ``axis`` do not
+        divide (say how many examples to drop or pad).
       TypeError: ``mesh`` not a ``Mesh``.
 
     Example:
@@ -136,6 +173,7 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: str = "batch") -> PyTree:
       (16, 3)
     """
     _check_axis("shard_batch", mesh, axis)
+    _check_common_leading_size(batch)
     # Devices of this process along `axis`: each holds an equal slice of the local data.
     local = mesh.local_mesh.shape[axis]
 

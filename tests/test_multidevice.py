@@ -3,8 +3,8 @@
 Runs in its own process (``make test`` sets
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` and selects ``-m multidevice``), so
 the 8 "devices" are CPU partitions of this host. Every sharded result is compared with the
-same computation on one device (the oracle), within 1e-5 relative in float32, and must keep
-the parameters' sharding. The two layouts:
+same computation on one device (the oracle), within ``RTOL`` relative in float64 (see there
+why), and must keep the parameters' sharding. The two layouts:
 
 * ``data``: mesh ``(8,)`` named ``batch``; batch split along it, parameters replicated;
 * ``model``: mesh ``(4, 2)`` named ``(batch, model)``; batch split along ``batch``,
@@ -44,7 +44,17 @@ if jax.device_count() < 8:
     )
 
 
-RTOL = 1e-5
+# The sharded and the one-device programs compute the same sums in other orders (over the
+# 64 examples of the batch, and over the hidden units in the "model" layout). Reordering a
+# sum of n terms changes it by at most 2 gamma_n times the sum of |terms| (Higham,
+# "Accuracy and Stability of Numerical Algorithms", 2002, §4.2): 2 * 64 * 2.2e-16 ~ 3e-14
+# in float64, amplified by cancellation in the sums and by the solves (damped, so
+# well-conditioned). RTOL leaves a margin of about 3e4 over that and is still a million
+# times below what a real sharding bug changes (a lost or doubled shard is 1/8 of the
+# batch). In float32 the same bound is ~1e-5 before any amplification: a tolerance there
+# would have to be fitted to what one machine printed, and the noise could flip a CG stop
+# or an Armijo test and send the two runs down different paths.
+RTOL = 1e-9
 BATCH, D_IN, HIDDEN, D_OUT = 64, 6, 8, 3
 LAYOUTS = ("data", "model")
 # Canonical specs (no trailing None): jit's cache tells P("model", None) from the P("model")
@@ -66,15 +76,15 @@ def objective(p, x, y):
 
 def _problem():
     k = jax.random.split(jax.random.key(42), 5)
-    f32 = jnp.float32
+    f64 = jnp.float64  # see RTOL
     params = {
-        "w1": jax.random.normal(k[0], (D_IN, HIDDEN), f32) / D_IN**0.5,
-        "b1": 0.1 * jax.random.normal(k[1], (HIDDEN,), f32),
-        "w2": jax.random.normal(k[2], (HIDDEN, D_OUT), f32) / HIDDEN**0.5,
+        "w1": jax.random.normal(k[0], (D_IN, HIDDEN), f64) / D_IN**0.5,
+        "b1": 0.1 * jax.random.normal(k[1], (HIDDEN,), f64),
+        "w2": jax.random.normal(k[2], (HIDDEN, D_OUT), f64) / HIDDEN**0.5,
     }
-    x = jax.random.normal(k[3], (BATCH, D_IN), f32)
-    y = jnp.sin(x[:, :D_OUT]) + 0.1 * jax.random.normal(k[4], (BATCH, D_OUT), f32)
-    v = jax.tree.map(lambda a: jnp.cos(jnp.arange(a.size, dtype=f32)).reshape(a.shape), params)
+    x = jax.random.normal(k[3], (BATCH, D_IN), f64)
+    y = jnp.sin(x[:, :D_OUT]) + 0.1 * jax.random.normal(k[4], (BATCH, D_OUT), f64)
+    v = jax.tree.map(lambda a: jnp.cos(jnp.arange(a.size, dtype=f64)).reshape(a.shape), params)
     return params, x, y, v
 
 
@@ -244,12 +254,24 @@ def test_cg(reference, sharded):
     _assert_close(sol, ref)
     assert int(info.status) == int(ref_info.status)
     assert int(info.num_steps) == int(ref_info.num_steps)
-    # The solution really solves the damped system (oracle: numpy on the dense GGN).
+    # The solution really solves the damped system (oracle: numpy on the dense GGN), as
+    # well as k CG steps can: from x0 = 0, ||x_k - x*|| <= 2 sqrt(kappa) q^k ||x*|| with
+    # q = (sqrt(kappa) - 1) / (sqrt(kappa) + 1) (the A-norm bound, Saad 2003, Thm 6.29,
+    # turned into the 2-norm). If CG stopped on its residual test instead (tol 1e-5, the
+    # default), ||x_k - x*|| <= ||r|| / lambda_min <= 1e-5 ||b|| / lambda_min. Rounding adds
+    # n kappa eps ||x*||.
     dense = reference.ggn_dense + CG_OPTIONS["damping"] * np.eye(reference.ggn_dense.shape[0])
     rhs = np.asarray(ravel_pytree(reference.ops[1].grad)[0], np.float64)
     exact = np.linalg.solve(dense, rhs)
     got = np.asarray(ravel_pytree(jax.device_get(sol))[0], np.float64)
-    assert np.linalg.norm(got - exact) <= 1e-4 * np.linalg.norm(exact)
+    lam = np.linalg.eigvalsh(dense)
+    kappa, k = lam[-1] / lam[0], int(info.num_steps)
+    q = (np.sqrt(kappa) - 1) / (np.sqrt(kappa) + 1)
+    bound = 2 * np.sqrt(kappa) * q**k * np.linalg.norm(exact)
+    if k < CG_OPTIONS["maxiter"]:
+        bound = min(bound, 1e-5 * np.linalg.norm(rhs) / lam[0])
+    bound += len(exact) * kappa * np.finfo(np.float64).eps * np.linalg.norm(exact)
+    assert np.linalg.norm(got - exact) <= bound
 
 
 def test_spectral(reference, sharded):
@@ -336,6 +358,19 @@ def test_check_determinism_on_the_mesh(sharded):
     report = check_determinism(objective, params, x, y)
     assert report.deterministic, report.summary
     assert report.quantities == ("loss", "gradient", "hvp")
+
+
+def test_shard_batch_rejects_leaves_with_different_leading_sizes():
+    # Issue 11: each leaf was split on its own, so an 8-row x with 16-row y was sharded
+    # without complaint, pairing examples with the wrong targets.
+    mesh = data_parallel_mesh()
+    batch = {"x": jnp.zeros((8, 2)), "y": {"labels": jnp.zeros(16)}, "scale": 2.0}
+    with pytest.raises(ValueError, match=r"leaf \['x'\] has leading size 8") as info:
+        shard_batch(batch, mesh)
+    assert "leaf ['y']['labels'] has 16" in str(info.value)
+    # Scalars are replicated, not split, so they take no part in the check.
+    ok = shard_batch({"x": jnp.zeros((8, 2)), "y": jnp.zeros(8), "scale": jnp.asarray(2.0)}, mesh)
+    assert ok["x"].shape == (8, 2) and ok["scale"].sharding.is_fully_replicated
 
 
 def test_shard_batch_rejects_a_batch_the_devices_do_not_divide():
