@@ -2,19 +2,27 @@
 
 This module only parses arguments and configs and calls the library (:mod:`jaxcurv.demo`,
 :mod:`jaxcurv.train`, :mod:`jaxcurv.landscape`); no numerical code lives here. User errors
--- a bad config key or value, an existing run, a checkpoint from another model -- end with
-a one-line message and exit status 2, never a traceback.
+-- a bad config key or value, an existing run, a checkpoint from another model or a damaged
+one, a missing optional dependency -- end with a one-line message and exit status 2, never
+a traceback. Ctrl-C ends with a line that says exactly what was saved and how to go on, and
+exit status 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pathlib
+import shlex
+import signal
 import sys
 import textwrap
 from collections.abc import Sequence
+from typing import NoReturn
+
+from jaxcurv import __version__
 
 __all__ = ["main"]
 
@@ -36,7 +44,6 @@ def _run_command(
     help: str,
     description: str,
     config_help: str,
-    config_required: bool = False,
     out_default: str | None = None,
 ) -> argparse.ArgumentParser:
     """A subcommand that runs a config (demo, train, landscape), with the options they share."""
@@ -47,7 +54,7 @@ def _run_command(
         epilog=_EPILOG_CONFIG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", metavar="FILE", required=config_required, help=config_help)
+    p.add_argument("--config", metavar="FILE", help=config_help)
     p.add_argument(
         "--out",
         metavar="DIR",
@@ -79,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Hessian-free training, and loss-landscape analysis.",
         epilog="Run `jaxcurv COMMAND --help` for a command's options.",
     )
+    parser.add_argument("--version", action="version", version=f"jaxcurv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = _run_command(
@@ -88,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The seed, computed: derivative kinds and shapes, the worked Jacobian "
         "and Hessian, critical points and saddles, backprop as a chain of VJPs, a short "
         "Hessian-free vs Adam run on CURVES-like images, and the trained model's Hessian "
-        "spectrum. Prints a report and writes report.md, report.json and PNG plots. About "
-        "a minute on two CPU cores.",
+        "spectrum. Prints a report and writes report.md, report.json and PNG plots. It "
+        "took about two minutes on a 2-core CPU machine.",
         config_help="TOML applied over the built-in demo settings (configs/demo.toml spells "
         "them out)",
         out_default="runs/demo",
@@ -101,16 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a reference model with hessian_free or an optax baseline",
         description="Train the model of a config with Hessian-free (Martens 2010) or an optax "
         "baseline (adam, sgd, lbfgs). Writes config.toml, metrics.jsonl (one JSON object per "
-        "logged step), summary.json, checkpoints/step_*.npz and PNG plots of loss vs time "
-        "and of damping / CG steps / rho. Interrupt with Ctrl-C and continue bit-identically "
-        "with --resume.",
-        config_help="TOML config file",
-        config_required=True,
+        "logged step: step, time, step_time, loss_before -- the training batch loss at the "
+        "parameters before the step -- test_loss after the step, and Hessian-free's damping, "
+        "rho, cg_steps), summary.json, checkpoints/step_*.npz and PNG plots of loss vs time "
+        "and of damping / CG steps / rho (plots need the cli extra). Ctrl-C stops after the "
+        "current step and checkpoints it; `jaxcurv train --resume --out RUN` continues "
+        "bit-identically, with the run's own config.",
+        config_help="TOML config file; with --resume, default the run's own config.toml",
     )
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its latest checkpoint (run.steps may be raised)",
+        help="continue the run in --out from its newest readable checkpoint (its config is "
+        "read from the run folder; --set run.steps=N trains further)",
     )
 
     p = _run_command(
@@ -173,6 +184,10 @@ def _progress(args) -> bool | None:
     return False if args.no_progress else None
 
 
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}g}"
+
+
 def _cmd_demo(args) -> int:
     from jaxcurv.demo import demo_config, run_demo
 
@@ -181,39 +196,85 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-def _cmd_train(args) -> int:
+def _train_config(args):
+    """The config of a train run: --config, or with --resume the run's own config.toml;
+    then the --set overrides."""
     from jaxcurv.config import load_config
-    from jaxcurv.train import train
 
-    cfg = load_config(args.config, args.overrides)
-    out = args.out or _default_out("train", args.config)
+    if args.config is not None:
+        return load_config(args.config, args.overrides)
+    if not args.resume:
+        raise _UsageError("train needs --config FILE (or --resume --out RUN to continue a run).")
+    if args.out is None:
+        raise _UsageError("--resume without --config needs --out RUN, the run to continue.")
+    saved = pathlib.Path(args.out) / "config.toml"
+    if not saved.is_file():
+        raise _UsageError(
+            f"--resume: {args.out} holds no jaxcurv run to continue (it has no config.toml). "
+            f"Check --out, or start a run with --config FILE."
+        )
+    return load_config(saved, args.overrides)
+
+
+def _resume_hint(out) -> str:
+    return f"jaxcurv train --resume --out {shlex.quote(str(out))}"
+
+
+def _interrupted(e, out) -> str:
+    """What a stopped run has on disk, and the command that continues it."""
+    if e.saved:
+        return (
+            f"interrupted after step {e.step} of {e.total}; checkpoint saved: {e.checkpoint}. "
+            f"Continue with: {_resume_hint(out)}"
+        )
+    if e.checkpoint is not None:
+        return (
+            f"interrupted before step {e.step + 1} of {e.total}; nothing new to save, the "
+            f"latest checkpoint is {e.checkpoint}. Continue with: {_resume_hint(out)}"
+        )
+    return (
+        f"interrupted before the first step; no checkpoint was written. Start it again "
+        f"with: {_resume_hint(out)}"
+    )
+
+
+def _cmd_train(args) -> int:
+    from jaxcurv.train import TrainingInterrupted, train
+
     if args.resume and args.overwrite:
         raise _UsageError("--resume and --overwrite contradict each other; pass one of them.")
+    cfg = _train_config(args)
+    out = args.out or _default_out("train", args.config)
+    args.run_dir = out  # for the message if a second Ctrl-C cuts the run short
     try:
         res = train(
             cfg, out, resume=args.resume, overwrite=args.overwrite, progress=_progress(args)
         )
-    except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; checkpoint saved. Continue with: jaxcurv train --config "
-            f"{args.config} --out {out} --resume",
-            file=sys.stderr,
-        )
+    except TrainingInterrupted as e:
+        print(f"jaxcurv train: {_interrupted(e, out)}", file=sys.stderr)
         return 130
+    done = res.metrics[-1]["step"] if res.metrics else res.start
+    if args.resume and res.start >= cfg.run.steps:
+        print(
+            f"{res.run_dir} is already at step {res.start} (run.steps = {cfg.run.steps}): "
+            f"nothing to train. Add --set run.steps=N with a larger N to train further."
+        )
+        return 0
     last = next((r for r in reversed(res.metrics) if r.get("test_loss") is not None), {})
-    print(
-        f"trained {res.metrics[-1]['step']} steps; test loss {last.get('test_loss')}; "
-        f"outputs in {res.run_dir}"
-    )
+    head = f"resumed at step {res.start}, trained to step {done}" if res.start else ""
+    head = head or f"trained {done} steps"
+    print(f"{head}; test loss {_fmt(last.get('test_loss'))}; outputs in {res.run_dir}")
     return 0
 
 
 def _cmd_landscape(args) -> int:
     from jaxcurv.config import load_config
     from jaxcurv.landscape import landscape
+    from jaxcurv.train import require_plotting
 
     if args.config is None and args.checkpoint is None:
         raise _UsageError("landscape needs --config FILE or --checkpoint PATH (or both).")
+    require_plotting("`jaxcurv landscape`")
     cfg = load_config(args.config, args.overrides)
     source = args.config or args.checkpoint
     out = args.out or _default_out("landscape", source)
@@ -279,18 +340,94 @@ _COMMANDS = {
 }
 
 
+def _os_error(e: OSError) -> str:
+    # FileExistsError of a run folder carries its own sentence; the rest read like
+    # "Permission denied: runs/x".
+    if e.strerror and e.filename:
+        return f"{e.strerror}: {e.filename}"
+    return str(e)
+
+
+def _cut_short(args) -> str:
+    """What is on disk after a second Ctrl-C (or one before training began)."""
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is None:
+        return "interrupted; it stopped before finishing and its outputs are incomplete."
+    from jaxcurv.train import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return (
+            f"interrupted; no checkpoint was written. Start it again with: {_resume_hint(run_dir)}"
+        )
+    return (
+        f"interrupted; nothing more was saved, the latest checkpoint is {latest}. Continue "
+        f"with: {_resume_hint(run_dir)}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``jaxcurv`` console script; returns the exit status."""
+    """Entry point of the ``jaxcurv`` console script.
+
+    Args:
+      argv: the arguments after ``jaxcurv``; ``None`` reads ``sys.argv`` (the program).
+
+    Returns:
+      The exit status: 0 when done, 2 after a user error (one line on stderr, no
+      traceback), 130 after Ctrl-C (one line saying what is saved and how to go on).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    from jaxcurv.config import ConfigError
-    from jaxcurv.train import CheckpointError
+    code = _run(args)
+    if code == 130 and argv is None:
+        # The program ends here: a further Ctrl-C must not turn the exit just announced
+        # into a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return code
 
+
+def _run(args) -> int:
+    from jaxcurv.config import ConfigError
+    from jaxcurv.train import (
+        CheckpointError,
+        MissingExtraError,
+        TrainingInterrupted,
+        stop_on_interrupt,
+    )
+
+    # For train, from here on Ctrl-C asks training to stop after its current step (one
+    # pressed before training starts stops it before the first); the other commands also
+    # compute outside the training loop, where only a KeyboardInterrupt stops them.
+    guard = contextlib.nullcontext()
+    if args.command == "train":
+        guard = stop_on_interrupt(on_repeat=lambda: _quit_now(args))
     try:
-        return _COMMANDS[args.command](args)
-    except (_UsageError, ConfigError, CheckpointError, FileExistsError) as e:
+        with guard:
+            return _COMMANDS[args.command](args)
+    except (_UsageError, ConfigError, CheckpointError, MissingExtraError) as e:
         print(f"jaxcurv {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"jaxcurv {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as e:  # from the training inside demo or landscape
+        print(f"\njaxcurv {args.command}: interrupted ({e}).", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        _quit_now(args)
+
+
+def _quit_now(args) -> NoReturn:
+    """Say what is on disk and end the process at once (a second Ctrl-C, or any Ctrl-C
+    outside the training loop)."""
+    # Raw writes: this may run inside a signal handler, interrupting a buffered write.
+    os.write(2, f"\njaxcurv {args.command}: {_cut_short(args)}\n".encode())
+    with contextlib.suppress(RuntimeError, ValueError, OSError):
+        sys.stdout.flush()
+    # The interrupt may have come inside JAX, with compilation threads still running;
+    # interpreter teardown then crashes (a segfault, jax 0.10). Everything jaxcurv
+    # saved is already fsynced, so leave without tearing down.
+    os._exit(130)
 
 
 if __name__ == "__main__":  # pragma: no cover

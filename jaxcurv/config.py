@@ -49,20 +49,22 @@ class ConfigError(ValueError):
 
 def _field(
     default: Any,
+    help: str,
     *,
     choices: tuple | None = None,
     low: float | None = None,
     high: float | None = None,
     low_open: bool = False,
-    help: str = "",
 ) -> Any:
+    """A config key: its default, its plain-text meaning (``jaxcurv config`` prints it)
+    and the values it accepts."""
     meta = {"choices": choices, "low": low, "high": high, "low_open": low_open, "help": help}
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _count(default: int, help: str = "", *, low: int = 1) -> Any:
+def _count(default: int, help: str, *, low: int = 1) -> Any:
     """An integer setting that counts something: at least ``low``, which is 1 unless 0
     means "none" / "off" or the count needs more."""
     return _field(default, low=low, help=help)
@@ -72,83 +74,135 @@ def _count(default: int, help: str = "", *, low: int = 1) -> Any:
 class RunConfig:
     """``[run]``: how long to train and what to record."""
 
-    seed: int = _field(0, help="PRNG seed of the parameter initialization")
+    seed: int = _field(0, "PRNG seed of the parameter initialization")
     steps: int = _count(50, "optimizer steps in total", low=0)
     log_every: int = _count(1, "write a metrics line every this many steps")
     eval_every: int = _count(10, "evaluate the test loss every this many steps")
     checkpoint_every: int = _count(
         0, "save params and optimizer state every this many steps (0: at the end)", low=0
     )
-    progress: bool = _field(True, help="show a progress bar")
+    progress: bool = _field(True, "show a progress bar (needs tqdm, in the cli extra)")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """``[data]``: the embedded dataset (generated from a seed, never downloaded)."""
 
-    kind: str = _field("curves", choices=("curves", "regression", "classification"))
+    kind: str = _field(
+        "curves",
+        "which dataset: CURVES-like images, or a small regression or classification set",
+        choices=("curves", "regression", "classification"),
+    )
     num_train: int = _count(2000, "training examples")
     num_test: int = _count(500, "test examples")
     batch_size: int = _count(0, "examples per step (0: the whole training set)", low=0)
-    seed: int = _field(0, help="seed of the data generator and of the batch shuffling")
+    seed: int = _field(0, "seed of the data generator and of the batch shuffling")
     size: int = _count(28, "curves: image side in pixels", low=2)
     num_control_points: int = _count(3, "curves: points each curve runs through", low=2)
     in_dim: int = _count(2, "regression / classification: input dimension")
     out_dim: int = _count(1, "regression: target dimension")
     num_classes: int = _count(3, "classification: number of classes", low=2)
-    noise: float = _field(0.05, low=0.0, help="regression: target noise standard deviation")
+    noise: float = _field(0.05, "regression: target noise standard deviation", low=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """``[model]``: a reference model of :mod:`jaxcurv.models`."""
 
-    kind: str = _field("autoencoder", choices=("autoencoder", "mlp"))
+    kind: str = _field(
+        "autoencoder",
+        "a deep autoencoder (mirrored encoder and decoder) or a plain MLP",
+        choices=("autoencoder", "mlp"),
+    )
     sizes: tuple[int, ...] = _field(
         (784, 400, 200, 100, 50, 25, 6),
-        help="autoencoder: encoder widths, input to code (the decoder mirrors them); "
+        "autoencoder: encoder widths, input to code (the decoder mirrors them); "
         "mlp: all layer widths, input first",
     )
-    activation: str = _field("logistic", choices=("logistic", "tanh", "relu", "softplus"))
+    activation: str = _field(
+        "logistic",
+        "nonlinearity of the hidden layers",
+        choices=("logistic", "tanh", "relu", "softplus"),
+    )
     loss: str = _field(
         "auto",
+        "mlp only; auto: softmax_cross_entropy for classification, else mse",
         choices=("auto", "mse", "softmax_cross_entropy", "sigmoid_cross_entropy"),
-        help="mlp only; auto: softmax_cross_entropy for classification, else mse",
     )
-    init: str = _field("sparse", choices=("sparse", "glorot"))
-    dtype: str = _field("float32", choices=("float32", "float64"))
+    init: str = _field(
+        "sparse",
+        "weight initialization: sparse (Martens 2010: 15 nonzero weights into each unit) or glorot",
+        choices=("sparse", "glorot"),
+    )
+    dtype: str = _field(
+        "float32", "floating-point type of parameters and data", choices=("float32", "float64")
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     """``[optimizer]``: ``hessian_free`` (Martens 2010) or an optax baseline."""
 
-    name: str = _field("hessian_free", choices=("hessian_free", "adam", "sgd", "lbfgs"))
-    learning_rate: float = _field(1.0, low=0.0, low_open=True)
+    name: str = _field(
+        "hessian_free",
+        "the optimizer: Hessian-free, or an optax baseline",
+        choices=("hessian_free", "adam", "sgd", "lbfgs"),
+    )
+    learning_rate: float = _field(
+        1.0,
+        "step size; hessian_free scales its step by it (keep 1 for Martens' algorithm)",
+        low=0.0,
+        low_open=True,
+    )
     # hessian_free
-    curvature: str = _field("ggn", choices=("ggn", "hessian"))
-    damping: float = _field(1.0, low=0.0, help="hessian_free: initial damping lambda")
-    adapt_damping: bool = _field(True)
-    cg_maxiter: int = _count(250)
-    cg_tol: float = _field(1e-5, low=0.0)
-    cg_stop: str = _field("martens", choices=("martens", "residual", "forcing"))
-    cg_backtracking: bool = _field(True)
-    line_search: bool = _field(True)
-    preconditioner: str = _field("none", choices=("none", "martens"))
+    curvature: str = _field(
+        "ggn",
+        "hessian_free: curvature matrix, Gauss-Newton (ggn, positive semi-definite) or Hessian",
+        choices=("ggn", "hessian"),
+    )
+    damping: float = _field(1.0, "hessian_free: initial damping lambda", low=0.0)
+    adapt_damping: bool = _field(
+        True, "hessian_free: adapt damping by the reduction ratio rho (Levenberg-Marquardt)"
+    )
+    cg_maxiter: int = _count(250, "hessian_free: most conjugate-gradient steps per update")
+    cg_tol: float = _field(1e-5, "hessian_free: tolerance of the CG stopping rule", low=0.0)
+    cg_stop: str = _field(
+        "martens",
+        "hessian_free: CG stopping rule: relative progress of the quadratic (martens), "
+        "residual norm, or an inexact-Newton forcing sequence",
+        choices=("martens", "residual", "forcing"),
+    )
+    cg_backtracking: bool = _field(
+        True, "hessian_free: step back to an earlier CG iterate when it has a lower loss"
+    )
+    line_search: bool = _field(
+        True, "hessian_free: backtracking (Armijo) line search along the CG direction"
+    )
+    preconditioner: str = _field(
+        "none",
+        "hessian_free: CG preconditioner: none, or Martens' diagonal from squared gradients",
+        choices=("none", "martens"),
+    )
     curvature_fraction: float = _field(
-        1.0, low=0.0, high=1.0, low_open=True, help="share of the batch used for curvature"
+        1.0,
+        "hessian_free: share of the batch used for curvature products",
+        low=0.0,
+        high=1.0,
+        low_open=True,
     )
     # optax baselines
-    momentum: float = _field(0.0, low=0.0, high=1.0, help="sgd: momentum (0: plain SGD)")
-    b1: float = _field(0.9, low=0.0, high=1.0, help="adam: first-moment decay")
-    b2: float = _field(0.999, low=0.0, high=1.0, help="adam: second-moment decay")
+    momentum: float = _field(0.0, "sgd: momentum (0: plain SGD)", low=0.0, high=1.0)
+    b1: float = _field(0.9, "adam: first-moment decay", low=0.0, high=1.0)
+    b2: float = _field(0.999, "adam: second-moment decay", low=0.0, high=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class LandscapeConfig:
     """``[landscape]``: curvature diagnostics of the loss at the trained parameters."""
 
-    checkpoint: str = _field("", help="analyze this checkpoint (file or run folder) instead")
+    checkpoint: str = _field(
+        "", "analyze this checkpoint (file or run folder) instead of training first"
+    )
     num_examples: int = _count(500, "training examples the loss is measured on")
     top_k: int = _count(5, "largest Hessian eigenvalues to report")
     bottom_k: int = _count(5, "smallest Hessian eigenvalues to report")
@@ -156,31 +210,38 @@ class LandscapeConfig:
     trace_samples: int = _count(30, "Hutchinson probes for the trace", low=2)
     density_probes: int = _count(4, "probes of stochastic Lanczos quadrature")
     slice_points: int = _count(21, "grid points per axis of the loss slices", low=3)
-    slice_radius: float = _field(1.0, low=0.0, low_open=True, help="slice half-width")
+    slice_radius: float = _field(
+        1.0, "half-width of the loss slices, in units of the eigenvectors", low=0.0, low_open=True
+    )
     dense_threshold: int = _count(
         1024,
         "form the Hessian and diagonalize it exactly up to this many parameters (0: Lanczos)",
         low=0,
     )
-    seed: int = _field(0, help="PRNG seed of the random probes")
+    seed: int = _field(0, "PRNG seed of the random probes")
 
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
     """``[demo]``: the Hessian-free vs baseline race and the spectrum in ``jaxcurv demo``."""
 
-    baseline: str = _field("adam", choices=("adam", "sgd", "lbfgs"))
-    baseline_learning_rate: float = _field(1e-3, low=0.0, low_open=True)
-    baseline_steps: int = _count(200)
+    # The demo's defaults live here alone; configs/demo.toml repeats them (a test checks).
+    baseline: str = _field(
+        "adam", "the optax optimizer Hessian-free races", choices=("adam", "sgd", "lbfgs")
+    )
+    baseline_learning_rate: float = _field(
+        0.01, "the baseline's learning rate", low=0.0, low_open=True
+    )
+    baseline_steps: int = _count(600, "the baseline's steps")
 
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """``[bench]``: the benchmark suite (``benchmarks/run.py`` reads ``settings``)."""
 
-    quick: bool = _field(False, help="small sizes and few repeats")
-    out: str = _field("benchmarks/results", help="folder for the JSON and Markdown results")
-    settings: dict = _field({}, help="free-form options passed to the benchmark suite")
+    quick: bool = _field(False, "small sizes and few repeats")
+    out: str = _field("benchmarks/results", "folder for the JSON and Markdown results")
+    settings: dict = _field({}, "free-form options passed to the benchmark suite")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,6 +256,17 @@ class Config:
     demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
     bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
 
+
+#: What each table is for, in plain text (``jaxcurv config`` prints it).
+_SECTION_HELP: dict[str, str] = {
+    "run": "how long to train and what to record",
+    "data": "the embedded dataset (generated from a seed, never downloaded)",
+    "model": "a reference model: deep autoencoder or MLP",
+    "optimizer": "hessian_free (Martens 2010) or an optax baseline",
+    "landscape": "curvature diagnostics of the loss at the trained parameters",
+    "demo": "the Hessian-free vs baseline race of the jaxcurv demo command",
+    "bench": "the benchmark suite (benchmarks/run.py reads its settings)",
+}
 
 _SECTIONS: dict[str, type] = {
     "run": RunConfig,
@@ -541,13 +613,20 @@ def config_from_dict(tables: Mapping[str, Mapping[str, Any]], source: str) -> Co
 
 
 def describe_keys(section: str | None = None) -> str:
-    """Human-readable list of the config keys, their types, defaults and meaning."""
+    """The config keys as plain text: per table, each key's default, type and meaning.
+
+    Args:
+      section: only this table (e.g. ``"optimizer"``); ``None`` lists them all.
+
+    Returns:
+      One line per table and per key, e.g. ``  damping = 1.0  (a number)  hessian_free:
+      initial damping lambda``.
+    """
     lines = []
     for name, cls in _SECTIONS.items():
         if section is not None and name != section:
             continue
-        doc = (cls.__doc__ or "").strip().split(": ", 1)[-1]
-        lines.append(f"[{name}]  {doc}")
+        lines.append(f"[{name}]  {_SECTION_HELP[name]}")
         types_ = _section_types(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -439,7 +439,7 @@ def plot_landscape(report: dict, out_dir: str | os.PathLike, *, prefix: str = ""
     Returns:
       ``{role: file name}`` of the files written.
     """
-    from jaxcurv.train import _pyplot
+    from jaxcurv.train import _pyplot, save_figure
 
     plt = _pyplot()
     out_dir = pathlib.Path(out_dir)
@@ -447,7 +447,7 @@ def plot_landscape(report: dict, out_dir: str | os.PathLike, *, prefix: str = ""
 
     def save(fig, role, name):
         fig.tight_layout()
-        fig.savefig(out_dir / f"{prefix}{name}", dpi=100)
+        save_figure(fig, out_dir / f"{prefix}{name}", dpi=100)
         plt.close(fig)
         files[role] = f"{prefix}{name}"
 
@@ -548,7 +548,7 @@ def landscape(
         source = {"trained_steps": 0}
     train_set, _ = train_lib.build_data(run_cfg)
     num = min(cfg.landscape.num_examples, len(train_set))
-    (out_dir / "config.toml").write_text(config_to_toml(run_cfg))
+    train_lib.write_text(out_dir / "config.toml", config_to_toml(run_cfg))
     result = analyze_model(
         model, params, train_set.inputs[:num], train_set.targets[:num], run_cfg.landscape
     )

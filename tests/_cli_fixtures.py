@@ -97,8 +97,8 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 
 
 def without_time(metrics: list[dict]) -> list[dict]:
-    """Metrics records without their wall-clock field, the one thing a rerun may change."""
-    return [{k: v for k, v in r.items() if k != "time"} for r in metrics]
+    """Metrics records without their wall-clock fields, the one thing a rerun may change."""
+    return [{k: v for k, v in r.items() if k not in ("time", "step_time")} for r in metrics]
 
 
 def assert_trees_identical(a, b) -> None:

@@ -2,9 +2,11 @@
 
 import dataclasses
 import pathlib
+import tomllib
 
 import pytest
 
+from jaxcurv import config as config_lib
 from jaxcurv.config import (
     Config,
     ConfigError,
@@ -42,6 +44,25 @@ def test_curves_autoencoder_config_is_martens_architecture():
 def test_demo_toml_spells_out_the_builtin_demo_defaults():
     assert load_config(CONFIGS / "demo.toml") == demo_config()
     assert demo_config().run.steps == DEMO_DEFAULTS["run"]["steps"]
+    # Key by key, as written in the file: each value is the built-in one, and [demo] is
+    # whole and equal to the config defaults (what `jaxcurv config` shows), not only to
+    # what the demo passes over them.
+    with open(CONFIGS / "demo.toml", "rb") as f:
+        written = tomllib.load(f)
+    builtin = config_to_dict(demo_config())
+    for table, values in written.items():
+        for key, value in values.items():
+            assert builtin[table][key] == value, f"{table}.{key}"
+    assert written["demo"] == config_to_dict(load_config(None))["demo"]
+    assert "demo" not in DEMO_DEFAULTS  # one source of truth: DemoConfig
+
+
+def test_every_key_has_a_plain_text_description():
+    for name, cls in config_lib._SECTIONS.items():
+        assert config_lib._SECTION_HELP[name]
+        for field in dataclasses.fields(cls):
+            text = field.metadata["help"]
+            assert text and "`" not in text and ":mod:" not in text, f"{name}.{field.name}"
 
 
 def test_bench_section_keeps_quick_and_out():

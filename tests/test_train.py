@@ -1,15 +1,23 @@
 """The training loop, checkpoints and bit-identical resume."""
 
 import json
+import signal
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxcurv import data as data_lib
+from jaxcurv import train as train_lib
 from jaxcurv.config import load_config
 from jaxcurv.train import (
     CheckpointError,
+    DamagedCheckpointError,
     RunExistsError,
+    TrainingInterrupted,
+    atomic_write,
+    build_data,
     build_model,
     latest_checkpoint,
     load_checkpoint,
@@ -17,6 +25,7 @@ from jaxcurv.train import (
     read_metrics,
     save_checkpoint,
     train,
+    write_json,
 )
 from tests._cli_fixtures import (
     ADAM,
@@ -69,7 +78,8 @@ def test_run_folder_outputs_parse(tiny_run):
     metrics = read_metrics(run / "metrics.jsonl")
     assert metrics == res.metrics
     hf = [r for r in metrics if r["step"] > 0]
-    assert {"loss", "damping", "rho", "cg_steps", "rejected", "alpha", "time"} <= set(hf[0])
+    assert {"loss_before", "damping", "rho", "cg_steps", "rejected", "alpha", "time"} <= set(hf[0])
+    assert all(r["step_time"] > 0 for r in hf)
     assert all(isinstance(r["cg_steps"], int) and r["cg_steps"] >= 1 for r in hf)
     assert [r["step"] for r in metrics if "test_loss" in r] == [0, 2, 4]
     times = [r["time"] for r in hf]
@@ -77,6 +87,8 @@ def test_run_folder_outputs_parse(tiny_run):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 4 and summary["optimizer"] == "hessian_free"
     assert summary["final_test_loss"] == metrics[-1]["test_loss"]
+    assert summary["last_loss_before"] == metrics[-1]["loss_before"]
+    assert "final_loss" not in summary  # it is the loss before the last step, not after
     assert summary["num_parameters"] == TINY_NUM_PARAMETERS == 16 * 3 + 3 + 3 * 16 + 16
     assert res.files["loss_plot"] == "loss_vs_time.png"
     for name in ("loss_vs_time.png", "damping.png"):
@@ -160,8 +172,184 @@ def test_prepare_run_dir_protects_existing_runs(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    with pytest.raises(FileExistsError, match="not written by jaxcurv"):
-        prepare_run_dir(foreign, overwrite=True)
+    for flags in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(FileExistsError, match="not written by jaxcurv") as e:
+            prepare_run_dir(foreign, **flags)
+        assert "Choose another --out" in str(e.value) and "Pass --overwrite" not in str(e.value)
     assert (foreign / "thesis.tex").read_text() == "precious"
     with pytest.raises(FileExistsError, match="is a file"):
         prepare_run_dir(foreign / "thesis.tex")
+
+
+def test_loss_before_is_the_loss_at_the_parameters_before_the_step(tmp_path, tiny_run):
+    cfg, res = tiny_run
+    # The checkpoint of step 2 holds the parameters that step 3 starts from.
+    ck = load_checkpoint(
+        res.run_dir / "checkpoints" / "step_00000002.npz",
+        res.params,
+        res.state,
+        model_name=res.model.name,
+        optimizer_name="hessian_free",
+    )
+    train_set, _ = build_data(cfg)
+    idx = data_lib.batch_indices(len(train_set), cfg.data.batch_size, 2, seed=cfg.data.seed)
+    x, y = train_set.inputs[idx], train_set.targets[idx]
+    expected = float(res.model.loss(res.model.apply(ck.params, x), y))
+    [step3] = [r for r in res.metrics if r["step"] == 3]
+    np.testing.assert_allclose(step3["loss_before"], expected, rtol=1e-6)
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "summary.json"
+    write_json(path, {"a": 1.0, "b": float("nan")})
+    assert json.loads(path.read_text()) == {"a": 1.0, "b": None}
+
+    def half_then_fail(f):
+        f.write('{"a": ')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, half_then_fail)
+    assert json.loads(path.read_text()) == {"a": 1.0, "b": None}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary left
+
+
+def test_checkpoint_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    params = {"w": jnp.ones((2, 3))}
+    path = save_checkpoint(tmp_path / "step_1.npz", params, (), step=1)
+    before = path.read_bytes()
+
+    def torn(f, **arrays):
+        f.write(b"PK\x03\x04 half an archive")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(np, "savez", torn)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(path, {"w": jnp.zeros((2, 3))}, (), step=1)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["step_1.npz"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "bad member"])
+def test_damaged_checkpoint_is_one_error_naming_the_file(tmp_path, damage):
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.zeros(3)}
+    path = save_checkpoint(tmp_path / "step_1.npz", params, (), step=1, model_name="m")
+    data = path.read_bytes()
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "garbage":
+        data = b"\x00garbage" * 10
+    elif damage == "empty":
+        data = b""
+    else:  # a flipped byte inside an array: only its CRC says so, when it is read
+        at = data.index(np.asarray(params["w"]).tobytes()) + 3
+        data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+    path.write_bytes(data)
+    with pytest.raises(DamagedCheckpointError) as e:
+        load_checkpoint(path, params, (), model_name="m")
+    msg = str(e.value)
+    assert str(path) in msg and "\n" not in msg and "allow_pickle" not in msg
+    assert isinstance(e.value, CheckpointError) and e.value.path == path
+
+
+def test_resume_falls_back_to_the_last_good_checkpoint(tmp_path, tiny_run):
+    cfg, straight = tiny_run
+    run = copy_run(straight.run_dir, tmp_path / "run")
+    latest = run / "checkpoints" / "step_00000004.npz"
+    latest.write_bytes(latest.read_bytes()[:100])
+    notes = []
+    resumed = train(cfg, run, resume=True, plots=False, echo=notes.append)
+    assert resumed.start == 2
+    [note] = notes
+    assert str(latest) in note and "damaged" in note
+    assert_trees_identical(straight.params, resumed.params)
+    assert without_time(straight.metrics) == without_time(resumed.metrics)
+
+    for path in (run / "checkpoints").iterdir():
+        path.write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="every checkpoint in it is damaged"):
+        train(cfg, run, resume=True, plots=False, echo=None)
+
+
+def test_resume_before_the_first_checkpoint_starts_from_zero(tmp_path, tiny_run):
+    cfg, straight = tiny_run
+    run = tmp_path / "run"
+    # What a run interrupted while compiling leaves: its folder and config, no checkpoint.
+    prepare_run_dir(run)
+    (run / "config.toml").write_text((straight.run_dir / "config.toml").read_text())
+    notes = []
+    resumed = train(cfg, run, resume=True, plots=False, echo=notes.append)
+    assert resumed.start == 0 and "starting from step 0" in notes[0]
+    assert_trees_identical(straight.params, resumed.params)
+
+
+def _sigint_at_step(monkeypatch, step: int, times: int = 1):
+    """Ctrl-C, as the terminal sends it, ``times`` times while the minibatch of ``step`` is
+    drawn (the first one at compile time, for step 0)."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("the test runner handles SIGINT itself")
+    real = data_lib.batch_indices
+
+    def batch_indices(num, batch, at, *, seed=0):
+        if at == step:
+            for _ in range(times):
+                signal.raise_signal(signal.SIGINT)
+        return real(num, batch, at, seed=seed)
+
+    monkeypatch.setattr(data_lib, "batch_indices", batch_indices)
+
+
+def test_ctrl_c_stops_after_the_step_and_checkpoints_it(tmp_path, tiny_run, monkeypatch):
+    cfg, straight = tiny_run
+    _sigint_at_step(monkeypatch, 1)
+    notes = []
+    with pytest.raises(TrainingInterrupted) as e:
+        train(cfg, tmp_path / "run", plots=False, echo=notes.append)
+    # The second step was under way: it finished, and was checkpointed.
+    assert e.value.step == 2 and e.value.saved and e.value.total == 4
+    assert e.value.checkpoint == tmp_path / "run" / "checkpoints" / "step_00000002.npz"
+    assert e.value.checkpoint.exists() and "Ctrl-C" in notes[0]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    monkeypatch.undo()
+    resumed = train(cfg, tmp_path / "run", resume=True, plots=False)
+    assert_trees_identical(straight.params, resumed.params)
+    assert without_time(straight.metrics) == without_time(resumed.metrics)
+
+
+def test_second_ctrl_c_interrupts_at_once(tmp_path, tiny_run, monkeypatch):
+    cfg, _ = tiny_run
+    _sigint_at_step(monkeypatch, 1, times=2)
+    with pytest.raises(KeyboardInterrupt) as e:
+        train(cfg, tmp_path / "run", plots=False, echo=None)
+    assert not isinstance(e.value, TrainingInterrupted)  # it claims nothing ...
+    assert latest_checkpoint(tmp_path / "run") is None  # ... and saved nothing
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_read_metrics_leaves_out_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 0}\n{"step": 1}\n{"step": 2, "lo')
+    assert read_metrics(path) == [{"step": 0}, {"step": 1}]
+    path.write_text('{"step": 0}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_metrics(path)
+
+
+def test_resume_with_a_damaged_metrics_file_says_which_line(tmp_path, tiny_run):
+    cfg, straight = tiny_run
+    run = copy_run(straight.run_dir, tmp_path / "run")
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join([lines[0], "garbage\n", *lines[1:]]))
+    with pytest.raises(CheckpointError, match=r"metrics.jsonl, line 2, is not JSON"):
+        train(cfg, run, resume=True, plots=False)
+
+
+def test_train_without_matplotlib_skips_plots_with_a_note(tmp_path, tiny_run, monkeypatch):
+    cfg, _ = tiny_run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    notes = []
+    res = train(cfg, tmp_path / "run", echo=notes.append)
+    assert "loss_plot" not in res.files and not list((tmp_path / "run").glob("*.png"))
+    assert any("matplotlib" in n and "jaxcurv[cli]" in n for n in notes)
+    with pytest.raises(train_lib.MissingExtraError, match=r"pip install 'jaxcurv\[cli\]'"):
+        train_lib.require_plotting("`jaxcurv demo`")
