@@ -34,7 +34,7 @@ import optax
 from scipy import optimize as sopt
 
 from benchmarks import common
-from jaxcurv import data, models
+from jaxcurv.app import data, models
 from jaxcurv.hessian_free import ModelAndLoss, hessian_free
 
 # `hessian_free` gets a grid of two settings, as Adam gets one of learning rates: Martens'

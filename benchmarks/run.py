@@ -2,7 +2,7 @@
 
     python -m benchmarks.run                      # full suite (< 30 min on 2 CPU cores)
     python -m benchmarks.run --quick              # a few minutes; results apart
-    python -m benchmarks.run --config configs/bench.toml --set krylov.cg_iters=20
+    python -m benchmarks.run --set krylov.cg_iters=20  # any setting; or --config FILE
     python -m benchmarks.run --only products,peers
     python -m benchmarks.run --report-only        # rebuild BENCHMARKS.md from the JSON
 

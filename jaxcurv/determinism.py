@@ -7,7 +7,8 @@ backend (unordered atomic adds in GPU scatters and reductions, some cuDNN/cuBLAS
 algorithms), sometimes from the user's function (host-side randomness, mutable globals).
 :func:`check_determinism` computes the quantities a curvature method consumes several times
 from the same inputs and reports any difference, as curvlinops' ``check_deterministic``
-does for its linear operators. ``jaxcurv train`` runs it on its first step.
+does for its linear operators. Call it once, outside ``jax.jit``, on a batch of the
+training data before a long run.
 """
 
 from __future__ import annotations

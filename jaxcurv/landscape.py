@@ -11,12 +11,6 @@ eigenvectors (:func:`loss_slices`). It is numerics only: everything comes back a
 :func:`jaxcurv.classify_critical_point`, :func:`jaxcurv.hutchinson_trace` and
 :func:`jaxcurv.spectral_density` -- on one linearized Hessian operator.
 
-The second half of the module is the ``jaxcurv landscape`` command behind the CLI:
-:func:`landscape_report` turns a :class:`Landscape` into JSON-ready tables,
-:func:`plot_landscape` draws them (matplotlib, imported only when used), and
-:func:`landscape` trains or loads a model per a config and writes ``landscape.json`` and
-the PNG plots.
-
 References:
   Ghorbani, Krishnan and Xiao, "An investigation into neural net optimization via Hessian
   eigenvalue density", ICML 2019 (spectra of network Hessians by SLQ).
@@ -26,9 +20,6 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import pathlib
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -36,34 +27,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxcurv
-from jaxcurv import models as models_lib
 from jaxcurv._compile import compiled_call
-from jaxcurv.config import (
-    Config,
-    ConfigError,
-    LandscapeConfig,
-    config_from_dict,
-    config_to_dict,
-    config_to_toml,
+from jaxcurv.products import hessian_operator
+from jaxcurv.spectral import (
+    CriticalPoint,
+    SpectralDensity,
+    TraceEstimate,
+    classify_critical_point,
+    eigenvalues,
+    hutchinson_trace,
+    spectral_density,
 )
 
 PyTree = Any
 
-__all__ = [
-    "Landscape",
-    "LossSlices",
-    "analyze_landscape",
-    "analyze_model",
-    "landscape",
-    "landscape_report",
-    "loss_slices",
-    "plot_landscape",
-    "save_landscape",
-]
-
-
-# ----------------------------------------------------------------------------- numerics
+__all__ = ["Landscape", "LossSlices", "analyze_landscape", "loss_slices"]
 
 
 class LossSlices(NamedTuple):
@@ -104,9 +82,9 @@ class Landscape(NamedTuple):
     top_residuals: jax.Array
     top_eigenvectors: PyTree
     bottom_eigenvalues: jax.Array
-    critical_point: jaxcurv.CriticalPoint
-    trace: jaxcurv.TraceEstimate
-    density: jaxcurv.SpectralDensity
+    critical_point: CriticalPoint
+    trace: TraceEstimate
+    density: SpectralDensity
     slices: LossSlices
     num_parameters: int
 
@@ -288,7 +266,7 @@ def analyze_landscape(
         )
     k_eig, k_trace, k_density = jax.random.split(key, 3)
 
-    op = jaxcurv.hessian_operator(fun, x, *args)
+    op = hessian_operator(fun, x, *args)
     n = op.size
     # `which="both"` takes k from each end, so at most N // 2; a smaller problem reports
     # its whole spectrum instead.
@@ -297,7 +275,7 @@ def analyze_landscape(
     top_k, bottom_k = min(top_k, n), min(bottom_k, n)
     wanted = 2 * k if both else n
     m = min(n, max(num_lanczos, wanted + 2))
-    eig = jaxcurv.eigenvalues(
+    eig = eigenvalues(
         op,
         k if both else n,
         which="both" if both else "largest",
@@ -307,7 +285,7 @@ def analyze_landscape(
         dense_threshold=dense_threshold,
     )
     # Same k, Lanczos steps, key and threshold: the classification sees the same spectrum.
-    crit = jaxcurv.classify_critical_point(
+    crit = classify_critical_point(
         fun,
         x,
         *args,
@@ -316,8 +294,8 @@ def analyze_landscape(
         num_iters=m,
         dense_threshold=dense_threshold,
     )
-    trace = jaxcurv.hutchinson_trace(op, k_trace, trace_samples)
-    density = jaxcurv.spectral_density(
+    trace = hutchinson_trace(op, k_trace, trace_samples)
+    density = spectral_density(
         op, k_density, num_probes=density_probes, num_lanczos=min(n, num_lanczos)
     )
 
@@ -340,252 +318,3 @@ def analyze_landscape(
         slices=slices,
         num_parameters=n,
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class _ModelLoss:
-    """``f(params, inputs, targets)`` of a model: hashable, so the library's jitted builders
-    and spectral routines cache their compiled code per model, not per call."""
-
-    model: models_lib.Model
-
-    def __call__(self, params, inputs, targets):
-        return self.model.loss(self.model.apply(params, inputs), targets)
-
-
-def analyze_model(
-    model: models_lib.Model,
-    params: PyTree,
-    inputs: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    options: LandscapeConfig,
-) -> Landscape:
-    """:func:`analyze_landscape` of ``model.loss(model.apply(params, inputs), targets)``
-    with the settings of a config's ``[landscape]`` table."""
-    return analyze_landscape(
-        _ModelLoss(model),
-        params,
-        jnp.asarray(inputs),
-        jnp.asarray(targets),
-        key=jax.random.key(options.seed),
-        top_k=options.top_k,
-        bottom_k=options.bottom_k,
-        num_lanczos=options.num_lanczos,
-        trace_samples=options.trace_samples,
-        density_probes=options.density_probes,
-        slice_points=options.slice_points,
-        slice_radius=options.slice_radius,
-        dense_threshold=options.dense_threshold,
-    )
-
-
-# ---------------------------------------------------------------- reports and plots
-
-
-def _floats(a) -> list:
-    return np.asarray(a, dtype=np.float64).tolist()
-
-
-def landscape_report(result: Landscape) -> dict:
-    """A :class:`Landscape` as JSON-ready tables (Python floats and lists, no arrays).
-
-    Keys: ``num_parameters``, ``loss``, ``gradient_norm``, ``top_eigenvalues`` (largest
-    first), ``top_residuals``, ``bottom_eigenvalues`` (smallest first), ``critical_point``
-    (``kind``, ``reason``, ``method``, ``eigenvalues``), ``hutchinson_trace``
-    (``estimate``, ``stderr``, ``num_samples``), ``spectral_density`` (``grid``,
-    ``density``, ``sigma``), ``slice_1d`` and ``slice_2d`` (``t``, ``loss``; ``slice_2d``
-    is ``None`` with a single top eigenvector). Non-finite numbers stay as they are; write
-    the report with :func:`jaxcurv.train.write_json`, which stores them as ``null``.
-    """
-    crit, trace, density, s = (
-        result.critical_point,
-        result.trace,
-        result.density,
-        result.slices,
-    )
-    t = _floats(s.t)
-    return {
-        "num_parameters": int(result.num_parameters),
-        "loss": float(result.value),
-        "gradient_norm": float(result.gradient_norm),
-        "top_eigenvalues": _floats(result.top_eigenvalues),
-        "top_residuals": _floats(result.top_residuals),
-        "bottom_eigenvalues": _floats(result.bottom_eigenvalues),
-        "critical_point": {
-            "kind": crit.kind,
-            "reason": crit.reason,
-            "method": crit.method,
-            "eigenvalues": _floats(crit.eigenvalues),
-        },
-        "hutchinson_trace": {
-            "estimate": float(trace.estimate),
-            "stderr": float(trace.stderr),
-            "num_samples": int(trace.num_matvecs),
-        },
-        "spectral_density": {
-            "grid": _floats(density.grid),
-            "density": _floats(density.density),
-            "sigma": float(density.sigma),
-        },
-        "slice_1d": {"t": t, "loss": _floats(s.along_1d)},
-        "slice_2d": None if s.along_2d is None else {"t": t, "loss": _floats(s.along_2d)},
-    }
-
-
-def plot_landscape(report: dict, out_dir: str | os.PathLike, *, prefix: str = "") -> dict:
-    """Draw a :func:`landscape_report`: ``spectral_density.png``, ``slice_1d.png`` and
-    (with two top eigenvectors) ``slice_2d.png`` in ``out_dir``.
-
-    Returns:
-      ``{role: file name}`` of the files written.
-    """
-    from jaxcurv.train import _pyplot, save_figure
-
-    plt = _pyplot()
-    out_dir = pathlib.Path(out_dir)
-    files = {}
-
-    def save(fig, role, name):
-        fig.tight_layout()
-        save_figure(fig, out_dir / f"{prefix}{name}", dpi=100)
-        plt.close(fig)
-        files[role] = f"{prefix}{name}"
-
-    d = report["spectral_density"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.semilogy(d["grid"], np.maximum(np.asarray(d["density"], dtype=float), 1e-12))
-    for lam in report["top_eigenvalues"]:
-        ax.axvline(lam, color="C3", lw=0.6, alpha=0.6)
-    ax.set_xlabel("Hessian eigenvalue")
-    ax.set_ylabel("density (SLQ)")
-    ax.set_title(
-        f"spectral density; red: top eigenvalues; N = {report['num_parameters']}", fontsize=9
-    )
-    save(fig, "density_plot", "spectral_density.png")
-
-    s = report["slice_1d"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(s["t"], s["loss"])
-    ax.set_xlabel("step along top eigenvector v1")
-    ax.set_ylabel("loss")
-    ax.set_title(f"1-D slice; lambda_max = {report['top_eigenvalues'][0]:.4g}", fontsize=9)
-    save(fig, "slice_1d_plot", "slice_1d.png")
-
-    if report["slice_2d"] is not None:
-        s2 = report["slice_2d"]
-        t = np.asarray(s2["t"])
-        fig, ax = plt.subplots(figsize=(5, 4.2))
-        cs = ax.contourf(t, t, np.asarray(s2["loss"], dtype=float).T, levels=30)
-        fig.colorbar(cs, ax=ax, label="loss")
-        ax.plot([0], [0], "r+")
-        ax.set_xlabel("v1 (top eigenvector)")
-        ax.set_ylabel("v2 (second eigenvector)")
-        ax.set_title("2-D loss slice", fontsize=9)
-        save(fig, "slice_2d_plot", "slice_2d.png")
-    return files
-
-
-def save_landscape(report: dict, out_dir: str | os.PathLike) -> dict:
-    """Write ``report`` to ``out_dir/landscape.json`` and draw its plots there.
-
-    Returns:
-      The report with ``files`` (``{role: file name}`` of the plots) added.
-    """
-    from jaxcurv.train import write_json
-
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = {**report, "files": plot_landscape(report, out_dir)}
-    write_json(out_dir / "landscape.json", report)
-    return report
-
-
-# ------------------------------------------------------------------------ the command
-
-
-def landscape(
-    cfg: Config,
-    out_dir: str | os.PathLike,
-    *,
-    checkpoint: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-) -> dict:
-    """The ``jaxcurv landscape`` run: analyze a checkpoint, or train per ``cfg`` first.
-
-    With ``checkpoint`` (or ``cfg.landscape.checkpoint``) -- a ``.npz`` or a run folder --
-    the model and data come from the config saved in the checkpoint, and ``cfg`` supplies
-    only the ``[landscape]`` options. Otherwise ``cfg.run.steps`` steps of training run
-    first (into ``out_dir/train``; zero steps analyzes the initialization). The loss is
-    measured on the first ``landscape.num_examples`` training examples.
-
-    Returns:
-      The :func:`landscape_report` with ``model`` (its name), ``source`` (the checkpoint
-      and its step, or the steps trained), ``num_examples`` and ``files`` (the plots)
-      added; also written to ``out_dir/landscape.json``, next to ``config.toml`` and the
-      PNG plots.
-
-    Raises:
-      RunExistsError: ``out_dir`` holds a run and ``overwrite`` is false.
-      CheckpointError: a missing or unreadable checkpoint, or a run folder without one.
-    """
-    from jaxcurv import train as train_lib
-
-    out_dir = train_lib.prepare_run_dir(out_dir, overwrite=overwrite)
-    checkpoint = checkpoint or cfg.landscape.checkpoint or None
-    if checkpoint is not None:
-        run_cfg, params, source = _from_checkpoint(cfg, pathlib.Path(checkpoint))
-        model = train_lib.build_model(run_cfg)
-    elif cfg.run.steps > 0:
-        run_cfg = cfg
-        res = train_lib.train(cfg, out_dir / "train", progress=progress)
-        params, model = res.params, res.model
-        source = {"trained_steps": cfg.run.steps}
-    else:
-        run_cfg = cfg
-        model = train_lib.build_model(cfg)
-        params = model.init(jax.random.key(cfg.run.seed))
-        source = {"trained_steps": 0}
-    train_set, _ = train_lib.build_data(run_cfg)
-    num = min(cfg.landscape.num_examples, len(train_set))
-    train_lib.write_text(out_dir / "config.toml", config_to_toml(run_cfg))
-    result = analyze_model(
-        model, params, train_set.inputs[:num], train_set.targets[:num], run_cfg.landscape
-    )
-    report = {"model": model.name, "source": source, "num_examples": num}
-    return save_landscape({**report, **landscape_report(result)}, out_dir)
-
-
-def _from_checkpoint(cfg: Config, path: pathlib.Path) -> tuple[Config, PyTree, dict]:
-    """The config a checkpoint was written with (``[landscape]`` from ``cfg``), its
-    parameters, and where they came from."""
-    from jaxcurv import train as train_lib
-
-    if path.is_dir():
-        found = train_lib.latest_checkpoint(path)
-        if found is None:
-            raise train_lib.CheckpointError(
-                f"{path} has no checkpoints/step_*.npz. Pass a run folder written by "
-                f"`jaxcurv train` or a checkpoint file."
-            )
-        path = found
-    if not path.exists():
-        raise train_lib.CheckpointError(f"Checkpoint {path} does not exist.")
-    meta = train_lib.checkpoint_metadata(path)
-    saved = dict(meta.get("config") or {})
-    saved["landscape"] = config_to_dict(cfg)["landscape"]
-    try:
-        run_cfg = config_from_dict(saved, f"the config saved in {path}")
-    except ConfigError as e:
-        raise train_lib.CheckpointError(str(e)) from None
-    model = train_lib.build_model(run_cfg)
-    opt = train_lib.build_optimizer(run_cfg)
-    like = model.init(jax.random.key(run_cfg.run.seed))
-    ckpt = train_lib.load_checkpoint(
-        path,
-        like,
-        jax.eval_shape(opt.init, like),
-        model_name=model.name,
-        optimizer_name=run_cfg.optimizer.name,
-    )
-    return run_cfg, ckpt.params, {"checkpoint": str(path), "step": ckpt.step}

@@ -2,9 +2,9 @@
 
 Every test of those modules that trains uses :data:`TINY` (with at most ``--set``
 overrides), so each jitted step, evaluation and landscape computation compiles once per
-test session: :func:`jaxcurv.train.build_model` returns the same model for equal settings,
-and everything compiled for it is cached on it. :func:`trained_run` trains it once per
-session for the tests that only read a finished run.
+test session: :func:`jaxcurv.app.training_step.build_model` returns the same model for
+equal settings, and everything compiled for it is cached on it. :func:`trained_run` trains
+it once per session for the tests that only read a finished run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import shutil
 import jax
 import numpy as np
 
-from jaxcurv.config import load_config
+from jaxcurv.app.config import load_config
 
 #: A 16-3-16 autoencoder on 4x4 curves: 115 parameters, a couple of layers to compile,
 #: 48 training images in batches of 16, four Hessian-free steps, checkpoints at 2 and 4.
@@ -79,7 +79,7 @@ def write_tiny(folder: pathlib.Path, text: str = TINY, name: str = "tiny.toml") 
 
 
 def tiny_config(folder: pathlib.Path, overrides=()):
-    """:data:`TINY` loaded as a :class:`jaxcurv.config.Config`, with ``--set`` overrides."""
+    """:data:`TINY` loaded as a :class:`jaxcurv.app.config.Config`, with ``--set`` overrides."""
     return load_config(write_tiny(folder), list(overrides))
 
 
@@ -113,12 +113,12 @@ _RUNS: dict[str, object] = {}
 
 
 def trained_run(tmp_path_factory):
-    """``(cfg, result)``: :data:`TINY` trained once per session by :func:`jaxcurv.train.train`.
+    """``(cfg, result)``: :data:`TINY` trained once per session by :func:`jaxcurv.app.loop.train`.
 
     Read it, never write into ``result.run_dir``: copy it (:func:`copy_run`) first.
     """
     if "tiny" not in _RUNS:
-        from jaxcurv.train import train
+        from jaxcurv.app.loop import train
 
         folder = tmp_path_factory.mktemp("tiny-run")
         cfg = tiny_config(folder)

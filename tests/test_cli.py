@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import jaxcurv
-from jaxcurv.cli import main
+from jaxcurv.app.cli import main
 from tests._cli_fixtures import (
     ADAM,
     TINY,
@@ -50,7 +50,7 @@ def cli_run(tiny, tmp_path_factory):
     return code, out, printed.getvalue()
 
 
-@pytest.mark.parametrize("command", ["demo", "train", "landscape", "bench", "config"])
+@pytest.mark.parametrize("command", ["demo", "train", "landscape", "config"])
 def test_help_for_every_command(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])
@@ -72,8 +72,14 @@ def test_top_level_help_lists_commands(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
-    for command in ("demo", "train", "landscape", "bench", "config"):
+    for command in ("demo", "train", "landscape", "config"):
         assert command in out
+    # The benchmarks live in the source checkout, not in the installed package: the help
+    # says where to run them from instead of offering a subcommand.
+    assert "python -m benchmarks.run" in out and "make bench" in out
+    with pytest.raises(SystemExit) as e:
+        main(["bench"])
+    assert e.value.code == 2
 
 
 def test_train_end_to_end(cli_run):
@@ -251,15 +257,9 @@ def test_demo_end_to_end(tiny, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_bench_outside_a_checkout(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    assert main(["bench", "--quick"]) == 2
-    assert "source checkout" in capsys.readouterr().err
-
-
 def test_config_command_and_module_entry_point():
     proc = subprocess.run(
-        [sys.executable, "-m", "jaxcurv.cli", "config", "optimizer"],
+        [sys.executable, "-m", "jaxcurv.app.cli", "config", "optimizer"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -267,33 +267,6 @@ def test_config_command_and_module_entry_point():
     assert proc.returncode == 0, proc.stderr
     assert "damping = 1.0" in proc.stdout and "cg_maxiter" in proc.stdout
     assert main(["config", "nope"]) == 2
-
-
-def test_bench_passes_its_options_to_the_suite(tmp_path, monkeypatch):
-    import types
-
-    (tmp_path / "benchmarks").mkdir()
-    (tmp_path / "benchmarks" / "run.py").write_text("")
-    monkeypatch.chdir(tmp_path)
-    calls = []
-    fake = types.ModuleType("benchmarks.run")
-    fake.main = lambda argv: calls.append(argv)
-    monkeypatch.setitem(sys.modules, "benchmarks.run", fake)
-    args = ["bench", "--quick", "--out", "o", "--only", "products", "--set", "products.repeats=3"]
-    assert main(args) == 0
-    assert calls == [
-        [
-            "--config",
-            "configs/bench.toml",
-            "--quick",
-            "--out",
-            "o",
-            "--only",
-            "products",
-            "--set",
-            "products.repeats=3",
-        ]
-    ]
 
 
 def test_version(capsys):
@@ -406,7 +379,7 @@ def test_without_the_cli_extra(cli_run, tiny, tmp_path, monkeypatch, capsys):
 # have made its children ignore SIGINT: Python's own handler is put back first.
 _LAUNCH = (
     "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "from jaxcurv.cli import main; sys.exit(main())"
+    "from jaxcurv.app.cli import main; sys.exit(main())"
 )
 
 

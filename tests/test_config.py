@@ -6,8 +6,9 @@ import tomllib
 
 import pytest
 
-from jaxcurv import config as config_lib
-from jaxcurv.config import (
+from jaxcurv.app import config as config_lib
+from jaxcurv.app.config import (
+    SECTIONS,
     Config,
     ConfigError,
     config_from_dict,
@@ -16,7 +17,7 @@ from jaxcurv.config import (
     describe_keys,
     load_config,
 )
-from jaxcurv.demo import DEMO_DEFAULTS, demo_config
+from jaxcurv.app.demo import DEMO_DEFAULTS, demo_config
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
@@ -27,7 +28,7 @@ def _write(tmp_path, text, name="c.toml"):
     return path
 
 
-@pytest.mark.parametrize("name", ["demo", "curves_autoencoder", "landscape", "bench"])
+@pytest.mark.parametrize("name", ["demo", "curves_autoencoder", "landscape"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / f"{name}.toml")
     assert isinstance(cfg, Config)
@@ -58,17 +59,24 @@ def test_demo_toml_spells_out_the_builtin_demo_defaults():
 
 
 def test_every_key_has_a_plain_text_description():
-    for name, cls in config_lib._SECTIONS.items():
+    for name, cls in SECTIONS.items():
         assert config_lib._SECTION_HELP[name]
         for field in dataclasses.fields(cls):
             text = field.metadata["help"]
             assert text and "`" not in text and ":mod:" not in text, f"{name}.{field.name}"
 
 
-def test_bench_section_keeps_quick_and_out():
-    cfg = load_config(CONFIGS / "bench.toml")
-    assert cfg.bench.quick is False
-    assert cfg.bench.out == "benchmarks/results"
+def test_a_run_written_with_the_retired_bench_table_still_loads(tmp_path):
+    # Before the [bench] table was removed, every run's config.toml and checkpoint
+    # metadata carried one; those runs must still resume and load.
+    cfg = load_config(None, ["run.steps=7"])
+    old = config_to_toml(cfg) + '[bench]\nquick = false\nout = "benchmarks/results"\n'
+    assert load_config(_write(tmp_path, old)) == cfg
+    tables = {**config_to_dict(cfg), "bench": {"quick": False, "settings": {}}}
+    assert config_from_dict(tables, "a checkpoint") == cfg
+    assert "bench" not in config_to_dict(cfg) and "[bench]" not in config_to_toml(cfg)
+    with pytest.raises(ConfigError, match="Unknown section `bench`"):
+        load_config(None, ["bench.quick=true"])
 
 
 def test_defaults_and_toml_round_trip(tmp_path):
@@ -88,14 +96,12 @@ def test_overrides_are_parsed_by_type():
             "optimizer.name=sgd",  # a string without quotes
             'optimizer.cg_stop="residual"',  # or with
             "model.sizes=[784, 50, 6]",
-            "bench.settings.repeats=5",
         ],
     )
     assert cfg.optimizer.damping == 10.0 and isinstance(cfg.optimizer.damping, float)
     assert cfg.run.steps == 3 and cfg.run.progress is False
     assert cfg.optimizer.name == "sgd" and cfg.optimizer.cg_stop == "residual"
     assert cfg.model.sizes == (784, 50, 6)
-    assert cfg.bench.settings == {"repeats": 5}
 
 
 def test_overrides_apply_after_the_file(tmp_path):
@@ -194,4 +200,5 @@ def test_describe_keys_lists_every_key_with_its_default():
     text = describe_keys("optimizer")
     assert "[optimizer]" in text and "damping = 1.0" in text and "hessian_free" in text
     assert "[run]" not in text
-    assert "[bench]" in describe_keys()
+    everything = describe_keys()
+    assert all(f"[{name}]" in everything for name in SECTIONS)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxcurv import data
+from jaxcurv.app import data
 
 
 @pytest.mark.parametrize("size", [28, 16])

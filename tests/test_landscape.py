@@ -1,4 +1,4 @@
-"""Loss-landscape analysis against a float64 finite-difference Hessian, and its command.
+"""Loss-landscape analysis against a float64 finite-difference Hessian.
 
 The oracle is a numpy copy of the loss, differentiated by central differences
 (``tests/helpers.py``): nothing in it goes through JAX's autodiff or jaxcurv.
@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from jaxcurv.landscape import analyze_landscape, landscape, landscape_report, loss_slices
-from jaxcurv.train import CheckpointError, RunExistsError
-from tests._cli_fixtures import TINY_MODEL, assert_png, tiny_config
+from jaxcurv.app.landscape_report import landscape_report
+from jaxcurv.landscape import analyze_landscape, loss_slices
 from tests.helpers import fd_gradient, fd_hessian
 
 RNG = np.random.default_rng(0)
@@ -187,38 +186,3 @@ def test_loss_slices_bad_arguments():
         loss_slices(f, jnp.zeros(2), jnp.ones(2), num_points=1)
     with pytest.raises(ValueError, match=r"`loss_slices\(radius=...\)` must be positive"):
         loss_slices(f, jnp.zeros(2), jnp.ones(2), radius=-1.0)
-
-
-@pytest.mark.parametrize("steps", [0, 2])
-def test_landscape_command_trains_first_or_analyzes_the_initialization(tmp_path, steps):
-    cfg = tiny_config(tmp_path, [f"run.steps={steps}"])
-    out = tmp_path / "land"
-    res = landscape(cfg, out, progress=False)
-    assert res["source"] == {"trained_steps": steps}
-    assert res["model"].startswith(TINY_MODEL) and res["num_examples"] == 32
-    saved = json.loads((out / "landscape.json").read_text())
-    assert saved["top_eigenvalues"] == res["top_eigenvalues"]
-    assert saved["files"] == {
-        "density_plot": "spectral_density.png",
-        "slice_1d_plot": "slice_1d.png",
-        "slice_2d_plot": "slice_2d.png",
-    }
-    for name in saved["files"].values():
-        assert_png(out / name)
-    assert (out / "train" / "metrics.jsonl").exists() == (steps > 0)
-    assert (out / "config.toml").exists()
-    # An existing analysis is kept unless overwrite is asked for.
-    with pytest.raises(RunExistsError, match="--overwrite"):
-        landscape(cfg, out)
-
-
-def test_landscape_command_checkpoint_errors(tmp_path):
-    cfg = tiny_config(tmp_path)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="has no checkpoints"):
-        landscape(cfg, tmp_path / "a", checkpoint=tmp_path / "empty")
-    with pytest.raises(CheckpointError, match="does not exist"):
-        landscape(cfg, tmp_path / "b", checkpoint=tmp_path / "missing.npz")
-    (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match="not a jaxcurv checkpoint"):
-        landscape(cfg, tmp_path / "c", checkpoint=tmp_path / "junk.npz")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcurv import models
+from jaxcurv.app import models
 
 
 def _np_sigmoid(z):

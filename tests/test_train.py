@@ -8,25 +8,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxcurv import data as data_lib
-from jaxcurv import train as train_lib
-from jaxcurv.config import load_config
-from jaxcurv.train import (
+from jaxcurv.app import data as data_lib
+from jaxcurv.app.checkpoints import (
     CheckpointError,
     DamagedCheckpointError,
-    RunExistsError,
-    TrainingInterrupted,
-    atomic_write,
-    build_data,
-    build_model,
     latest_checkpoint,
     load_checkpoint,
-    prepare_run_dir,
-    read_metrics,
     save_checkpoint,
-    train,
-    write_json,
 )
+from jaxcurv.app.config import load_config
+from jaxcurv.app.extras import MissingExtraError
+from jaxcurv.app.loop import TrainingInterrupted, train
+from jaxcurv.app.metrics import read_metrics
+from jaxcurv.app.plots import require_plotting
+from jaxcurv.app.run_folder import RunExistsError, atomic_write, prepare_run_dir, write_json
+from jaxcurv.app.training_step import build_data, build_model
 from tests._cli_fixtures import (
     ADAM,
     TINY_MODEL,
@@ -351,5 +347,5 @@ def test_train_without_matplotlib_skips_plots_with_a_note(tmp_path, tiny_run, mo
     res = train(cfg, tmp_path / "run", echo=notes.append)
     assert "loss_plot" not in res.files and not list((tmp_path / "run").glob("*.png"))
     assert any("matplotlib" in n and "jaxcurv[cli]" in n for n in notes)
-    with pytest.raises(train_lib.MissingExtraError, match=r"pip install 'jaxcurv\[cli\]'"):
-        train_lib.require_plotting("`jaxcurv demo`")
+    with pytest.raises(MissingExtraError, match=r"pip install 'jaxcurv\[cli\]'"):
+        require_plotting("`jaxcurv demo`")

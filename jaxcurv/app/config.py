@@ -1,11 +1,12 @@
 """Typed run configuration, read from TOML with the standard library's ``tomllib``.
 
-A config file has up to seven tables -- ``[run]``, ``[data]``, ``[model]``,
-``[optimizer]``, ``[landscape]``, ``[demo]`` and ``[bench]`` -- each a frozen dataclass
-below, every key optional (the defaults are the dataclass defaults). Anything the file
-says is checked before any work starts: an unknown table or key, a value of the wrong type
-or outside its range is a :class:`ConfigError` that names the key, the value received and
-the fix (and suggests the closest valid key for a typo). Any value can be overridden from
+A config file has up to six tables -- ``[run]``, ``[data]``, ``[model]``,
+``[optimizer]``, ``[landscape]`` and ``[demo]`` (:data:`SECTIONS`) -- each a frozen
+dataclass below, every key optional (the defaults are the dataclass defaults). Anything
+the file says is checked before any work starts: an unknown table or key, a value of the
+wrong type or outside its range is a :class:`ConfigError` that names the key, the value
+received and the fix (and suggests the closest valid key for a typo; the checks of one
+value are in :mod:`jaxcurv.app.config_values`). Any value can be overridden from
 the command line with ``--set section.key=value``, parsed by the key's declared type.
 
 Example:
@@ -17,16 +18,25 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import os
 import tomllib
 import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from jaxcurv.app.config_values import (
+    ConfigError,
+    check_range,
+    convert,
+    count,
+    parse_value,
+    setting,
+    suggest,
+    toml_value,
+    type_name,
+)
+
 __all__ = [
-    "BenchConfig",
     "Config",
     "ConfigError",
     "DataConfig",
@@ -35,6 +45,7 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "RunConfig",
+    "SECTIONS",
     "config_from_dict",
     "config_to_dict",
     "config_to_toml",
@@ -43,98 +54,71 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message says how to fix it."""
-
-
-def _field(
-    default: Any,
-    help: str,
-    *,
-    choices: tuple | None = None,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> Any:
-    """A config key: its default, its plain-text meaning (``jaxcurv config`` prints it)
-    and the values it accepts."""
-    meta = {"choices": choices, "low": low, "high": high, "low_open": low_open, "help": help}
-    if isinstance(default, list | dict):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def _count(default: int, help: str, *, low: int = 1) -> Any:
-    """An integer setting that counts something: at least ``low``, which is 1 unless 0
-    means "none" / "off" or the count needs more."""
-    return _field(default, low=low, help=help)
-
-
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """``[run]``: how long to train and what to record."""
 
-    seed: int = _field(0, "PRNG seed of the parameter initialization")
-    steps: int = _count(50, "optimizer steps in total", low=0)
-    log_every: int = _count(1, "write a metrics line every this many steps")
-    eval_every: int = _count(10, "evaluate the test loss every this many steps")
-    checkpoint_every: int = _count(
+    seed: int = setting(0, "PRNG seed of the parameter initialization")
+    steps: int = count(50, "optimizer steps in total", low=0)
+    log_every: int = count(1, "write a metrics line every this many steps")
+    eval_every: int = count(10, "evaluate the test loss every this many steps")
+    checkpoint_every: int = count(
         0, "save params and optimizer state every this many steps (0: at the end)", low=0
     )
-    progress: bool = _field(True, "show a progress bar (needs tqdm, in the cli extra)")
+    progress: bool = setting(True, "show a progress bar (needs tqdm, in the cli extra)")
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """``[data]``: the embedded dataset (generated from a seed, never downloaded)."""
 
-    kind: str = _field(
+    kind: str = setting(
         "curves",
         "which dataset: CURVES-like images, or a small regression or classification set",
         choices=("curves", "regression", "classification"),
     )
-    num_train: int = _count(2000, "training examples")
-    num_test: int = _count(500, "test examples")
-    batch_size: int = _count(0, "examples per step (0: the whole training set)", low=0)
-    seed: int = _field(0, "seed of the data generator and of the batch shuffling")
-    size: int = _count(28, "curves: image side in pixels", low=2)
-    num_control_points: int = _count(3, "curves: points each curve runs through", low=2)
-    in_dim: int = _count(2, "regression / classification: input dimension")
-    out_dim: int = _count(1, "regression: target dimension")
-    num_classes: int = _count(3, "classification: number of classes", low=2)
-    noise: float = _field(0.05, "regression: target noise standard deviation", low=0.0)
+    num_train: int = count(2000, "training examples")
+    num_test: int = count(500, "test examples")
+    batch_size: int = count(0, "examples per step (0: the whole training set)", low=0)
+    seed: int = setting(0, "seed of the data generator and of the batch shuffling")
+    size: int = count(28, "curves: image side in pixels", low=2)
+    num_control_points: int = count(3, "curves: points each curve runs through", low=2)
+    in_dim: int = count(2, "regression / classification: input dimension")
+    out_dim: int = count(1, "regression: target dimension")
+    num_classes: int = count(3, "classification: number of classes", low=2)
+    noise: float = setting(0.05, "regression: target noise standard deviation", low=0.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """``[model]``: a reference model of :mod:`jaxcurv.models`."""
+    """``[model]``: a reference model of :mod:`jaxcurv.app.models`."""
 
-    kind: str = _field(
+    kind: str = setting(
         "autoencoder",
         "a deep autoencoder (mirrored encoder and decoder) or a plain MLP",
         choices=("autoencoder", "mlp"),
     )
-    sizes: tuple[int, ...] = _field(
+    sizes: tuple[int, ...] = setting(
         (784, 400, 200, 100, 50, 25, 6),
         "autoencoder: encoder widths, input to code (the decoder mirrors them); "
         "mlp: all layer widths, input first",
     )
-    activation: str = _field(
+    activation: str = setting(
         "logistic",
         "nonlinearity of the hidden layers",
         choices=("logistic", "tanh", "relu", "softplus"),
     )
-    loss: str = _field(
+    loss: str = setting(
         "auto",
         "mlp only; auto: softmax_cross_entropy for classification, else mse",
         choices=("auto", "mse", "softmax_cross_entropy", "sigmoid_cross_entropy"),
     )
-    init: str = _field(
+    init: str = setting(
         "sparse",
         "weight initialization: sparse (Martens 2010: 15 nonzero weights into each unit) or glorot",
         choices=("sparse", "glorot"),
     )
-    dtype: str = _field(
+    dtype: str = setting(
         "float32", "floating-point type of parameters and data", choices=("float32", "float64")
     )
 
@@ -143,47 +127,47 @@ class ModelConfig:
 class OptimizerConfig:
     """``[optimizer]``: ``hessian_free`` (Martens 2010) or an optax baseline."""
 
-    name: str = _field(
+    name: str = setting(
         "hessian_free",
         "the optimizer: Hessian-free, or an optax baseline",
         choices=("hessian_free", "adam", "sgd", "lbfgs"),
     )
-    learning_rate: float = _field(
+    learning_rate: float = setting(
         1.0,
         "step size; hessian_free scales its step by it (keep 1 for Martens' algorithm)",
         low=0.0,
         low_open=True,
     )
     # hessian_free
-    curvature: str = _field(
+    curvature: str = setting(
         "ggn",
         "hessian_free: curvature matrix, Gauss-Newton (ggn, positive semi-definite) or Hessian",
         choices=("ggn", "hessian"),
     )
-    damping: float = _field(1.0, "hessian_free: initial damping lambda", low=0.0)
-    adapt_damping: bool = _field(
+    damping: float = setting(1.0, "hessian_free: initial damping lambda", low=0.0)
+    adapt_damping: bool = setting(
         True, "hessian_free: adapt damping by the reduction ratio rho (Levenberg-Marquardt)"
     )
-    cg_maxiter: int = _count(250, "hessian_free: most conjugate-gradient steps per update")
-    cg_tol: float = _field(1e-5, "hessian_free: tolerance of the CG stopping rule", low=0.0)
-    cg_stop: str = _field(
+    cg_maxiter: int = count(250, "hessian_free: most conjugate-gradient steps per update")
+    cg_tol: float = setting(1e-5, "hessian_free: tolerance of the CG stopping rule", low=0.0)
+    cg_stop: str = setting(
         "martens",
         "hessian_free: CG stopping rule: relative progress of the quadratic (martens), "
         "residual norm, or an inexact-Newton forcing sequence",
         choices=("martens", "residual", "forcing"),
     )
-    cg_backtracking: bool = _field(
+    cg_backtracking: bool = setting(
         True, "hessian_free: step back to an earlier CG iterate when it has a lower loss"
     )
-    line_search: bool = _field(
+    line_search: bool = setting(
         True, "hessian_free: backtracking (Armijo) line search along the CG direction"
     )
-    preconditioner: str = _field(
+    preconditioner: str = setting(
         "none",
         "hessian_free: CG preconditioner: none, or Martens' diagonal from squared gradients",
         choices=("none", "martens"),
     )
-    curvature_fraction: float = _field(
+    curvature_fraction: float = setting(
         1.0,
         "hessian_free: share of the batch used for curvature products",
         low=0.0,
@@ -191,34 +175,34 @@ class OptimizerConfig:
         low_open=True,
     )
     # optax baselines
-    momentum: float = _field(0.0, "sgd: momentum (0: plain SGD)", low=0.0, high=1.0)
-    b1: float = _field(0.9, "adam: first-moment decay", low=0.0, high=1.0)
-    b2: float = _field(0.999, "adam: second-moment decay", low=0.0, high=1.0)
+    momentum: float = setting(0.0, "sgd: momentum (0: plain SGD)", low=0.0, high=1.0)
+    b1: float = setting(0.9, "adam: first-moment decay", low=0.0, high=1.0)
+    b2: float = setting(0.999, "adam: second-moment decay", low=0.0, high=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
 class LandscapeConfig:
     """``[landscape]``: curvature diagnostics of the loss at the trained parameters."""
 
-    checkpoint: str = _field(
+    checkpoint: str = setting(
         "", "analyze this checkpoint (file or run folder) instead of training first"
     )
-    num_examples: int = _count(500, "training examples the loss is measured on")
-    top_k: int = _count(5, "largest Hessian eigenvalues to report")
-    bottom_k: int = _count(5, "smallest Hessian eigenvalues to report")
-    num_lanczos: int = _count(40, "Lanczos steps for eigenvalues and density", low=2)
-    trace_samples: int = _count(30, "Hutchinson probes for the trace", low=2)
-    density_probes: int = _count(4, "probes of stochastic Lanczos quadrature")
-    slice_points: int = _count(21, "grid points per axis of the loss slices", low=3)
-    slice_radius: float = _field(
+    num_examples: int = count(500, "training examples the loss is measured on")
+    top_k: int = count(5, "largest Hessian eigenvalues to report")
+    bottom_k: int = count(5, "smallest Hessian eigenvalues to report")
+    num_lanczos: int = count(40, "Lanczos steps for eigenvalues and density", low=2)
+    trace_samples: int = count(30, "Hutchinson probes for the trace", low=2)
+    density_probes: int = count(4, "probes of stochastic Lanczos quadrature")
+    slice_points: int = count(21, "grid points per axis of the loss slices", low=3)
+    slice_radius: float = setting(
         1.0, "half-width of the loss slices, in units of the eigenvectors", low=0.0, low_open=True
     )
-    dense_threshold: int = _count(
+    dense_threshold: int = count(
         1024,
         "form the Hessian and diagonalize it exactly up to this many parameters (0: Lanczos)",
         low=0,
     )
-    seed: int = _field(0, "PRNG seed of the random probes")
+    seed: int = setting(0, "PRNG seed of the random probes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,22 +210,13 @@ class DemoConfig:
     """``[demo]``: the Hessian-free vs baseline race and the spectrum in ``jaxcurv demo``."""
 
     # The demo's defaults live here alone; configs/demo.toml repeats them (a test checks).
-    baseline: str = _field(
+    baseline: str = setting(
         "adam", "the optax optimizer Hessian-free races", choices=("adam", "sgd", "lbfgs")
     )
-    baseline_learning_rate: float = _field(
+    baseline_learning_rate: float = setting(
         0.01, "the baseline's learning rate", low=0.0, low_open=True
     )
-    baseline_steps: int = _count(600, "the baseline's steps")
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchConfig:
-    """``[bench]``: the benchmark suite (``benchmarks/run.py`` reads ``settings``)."""
-
-    quick: bool = _field(False, "small sizes and few repeats")
-    out: str = _field("benchmarks/results", "folder for the JSON and Markdown results")
-    settings: dict = _field({}, "free-form options passed to the benchmark suite")
+    baseline_steps: int = count(600, "the baseline's steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +229,6 @@ class Config:
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     landscape: LandscapeConfig = dataclasses.field(default_factory=LandscapeConfig)
     demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
-    bench: BenchConfig = dataclasses.field(default_factory=BenchConfig)
 
 
 #: What each table is for, in plain text (``jaxcurv config`` prints it).
@@ -265,101 +239,22 @@ _SECTION_HELP: dict[str, str] = {
     "optimizer": "hessian_free (Martens 2010) or an optax baseline",
     "landscape": "curvature diagnostics of the loss at the trained parameters",
     "demo": "the Hessian-free vs baseline race of the jaxcurv demo command",
-    "bench": "the benchmark suite (benchmarks/run.py reads its settings)",
 }
 
-_SECTIONS: dict[str, type] = {
+#: The tables of a config file, in order, and the dataclass each one is read into.
+SECTIONS: dict[str, type] = {
     "run": RunConfig,
     "data": DataConfig,
     "model": ModelConfig,
     "optimizer": OptimizerConfig,
     "landscape": LandscapeConfig,
     "demo": DemoConfig,
-    "bench": BenchConfig,
 }
 
-
-def _suggest(name: str, valid: Iterable[str], prefix: str = "") -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    return f" Did you mean `{prefix}{close[0]}`?" if close else ""
-
-
-def _type_name(tp: Any) -> str:
-    if tp == tuple[int, ...]:
-        return "a list of integers"
-    return {
-        int: "an integer",
-        float: "a number",
-        bool: "true or false",
-        str: "a string",
-        dict: "a table",
-    }.get(tp, str(tp))
-
-
-def _convert(where: str, tp: Any, value: Any, source: str) -> Any:
-    """``value`` as type ``tp``, or a ConfigError naming ``where``."""
-
-    def bad(extra: str = "") -> ConfigError:
-        return ConfigError(
-            f"`{where}` must be {_type_name(tp)}, got {value!r} ({type(value).__name__}) "
-            f"in {source}.{extra}"
-        )
-
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad(" Write `true` or `false` (lower case, no quotes).")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise bad(" Write a whole number such as `100`.")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            value = float(value)
-            if math.isfinite(value):
-                return value
-        raise bad(" Write a finite number such as `1.0` or `1e-3`.")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad(' Quote it, e.g. `"adam"`.')
-    if tp is dict:
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise bad(" Write it as a TOML table.")
-    if tp == tuple[int, ...]:
-        if isinstance(value, list | tuple) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
-            return tuple(value)
-        raise bad(" Write a list such as `[784, 400, 6]`.")
-    raise TypeError(f"internal: unsupported config type {tp!r} for {where}")  # pragma: no cover
-
-
-def _check_range(where: str, field: dataclasses.Field, value: Any, source: str) -> None:
-    meta = field.metadata
-    choices = meta.get("choices")
-    if choices is not None and value not in choices:
-        raise ConfigError(
-            f"`{where}` must be one of {', '.join(repr(c) for c in choices)}, got {value!r} in "
-            f"{source}.{_suggest(str(value), [str(c) for c in choices])}"
-        )
-    low, high = meta.get("low"), meta.get("high")
-    if low is not None:
-        ok = value > low if meta.get("low_open") else value >= low
-        if not ok:
-            op = ">" if meta.get("low_open") else ">="
-            raise ConfigError(f"`{where}` must be {op} {low}, got {value!r} in {source}.")
-    if high is not None and value > high:
-        raise ConfigError(f"`{where}` must be <= {high}, got {value!r} in {source}.")
-    if isinstance(value, tuple):
-        if not value or any(v <= 0 for v in value):
-            raise ConfigError(
-                f"`{where}` must be a non-empty list of positive integers, got {list(value)} "
-                f"in {source}."
-            )
+# Tables that configs written by earlier versions hold (every run's config.toml and
+# checkpoint metadata had a `[bench]` table) and that nothing reads any more: skipped when
+# read back, so that those runs still resume and load.
+_RETIRED_SECTIONS = frozenset({"bench"})
 
 
 def _section_types(cls: type) -> dict[str, Any]:
@@ -379,13 +274,13 @@ def _build_section(name: str, cls: type, table: Any, source: str) -> Any:
     for key, value in table.items():
         if key not in fields:
             raise ConfigError(
-                f"Unknown key `{name}.{key}` in {source}.{_suggest(key, fields, name + '.')} "
+                f"Unknown key `{name}.{key}` in {source}.{suggest(key, fields, name + '.')} "
                 f"Valid keys of "
                 f"[{name}]: {', '.join(fields)}."
             )
         where = f"{name}.{key}"
-        converted = _convert(where, types_[key], value, source)
-        _check_range(where, fields[key], converted, source)
+        converted = convert(where, types_[key], value, source)
+        check_range(where, fields[key], converted, source)
         values[key] = converted
     return cls(**values)
 
@@ -402,41 +297,22 @@ def _parse_override(text: str, cfg_types: dict[str, dict[str, Any]]) -> tuple[st
     if "." not in path:
         raise ConfigError(
             f"`--set {text}` needs a dotted key `section.key`, got `{path}`; for example "
-            f"`--set run.steps=100`. Sections: {', '.join(_SECTIONS)}."
+            f"`--set run.steps=100`. Sections: {', '.join(SECTIONS)}."
         )
     section, key = path.split(".", 1)
-    if section not in _SECTIONS:
+    if section not in SECTIONS:
         raise ConfigError(
-            f"Unknown section `{section}` in `{source}`.{_suggest(section, _SECTIONS)} "
-            f"Sections: {', '.join(_SECTIONS)}."
+            f"Unknown section `{section}` in `{source}`.{suggest(section, SECTIONS)} "
+            f"Sections: {', '.join(SECTIONS)}."
         )
     types_ = cfg_types[section]
-    if section == "bench" and key.startswith("settings."):
-        return section, key, _parse_toml_value(raw)
     if key not in types_:
         raise ConfigError(
-            f"Unknown key `{section}.{key}` in `{source}`.{_suggest(key, types_, section + '.')} "
+            f"Unknown key `{section}.{key}` in `{source}`.{suggest(key, types_, section + '.')} "
             f"Valid keys "
             f"of [{section}]: {', '.join(types_)}."
         )
-    tp = types_[key]
-    if tp is str:
-        value: Any = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] == '"' else raw
-    elif tp == tuple[int, ...] and not raw.startswith("["):
-        try:
-            value = [int(v) for v in raw.split(",") if v.strip()]
-        except ValueError:
-            value = raw
-    else:
-        value = _parse_toml_value(raw)
-    return section, key, value
-
-
-def _parse_toml_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+    return section, key, parse_value(raw, types_[key])
 
 
 def _check_consistency(cfg: Config, source: str) -> None:
@@ -528,10 +404,12 @@ def load_config(
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{source} is not valid TOML: {e}.") from None
         for name, table in raw.items():
-            if name not in _SECTIONS:
+            if name in _RETIRED_SECTIONS:
+                continue
+            if name not in SECTIONS:
                 raise ConfigError(
-                    f"Unknown table `[{name}]` in {source}.{_suggest(name, _SECTIONS)} Valid "
-                    f"tables: {', '.join(f'[{s}]' for s in _SECTIONS)}."
+                    f"Unknown table `[{name}]` in {source}.{suggest(name, SECTIONS)} Valid "
+                    f"tables: {', '.join(f'[{s}]' for s in SECTIONS)}."
                 )
             if not isinstance(table, Mapping):
                 raise ConfigError(
@@ -542,21 +420,16 @@ def load_config(
 
     sections = {
         name: _build_section(name, cls, tables.get(name, {}), source)
-        for name, cls in _SECTIONS.items()
+        for name, cls in SECTIONS.items()
     }
-    cfg_types = {name: _section_types(cls) for name, cls in _SECTIONS.items()}
+    cfg_types = {name: _section_types(cls) for name, cls in SECTIONS.items()}
     overrides = list(overrides)
     for text in overrides:
         section, key, value = _parse_override(text, cfg_types)
         where = f"--set {text}"
-        if section == "bench" and key.startswith("settings."):
-            settings = dict(sections["bench"].settings)
-            settings[key.split(".", 1)[1]] = value
-            sections["bench"] = dataclasses.replace(sections["bench"], settings=settings)
-            continue
-        field = {f.name: f for f in dataclasses.fields(_SECTIONS[section])}[key]
-        converted = _convert(f"{section}.{key}", cfg_types[section][key], value, f"`{where}`")
-        _check_range(f"{section}.{key}", field, converted, f"`{where}`")
+        field = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[key]
+        converted = convert(f"{section}.{key}", cfg_types[section][key], value, f"`{where}`")
+        check_range(f"{section}.{key}", field, converted, f"`{where}`")
         sections[section] = dataclasses.replace(sections[section], **{key: converted})
     cfg = Config(**sections)
     _check_consistency(cfg, source if not overrides else f"{source} with --set overrides")
@@ -573,26 +446,12 @@ def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {v!r} as TOML")  # pragma: no cover
-
-
 def config_to_toml(cfg: Config) -> str:
     """The config as TOML text that :func:`load_config` reads back to an equal config."""
     lines = []
     for name, table in config_to_dict(cfg).items():
         lines.append(f"[{name}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items())
+        lines.extend(f"{k} = {toml_value(v)}" for k, v in table.items())
         lines.append("")
     return "\n".join(lines)
 
@@ -601,12 +460,14 @@ def config_from_dict(tables: Mapping[str, Mapping[str, Any]], source: str) -> Co
     """A config from plain tables (e.g. a run's saved ``config.json``), fully checked."""
     sections = {}
     for name, table in tables.items():
-        if name not in _SECTIONS:
+        if name in _RETIRED_SECTIONS:
+            continue
+        if name not in SECTIONS:
             raise ConfigError(
-                f"Unknown table `[{name}]` in {source}.{_suggest(name, _SECTIONS)} Valid "
-                f"tables: {', '.join(f'[{s}]' for s in _SECTIONS)}."
+                f"Unknown table `[{name}]` in {source}.{suggest(name, SECTIONS)} Valid "
+                f"tables: {', '.join(f'[{s}]' for s in SECTIONS)}."
             )
-        sections[name] = _build_section(name, _SECTIONS[name], table, source)
+        sections[name] = _build_section(name, SECTIONS[name], table, source)
     cfg = Config(**sections)
     _check_consistency(cfg, source)
     return cfg
@@ -623,7 +484,7 @@ def describe_keys(section: str | None = None) -> str:
       initial damping lambda``.
     """
     lines = []
-    for name, cls in _SECTIONS.items():
+    for name, cls in SECTIONS.items():
         if section is not None and name != section:
             continue
         lines.append(f"[{name}]  {_SECTION_HELP[name]}")
@@ -634,7 +495,7 @@ def describe_keys(section: str | None = None) -> str:
             choices = f.metadata.get("choices")
             if choices:
                 extra = (extra + "; " if extra else "") + "one of " + ", ".join(map(str, choices))
-            shown = _toml_value(list(default) if isinstance(default, tuple) else default)
-            kind = _type_name(types_[f.name])
+            shown = toml_value(list(default) if isinstance(default, tuple) else default)
+            kind = type_name(types_[f.name])
             lines.append(f"  {f.name} = {shown}  ({kind}){'  ' + extra if extra else ''}")
     return "\n".join(lines)

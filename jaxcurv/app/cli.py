@@ -1,18 +1,20 @@
-"""The ``jaxcurv`` command: ``demo``, ``train``, ``landscape``, ``bench`` and ``config``.
+"""The ``jaxcurv`` command: ``demo``, ``train``, ``landscape`` and ``config``.
 
-This module only parses arguments and configs and calls the library (:mod:`jaxcurv.demo`,
-:mod:`jaxcurv.train`, :mod:`jaxcurv.landscape`); no numerical code lives here. User errors
--- a bad config key or value, an existing run, a checkpoint from another model or a damaged
-one, a missing optional dependency -- end with a one-line message and exit status 2, never
-a traceback. Ctrl-C ends with a line that says exactly what was saved and how to go on, and
-exit status 130.
+This module only parses arguments and configs and calls the application
+(:mod:`jaxcurv.app.demo`, :mod:`jaxcurv.app.loop`, :mod:`jaxcurv.app.landscape_report`);
+no numerical code lives here. User errors -- a bad config key or value, an existing run,
+a checkpoint from another model or a damaged one, a missing optional dependency -- end
+with a one-line message and exit status 2, never a traceback. Ctrl-C ends with a line
+that says exactly what was saved and how to go on, and exit status 130.
+
+The benchmark suite is not a subcommand: it lives in the source checkout, not in the
+installed package, and runs from there with ``make bench`` or ``python -m benchmarks.run``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import os
 import pathlib
 import shlex
@@ -27,9 +29,14 @@ from jaxcurv import __version__
 __all__ = ["main"]
 
 _EPILOG_CONFIG = """\
-Configs are TOML files with tables [run], [data], [model], [optimizer], [landscape], [demo],
-[bench]; `jaxcurv config` lists every key with its default and meaning. Any key can be
-overridden: --set optimizer.damping=10 --set model.sizes=784,400,6
+Configs are TOML files with tables [run], [data], [model], [optimizer], [landscape], [demo];
+`jaxcurv config` lists every key with its default and meaning. Any key can be overridden:
+--set optimizer.damping=10 --set model.sizes=784,400,6
+"""
+
+_EPILOG_MAIN = """\
+Run `jaxcurv COMMAND --help` for a command's options. Benchmarks run from a source
+checkout: `make bench`, or `python -m benchmarks.run` (see BENCHMARKS.md).
 """
 
 
@@ -82,9 +89,12 @@ def _run_command(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxcurv",
-        description="First and second derivatives at scale on JAX: the seed demo, "
-        "Hessian-free training, and loss-landscape analysis.",
-        epilog="Run `jaxcurv COMMAND --help` for a command's options.",
+        description=_wrap(
+            "First and second derivatives at scale on JAX: the seed demo, "
+            "Hessian-free training, and loss-landscape analysis."
+        ),
+        epilog=_EPILOG_MAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"jaxcurv {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -142,31 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
-        "bench",
-        help="run the benchmark suite (from a source checkout)",
-        description="Run the benchmark suite, like `python -m benchmarks.run`. The "
-        "benchmarks/ folder is part of the source checkout, not of the installed package: "
-        "run this from the repository root.",
-    )
-    p.add_argument(
-        "--config",
-        metavar="FILE",
-        default="configs/bench.toml",
-        help="benchmark config; default configs/bench.toml",
-    )
-    p.add_argument("--quick", action="store_true", help="small sizes and few repeats")
-    p.add_argument("--out", metavar="DIR", help="results folder (default from the config)")
-    p.add_argument("--only", metavar="NAMES", help="comma-separated subset of the benchmarks")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a [bench.settings] value, e.g. --set products.repeats=5 (repeatable)",
-    )
-
-    p = sub.add_parser(
         "config",
         help="list every config key with its type, default and meaning",
         description="List the config tables and keys that --config files and --set accept.",
@@ -189,7 +174,7 @@ def _fmt(x: float | None, digits: int = 4) -> str:
 
 
 def _cmd_demo(args) -> int:
-    from jaxcurv.demo import demo_config, run_demo
+    from jaxcurv.app.demo import demo_config, run_demo
 
     cfg = demo_config(args.config, args.overrides)
     run_demo(cfg, args.out, overwrite=args.overwrite, progress=_progress(args))
@@ -199,7 +184,7 @@ def _cmd_demo(args) -> int:
 def _train_config(args):
     """The config of a train run: --config, or with --resume the run's own config.toml;
     then the --set overrides."""
-    from jaxcurv.config import load_config
+    from jaxcurv.app.config import load_config
 
     if args.config is not None:
         return load_config(args.config, args.overrides)
@@ -239,7 +224,7 @@ def _interrupted(e, out) -> str:
 
 
 def _cmd_train(args) -> int:
-    from jaxcurv.train import TrainingInterrupted, train
+    from jaxcurv.app.loop import TrainingInterrupted, train
 
     if args.resume and args.overwrite:
         raise _UsageError("--resume and --overwrite contradict each other; pass one of them.")
@@ -268,9 +253,9 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_landscape(args) -> int:
-    from jaxcurv.config import load_config
-    from jaxcurv.landscape import landscape
-    from jaxcurv.train import require_plotting
+    from jaxcurv.app.config import load_config
+    from jaxcurv.app.landscape_report import landscape
+    from jaxcurv.app.plots import require_plotting
 
     if args.config is None and args.checkpoint is None:
         raise _UsageError("landscape needs --config FILE or --checkpoint PATH (or both).")
@@ -294,35 +279,11 @@ def _cmd_landscape(args) -> int:
     return 0
 
 
-def _cmd_bench(args) -> int:
-    # benchmarks/ lives in the source checkout, next to configs/, not in the installed
-    # package: run it from the repository root, as `python -m benchmarks.run` would.
-    root = pathlib.Path.cwd()
-    if not (root / "benchmarks" / "run.py").is_file():
-        raise _UsageError(
-            "`jaxcurv bench` runs benchmarks/run.py from a source checkout, and there is none "
-            f"under {root}. Run it from the repository root (or use `make bench`)."
-        )
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    module = importlib.import_module("benchmarks.run")
-    argv = ["--config", args.config]
-    if args.quick:
-        argv.append("--quick")
-    if args.out:
-        argv += ["--out", args.out]
-    if args.only:
-        argv += ["--only", args.only]
-    for text in args.overrides:
-        argv += ["--set", text]
-    return int(module.main(argv) or 0)
-
-
 def _cmd_config(args) -> int:
-    from jaxcurv.config import _SECTIONS, describe_keys
+    from jaxcurv.app.config import SECTIONS, describe_keys
 
-    if args.section is not None and args.section not in _SECTIONS:
-        raise _UsageError(f"unknown table {args.section!r}; tables: {', '.join(_SECTIONS)}.")
+    if args.section is not None and args.section not in SECTIONS:
+        raise _UsageError(f"unknown table {args.section!r}; tables: {', '.join(SECTIONS)}.")
     print(describe_keys(args.section))
     return 0
 
@@ -335,7 +296,6 @@ _COMMANDS = {
     "demo": _cmd_demo,
     "train": _cmd_train,
     "landscape": _cmd_landscape,
-    "bench": _cmd_bench,
     "config": _cmd_config,
 }
 
@@ -353,7 +313,7 @@ def _cut_short(args) -> str:
     run_dir = getattr(args, "run_dir", None)
     if run_dir is None:
         return "interrupted; it stopped before finishing and its outputs are incomplete."
-    from jaxcurv.train import latest_checkpoint
+    from jaxcurv.app.checkpoints import latest_checkpoint
 
     latest = latest_checkpoint(run_dir)
     if latest is None:
@@ -387,13 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from jaxcurv.config import ConfigError
-    from jaxcurv.train import (
-        CheckpointError,
-        MissingExtraError,
-        TrainingInterrupted,
-        stop_on_interrupt,
-    )
+    from jaxcurv.app.checkpoints import CheckpointError
+    from jaxcurv.app.config import ConfigError
+    from jaxcurv.app.extras import MissingExtraError
+    from jaxcurv.app.interrupt import stop_on_interrupt
+    from jaxcurv.app.loop import TrainingInterrupted
 
     # For train, from here on Ctrl-C asks training to stop after its current step (one
     # pressed before training starts stops it before the first); the other commands also

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 
 __all__ = [
     "ACTIVATIONS",
-    "CURVES_ENCODER",
     "Model",
     "deep_autoencoder",
     "init_mlp",
@@ -40,9 +39,6 @@ __all__ = [
 ]
 
 Params = list[dict[str, jax.Array]]
-
-#: Martens (2010), CURVES: encoder 784-400-200-100-50-25-6, decoder mirrored.
-CURVES_ENCODER = (784, 400, 200, 100, 50, 25, 6)
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "linear": lambda x: x,
@@ -329,7 +325,7 @@ def mlp(
 
 
 def deep_autoencoder(
-    encoder_sizes: Sequence[int] = CURVES_ENCODER,
+    encoder_sizes: Sequence[int] = (784, 400, 200, 100, 50, 25, 6),
     *,
     activation: str = "logistic",
     init: str = "sparse",
@@ -344,7 +340,8 @@ def deep_autoencoder(
     initialization.
 
     Args:
-      encoder_sizes: widths from the input to the code layer.
+      encoder_sizes: widths from the input to the code layer; the default is Martens'
+        CURVES encoder.
       activation: hidden-unit nonlinearity (``"logistic"`` in the paper).
       init: ``"sparse"`` (the paper) or ``"glorot"``.
       dtype: parameter dtype.
