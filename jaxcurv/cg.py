@@ -37,6 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcurv.products import CurvatureOperator, as_matvec
+from jaxcurv.spectral import (
+    _check_symmetric_matrix,
+    _has_low_precision,
+    _is_low_precision,
+    _scaled_product,
+    _to_working,
+)
 from jaxcurv.tree import (
     tree_all_finite,
     tree_axpy,
@@ -58,6 +65,11 @@ __all__ = [
 ]
 
 _STOP_RULES = ("residual", "martens")
+_SYMMETRIC_FIX = (
+    "CG needs a symmetric positive-definite matrix. If the asymmetry is rounding or noise, "
+    "pass its symmetric part `(A + A.T) / 2`; for a non-symmetric system use "
+    "`jnp.linalg.solve` or `jax.scipy.sparse.linalg.gmres`."
+)
 # Internal "still iterating" status; never returned.
 _RUNNING = -1
 
@@ -233,13 +245,21 @@ def _like(tree: PyTree, like: PyTree) -> PyTree:
     return jax.tree.map(lambda t, lk: jnp.asarray(t).astype(jnp.result_type(lk)), tree, like)
 
 
+def _coarsest_eps(*trees: PyTree) -> float:
+    """The largest machine epsilon among the leaves' dtypes (their real parts)."""
+    return max(
+        float(jnp.finfo(jnp.result_type(leaf)).eps) for t in trees for leaf in jax.tree.leaves(t)
+    )
+
+
 def _vdot_real(a: PyTree, b: PyTree) -> jax.Array:
     return jnp.real(tree_vdot(a, b))
 
 
-def _preconditioner(M: Any, b: PyTree) -> Callable[[PyTree], PyTree] | None:
+def _preconditioner(M: Any, b: PyTree) -> tuple[Callable[[PyTree], PyTree] | None, bool]:
+    """``(r -> M r, dense)``: a dense ``M`` is cast to at least float32 (exactly)."""
     if M is None:
-        return None
+        return None, False
     if isinstance(M, (jax.Array, np.ndarray)):
         n = tree_size(b)
         if M.shape != (n, n) or not isinstance(b, (jax.Array, np.ndarray)):
@@ -249,9 +269,11 @@ def _preconditioner(M: Any, b: PyTree) -> Callable[[PyTree], PyTree] | None:
                 "callable `r -> M r` on pytrees instead."
             )
         mat = jnp.asarray(M)
-        return lambda r: mat @ r
+        if _is_low_precision(mat.dtype):
+            mat = mat.astype(jnp.float32)
+        return (lambda r: mat @ r), True
     if callable(M):
-        return M
+        return M, False
     raise TypeError(
         f"`cg(M=...)` must be None, a callable `r -> M r` or a square matrix, got "
         f"{type(M).__name__}."
@@ -320,10 +342,22 @@ def cg(
     ``jax.jit`` as an argument. Like ``jax.scipy``, ``cg`` itself is traced on each call:
     wrap repeated solves in ``jax.jit`` to compile once.
 
+    float16 and bfloat16: ``x``, the residual, the directions and every inner product are
+    kept in float32 (in float16 :math:`b^\top b` alone overflows once :math:`\|b\| >
+    256`, and 11-bit inner products lose conjugacy); products with ``A`` and ``M`` still
+    run in their own dtype, on a direction scaled to a largest entry of one (so it neither
+    underflows nor overflows float16's range) and scaled back in float32; a dense
+    float16/bfloat16 matrix is cast to float32, exactly. ``x`` (and ``info.iterates``)
+    come back in ``b``'s dtypes, the ``info`` scalars in float32. An iterate that would
+    overflow ``b``'s dtype stops the run with ``NONFINITE``. The accuracy is that of the
+    products: with a float16 operator expect a relative error of about ``cond(A)`` times
+    float16's ``eps``, whatever ``tol``.
+
     Args:
       A: a ``CurvatureOperator`` (``jaxcurv.hessian_operator`` / ``ggn_operator``), a
         dense symmetric ``(n, n)`` matrix (then ``b`` is a vector of shape ``(n,)``), or a
-        callable ``v -> A v`` on pytrees shaped like ``b``. Assumed symmetric.
+        callable ``v -> A v`` on pytrees shaped like ``b``. Assumed symmetric; a concrete
+        dense matrix is checked (to rounding; see ``jaxcurv.spectral``'s symmetry check).
       b: right-hand side, a pytree of floating arrays.
       x0: initial guess like ``b``; zeros when None (which saves one product).
       tol: relative tolerance on the residual norm.
@@ -351,7 +385,8 @@ def cg(
 
     Raises:
       ValueError: bad ``maxiter`` / ``tol`` / ``atol`` / ``martens_eps`` / ``stop_rule``;
-        ``x0``, ``b`` or ``A``'s output not matching ``A``'s domain.
+        ``x0``, ``b`` or ``A``'s output not matching ``A``'s domain; a dense ``A`` that is
+        not symmetric beyond rounding.
       TypeError: integer ``b``; ``maxiter`` not an int; ``A`` or ``M`` of the wrong kind.
 
     Example:
@@ -381,48 +416,68 @@ def cg(
             )
     # An operator's own domain (op.x) fixes the dtypes its products run in.
     matvec, domain = as_matvec(A, example=None if isinstance(A, CurvatureOperator) else b)
+    _check_symmetric_matrix("cg(A)", A, fix=_SYMMETRIC_FIX)
     tree_check_like("b", b, domain, "A's domain")
     _check_floating(b)
     maxiter = _check_args(tol, atol, maxiter, stop_rule, martens_eps, tree_size(b))
     record_iterates = bool(record_iterates)
     martens = stop_rule == "martens"
-    precond = _preconditioner(M, b)
+    precond, dense_m = _preconditioner(M, b)
 
-    leaves = jax.tree.leaves(b)
+    # float16/bfloat16: the iteration runs in float32 (`bw`, b's working copy), products in
+    # the operator's own dtype through `_scaled_product`; in float16 b^T b alone overflows
+    # once ||b|| > 256, and its 11-bit inner products cannot keep directions conjugate.
+    low = _has_low_precision(b, domain)
+    bw = _to_working(b) if low else b
+    if low and isinstance(A, (jax.Array, np.ndarray)) and A.ndim == 2:
+        # A dense float16/bfloat16 matrix is exact in float32: its products can be too.
+        matvec, domain = as_matvec(_to_working(jnp.asarray(A)), example=bw)
+    leaves = jax.tree.leaves(bw)
     # Scalars (step lengths, norms) live in the real type of the promoted leaf dtype.
     real = jnp.finfo(jnp.result_type(*leaves)).dtype
     lam = jnp.asarray(damping, real)
     use_damping = not (_is_concrete(damping) and np.all(np.asarray(damping) == 0))
 
-    def apply_a(v):
-        av = matvec(_like(v, domain))
+    def product(v):
+        av = matvec(v)
         tree_check_like("A(v)", av, b, "b")
-        av = _like(av, b)
+        return av
+
+    def preconditioned(r):
+        z = precond(r)
+        tree_check_like("M(r)", z, b, "b")
+        return z
+
+    def apply_a(v):
+        if low:
+            av = _scaled_product(product, v, domain, bw)
+        else:
+            av = _like(product(_like(v, domain)), b)
         return tree_axpy(lam, v, av) if use_damping else av
 
     def apply_m(r):
         if precond is None:
             return r
-        z = precond(r)
-        tree_check_like("M(r)", z, b, "b")
-        return _like(z, b)
+        if low:
+            return _scaled_product(preconditioned, r, bw if dense_m else b, bw)
+        return _like(preconditioned(r), b)
 
     if x0 is None:
-        x = tree_zeros_like(b)
-        r = b
+        x = tree_zeros_like(bw)
+        r = bw
         x_finite = jnp.asarray(True)
     else:
         tree_check_like("x0", x0, b, "b")
-        x0 = _like(x0, b)
+        x0 = _like(x0, bw)
         x_finite = tree_all_finite(x0)
         # A non-finite start is reported, and zeros are returned in its place.
-        x = tree_where(x_finite, x0, tree_zeros_like(b))
-        r = jax.tree.map(jnp.subtract, b, apply_a(x))
+        x = tree_where(x_finite, x0, tree_zeros_like(bw))
+        r = jax.tree.map(jnp.subtract, bw, apply_a(x))
 
     z = apply_m(r)
     rr = _vdot_real(r, r)
     rz = rr if precond is None else _vdot_real(r, z)
-    bb = _vdot_real(b, b)
+    bb = _vdot_real(bw, bw)
     thresh2 = jnp.maximum(jnp.asarray(tol, real) ** 2 * bb, jnp.asarray(atol, real) ** 2)
     finite0 = x_finite & jnp.isfinite(rr) & jnp.isfinite(rz)
     status0 = jnp.where(
@@ -433,7 +488,7 @@ def cg(
     if x0 is None:
         phi0 = jnp.zeros((), real)
     else:
-        phi0 = -0.5 * _vdot_real(x, jax.tree.map(jnp.add, r, b))
+        phi0 = -0.5 * _vdot_real(x, jax.tree.map(jnp.add, r, bw))
 
     eps_m = jnp.asarray(martens_eps, real)
     hist_len = max(10, math.ceil(0.1 * maxiter)) + 1  # holds phi_{i-k}, ..., phi_i
@@ -443,10 +498,12 @@ def cg(
     n_rec = rec_steps.size + 1
     rec = rec_phi = None
     if record_iterates:
-        rec = jax.tree.map(lambda leaf: jnp.zeros((n_rec, *jnp.shape(leaf)), leaf.dtype), b)
+        rec = jax.tree.map(lambda leaf: jnp.zeros((n_rec, *jnp.shape(leaf)), leaf.dtype), bw)
         rec_phi = jnp.zeros((n_rec,), real)
 
-    tiny = jnp.asarray(jnp.finfo(real).eps, real)
+    # Curvature below the rounding of the products is noise: the coarsest precision of the
+    # products (A's domain) and of the iteration sets the threshold.
+    tiny = jnp.asarray(_coarsest_eps(domain, bw), real)
     state = _State(
         i=jnp.zeros((), jnp.int32),
         x=x,
@@ -487,20 +544,25 @@ def cg(
         rr_new = _vdot_real(r_new, r_new)
         rz_new = rr_new if precond is None else _vdot_real(r_new, z_new)
         beta = rz_new / s.rz
+        # phi(x + t p) = phi(x) - t r^T p + t^2 p^T A p / 2, and r^T p = r^T z in CG: the
+        # model value comes free of products (as accurate as -x^T (r + b) / 2 would be).
+        phi_step = s.phi + step * (0.5 * step * pap - s.rz)
         good = (
             jnp.isfinite(pap)
             & jnp.isfinite(step)
             & jnp.isfinite(rr_new)
             & jnp.isfinite(rz_new)
             & jnp.isfinite(beta)
+            & jnp.isfinite(phi_step)
         )
+        if low:
+            # The iterate must survive the cast back to b's dtype (float16 ends at 65504).
+            good = good & tree_all_finite(_like(tree_axpy(step, s.p, s.x), b))
         moved = good & (~neg | first)
         step_x = jnp.where(moved, step, 0)
         x_new = tree_axpy(step_x, s.p, s.x)
         i_new = s.i + moved.astype(jnp.int32)
-        # phi(x + t p) = phi(x) - t r^T p + t^2 p^T A p / 2, and r^T p = r^T z in CG: the
-        # model value comes free of products (as accurate as -x^T (r + b) / 2 would be).
-        phi_new = jnp.where(moved, s.phi + step * (0.5 * step * pap - s.rz), s.phi)
+        phi_new = jnp.where(moved, phi_step, s.phi)
         hist, stalled = s.phi_hist, jnp.asarray(False)
         if martens:
             k = jnp.maximum(10, (i_new + 9) // 10)
@@ -575,6 +637,8 @@ def cg(
     iterates = iterate_steps = iterate_values = None
     if record_iterates:
         iterates = jax.tree.map(lambda buf, leaf: buf.at[n_rec - 1].set(leaf), s.rec, s.x)
+        if low:
+            iterates = _like(iterates, b)
         iterate_steps = jnp.concatenate(
             [jnp.where(jnp.asarray(rec_steps) <= s.i, rec_steps, -1), s.i[None]]
         ).astype(jnp.int32)
@@ -589,4 +653,4 @@ def cg(
         iterate_steps=iterate_steps,
         iterate_values=iterate_values,
     )
-    return s.x, info
+    return (_like(s.x, b) if low else s.x), info

@@ -21,6 +21,13 @@ a Krylov basis of ``m`` vectors is a pytree whose leaves have a leading axis of 
 ``m``. Every loop is a ``lax`` loop, each routine compiles once per configuration (pass the
 same callable, or an operator, to reuse the compiled code), and randomness comes only from
 the explicit ``key``.
+
+Two rules hold for every routine. A dense matrix must be symmetric up to rounding (else a
+``ValueError`` says by how much it is not; ``_check_symmetric_matrix``), and a float16 or
+bfloat16 domain is computed in float32 -- vectors, inner products and the small
+eigenproblems; the operator's own products stay in its dtype, a dense matrix is cast
+exactly -- with float32 results, as ``numpy.linalg.eigvalsh`` does for float16. No
+result reports ``converged`` with a NaN or inf in it.
 """
 
 from __future__ import annotations
@@ -35,8 +42,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxcurv._compile import compiled_call
+from jaxcurv.derivatives import _check_real_inputs
 from jaxcurv.products import CurvatureOperator, as_matvec, hessian_operator
 from jaxcurv.tree import (
+    tree_all_finite,
     tree_check_like,
     tree_norm,
     tree_scale,
@@ -89,8 +99,10 @@ class EigenResult(NamedTuple):
       num_matvecs: products with ``A`` spent (``N`` to form a matrix-free operator densely,
         ``0`` for a dense matrix given as ``A``).
       converged: scalar bool, every pair met ``residual_norms <= tol * max(|lambda|,
-        eps^(2/3) ||T||)``; always true on the dense path. Thick restart stops there; when
-        it ran out of ``num_iters`` first this is false and the pairs are the best so far.
+        eps^(2/3) ||T||)``; on the dense path (``eigh`` is backward stable), true unless a
+        NaN or inf is in the matrix. Never true when an eigenvalue or residual is not
+        finite. Thick restart stops there; when it ran out of ``num_iters`` first (or met a
+        NaN) this is false and the pairs are the best so far.
       num_restarts: thick restarts performed (``0`` for one pass of Lanczos and dense).
     """
 
@@ -110,9 +122,10 @@ class PowerIterationResult(NamedTuple):
       eigenvector: unit pytree like the domain.
       residual_norm: ``||A v - lambda v||``.
       num_matvecs: products with ``A`` spent (scalar int).
-      converged: ``residual_norm <= tol * |eigenvalue|`` was reached within ``num_iters``.
-        False when the two extreme eigenvalues have nearly equal magnitude (``+-lambda``):
-        power iteration cannot separate them; use ``eigenvalues(..., which="both")``.
+      converged: ``residual_norm <= tol * |eigenvalue|`` was reached within ``num_iters``
+        (or ``A v = 0``), with both finite. False when the two extreme eigenvalues have
+        nearly equal magnitude (``+-lambda``): power iteration cannot separate them; use
+        ``eigenvalues(..., which="both")``. A NaN or inf stops the iteration, unconverged.
     """
 
     eigenvalue: jax.Array
@@ -219,52 +232,179 @@ def _check_key(name: str, key: Any) -> jax.Array:
     )
 
 
-def _domain(name: str, A: Any, example: PyTree | None) -> tuple[PyTree, int, Any]:
-    """Validate ``A`` eagerly and return its domain template, its size and its dtype."""
+# An n x n dense matrix counts as symmetric when max|A - A^T| is at most
+# max(_SYM_PER_ROW * n, _SYM_FLOOR) epsilons of max|A|, and never above _SYM_CAP of it
+# (derivation in `_symmetry_tolerance`).
+_SYM_PER_ROW, _SYM_FLOOR, _SYM_CAP = 2, 32, 0.1
+_EIG_FIX = (
+    "If the asymmetry is rounding or noise, pass its symmetric part `(A + A.T) / 2`; for a "
+    "non-symmetric matrix use `numpy.linalg.eig`, which does not assume symmetry."
+)
+
+
+@jax.jit
+def _asymmetry(A: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``max |A - A^T|`` and ``max |A|`` over finite entries, in at least float32."""
+    A = A.astype(_working_dtype(A.dtype))
+    finite = jnp.isfinite(A)
+    diff = jnp.where(finite & finite.T, jnp.abs(A - A.T), 0)
+    return jnp.max(diff), jnp.max(jnp.where(finite, jnp.abs(A), 0))
+
+
+def _symmetry_tolerance(n: int, dtype: Any) -> float:
+    r"""Largest ``max|A - A^T| / max|A|`` that rounding explains for an ``n x n`` matrix.
+
+    An entry formed as a sum of ``n`` products -- a Gram or Gauss-Newton matrix
+    :math:`J^\top J`, a Hessian by automatic differentiation -- errs by at most
+    :math:`\gamma_n \approx n u` (``u = eps / 2``) times the sum of its terms' magnitudes
+    (Higham, "Accuracy and Stability of Numerical Algorithms", 2002, section 3.1), and for
+    a Gram matrix that sum is at most :math:`\sqrt{A_{ii} A_{jj}} \le \max|A|`
+    (Cauchy-Schwarz). So two mirrored entries differ by at most :math:`2\gamma_n \max|A|
+    \approx n\,\epsilon \max|A|`; the tolerance is twice that, at least ``32 eps`` (small
+    matrices from longer computations) and at most ``0.1`` (where ``n eps`` is no longer
+    small, in bfloat16, no rounding is taken to excuse an asymmetry of 10%).
+    """
+    eps = float(jnp.finfo(dtype).eps)
+    return min(max(_SYM_PER_ROW * n, _SYM_FLOOR) * eps, _SYM_CAP)
+
+
+def _check_symmetric_matrix(name: str, A: Any, *, fix: str) -> None:
+    """Raise a ``ValueError`` when a concrete dense ``A`` is not symmetric beyond rounding.
+
+    The one symmetry check of every solver that assumes a symmetric matrix (``eigenvalues``,
+    ``power_iteration``, ``hutchinson_*``, ``spectral_density``, ``cg``); the tolerance is
+    ``_symmetry_tolerance``. A matrix traced by the caller's ``jit`` or ``vmap`` cannot be
+    inspected and is not checked. Non-finite entries are left to the solver, which reports
+    them (``converged=False``, ``NONFINITE``) rather than calling them asymmetric.
+    """
+    if isinstance(A, jax.core.Tracer) or not isinstance(A, (jax.Array, np.ndarray)):
+        return
+    if A.ndim != 2 or A.shape[0] != A.shape[1] or not jnp.issubdtype(A.dtype, jnp.floating):
+        return  # as_matvec says what is wrong with the shape or the dtype
+    diff, size = (float(v) for v in _asymmetry(jnp.asarray(A)))
+    tol = _symmetry_tolerance(A.shape[0], A.dtype)
+    if diff > tol * size:
+        raise ValueError(
+            f"`{name}`: the dense matrix `A` is not symmetric: max|A - A^T| / max|A| = "
+            f"{diff:.3g} / {size:.3g} = {diff / size:.3g}, more than rounding explains (at "
+            f"most {tol:.2g} for a {A.shape[0]} x {A.shape[0]} {A.dtype} matrix). {fix}"
+        )
+
+
+# ---------------------------------------------------------------- low precision
+
+
+def _is_low_precision(dtype: Any) -> bool:
+    """float16 and bfloat16: no ``eigh`` for them, and float16 overflows at 65504."""
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32
+
+
+def _working_dtype(dtype: Any) -> Any:
+    """The dtype the arithmetic runs in: float32 for float16/bfloat16, else ``dtype``."""
+    return jnp.dtype(jnp.float32) if _is_low_precision(dtype) else jnp.dtype(dtype)
+
+
+def _to_working(tree: PyTree) -> PyTree:
+    """``tree`` with float16/bfloat16 leaves cast to float32 (exactly); others unchanged."""
+    return jax.tree.map(lambda a: jnp.asarray(a, _working_dtype(jnp.result_type(a))), tree)
+
+
+def _has_low_precision(*trees: PyTree) -> bool:
+    return any(_is_low_precision(jnp.result_type(a)) for t in trees for a in jax.tree.leaves(t))
+
+
+def _cast_like(tree: PyTree, like: PyTree) -> PyTree:
+    return jax.tree.map(lambda t, lk: jnp.asarray(t).astype(jnp.result_type(lk)), tree, like)
+
+
+def _scaled_product(fn: Callable, v: PyTree, in_like: PyTree, out_like: PyTree) -> PyTree:
+    """``fn(v)`` with ``v`` rounded to ``in_like``'s dtypes and the result cast to ``out_like``'s.
+
+    For a float16/bfloat16 ``fn``: ``v`` is first divided by its largest magnitude and the
+    product multiplied back in the working precision -- exact by linearity -- so that
+    neither a small vector (a late CG direction, a unit vector of a large space) drops
+    below float16's smallest normal number, 6.1e-5, where precision is lost, nor a large
+    one overflows at 65504.
+    """
+    mags = [jnp.max(jnp.abs(a)) for a in jax.tree.leaves(v) if jnp.size(a)]
+    if not mags:
+        return _cast_like(fn(_cast_like(v, in_like)), out_like)
+    s = functools.reduce(jnp.maximum, mags)
+    s = jnp.where((s > 0) & jnp.isfinite(s), s, jnp.ones_like(s))
+    w = fn(_cast_like(tree_scale(v, 1.0 / s), in_like))
+    return tree_scale(_cast_like(w, out_like), s)
+
+
+def _working_matvec(matvec: Callable, example: PyTree) -> tuple[Callable, PyTree]:
+    """``(matvec, example)`` that compute in float32 when the domain is float16/bfloat16.
+
+    The products still run in the domain's dtype (all a float16 operator can do); the
+    vectors, inner products and small eigenproblems around them run in float32.
+    """
+    if not _has_low_precision(example):
+        return matvec, example
+    work = _to_working(example)
+    return (lambda v: _scaled_product(matvec, v, example, work)), work
+
+
+def _domain(name: str, A: Any, example: PyTree | None) -> tuple[Any, PyTree, int, Any]:
+    """Validate ``A`` eagerly; return it (ready for ``_run``), its domain, size and dtype.
+
+    A dense matrix is checked for symmetry (``_check_symmetric_matrix``) and a float16 or
+    bfloat16 one is cast to float32, which holds it exactly, so its products are exact too.
+    The returned dtype is the domain's own, before any such cast.
+    """
     if isinstance(A, np.ndarray):
         A = jnp.asarray(A)
+    if isinstance(A, jax.Array):
+        _check_symmetric_matrix(f"{name}(A)", A, fix=_EIG_FIX)
     _, example = as_matvec(A, example)
     leaves = jax.tree.leaves(example)
     if not leaves:
         raise ValueError(f"`{name}`: the domain of `A` has no arrays, got example={example!r}.")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(example):
+        if not hasattr(leaf, "dtype"):
+            where = jax.tree_util.keystr(path) or "<root>"
+            raise TypeError(
+                f"`{name}(example=...)` must be a pytree of arrays shaped like the vectors `A` "
+                f"acts on, but the leaf at {where} is not an array: {type(leaf).__name__} "
+                f"{leaf!r}. Pass the arrays only, e.g. `example=params` without settings or "
+                "functions."
+            )
     dtype = jnp.result_type(*leaves)
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
             f"`{name}` needs a real floating-point domain, but `A`'s vectors have dtype "
             f"{dtype}. Cast `example` (or the matrix) to float32 or float64."
         )
-    return example, tree_size(example), dtype
+    if isinstance(A, jax.Array) and _is_low_precision(A.dtype):
+        A = A.astype(jnp.float32)
+        example = _to_working(example)
+    return A, example, tree_size(example), dtype
 
 
 # ------------------------------------------------------------------ jit dispatch of `A`
 
 
-def _run_impl(dynamic_A, static_A, example, args, impl, config):
-    A = dynamic_A if static_A is None else static_A
-    matvec, example = as_matvec(A, example)
-    return impl(A, matvec, example, *args, **dict(config))
-
-
-_run_jit = jax.jit(_run_impl, static_argnames=("static_A", "impl", "config"))
-
-
 def _run(impl: Callable, A: Any, example: PyTree | None, *args: Any, **config: Any) -> Any:
-    """Call ``impl(A, matvec, example, *args, **config)`` under one cached ``jax.jit``.
+    """Call ``impl(A, matvec, example, *args, **config)`` under the compile policy.
 
-    Operators and matrices are pytrees, so they are traced arguments and a new operator of
-    the same shapes reuses the compiled code. A bare callable is a static argument: the
-    same function object compiles once; an unhashable one runs without the outer jit.
+    Operators and matrices are pytrees, so they are arguments of the compiled code; a bare
+    callable is traced with the rest, its closed-over arrays hoisted into arguments. Either
+    way a new operator, matrix or closure of the same computation reuses the compiled code,
+    and under the user's own ``jit`` the call is simply inlined (``jaxcurv._compile``).
     """
     if isinstance(A, np.ndarray):
         A = jnp.asarray(A)
-    config = tuple(sorted(config.items()))
+
+    def call(dynamic_A, example, args):
+        A_ = A if dynamic_A is None else dynamic_A
+        matvec, example = as_matvec(A_, example)
+        return impl(A_, matvec, example, *args, **config)
+
     if isinstance(A, (CurvatureOperator, jax.Array)):
-        return _run_jit(A, None, example, args, impl=impl, config=config)
-    try:
-        hash(A)
-    except TypeError:
-        return _run_impl(None, A, example, args, impl, config)
-    return _run_jit(None, A, example, args, impl=impl, config=config)
+        return compiled_call(call, A, example, args)
+    return compiled_call(lambda example, args: call(None, example, args), example, args)
 
 
 # ------------------------------------------------------------ stacked-pytree algebra
@@ -341,15 +481,19 @@ def _normalize(v: PyTree) -> tuple[PyTree, jax.Array]:
     return tree_scale(v, 1.0 / jnp.where(nrm > 0, nrm, 1.0)), nrm
 
 
-def _matvec_checked(matvec: Callable, example: PyTree) -> Callable:
-    """Check once, at trace time, that ``A v`` is shaped like ``v``; cast it to ``v``'s dtypes."""
+def _matvec_checked(matvec: Callable, example: PyTree) -> tuple[Callable, PyTree]:
+    """Check once, at trace time, that ``A v`` is shaped like ``v``; cast it to ``v``'s dtypes.
+
+    Returns ``(matvec, example)`` in the working precision (``_working_matvec``): for a
+    float16/bfloat16 domain both are float32, and so is everything computed from them.
+    """
     out = jax.eval_shape(matvec, example)
     tree_check_like("A(v)", out, example, "example")
 
     def mv(v):
         return jax.tree.map(lambda o, e: o.astype(e.dtype), matvec(v), example)
 
-    return mv
+    return _working_matvec(mv, example)
 
 
 # --------------------------------------------------------------------------- Lanczos
@@ -582,13 +726,16 @@ def _thick_restart(matvec, v0, seed, *, m, want, tol, max_matvecs, single):
         floor = eps23 * jnp.max(jnp.abs(theta))
         res = jnp.abs(beta * S[m - 1, cand])
         ok = res <= tol * jnp.maximum(jnp.abs(theta[cand]), floor)
-        converged = jnp.all(ok[:nw])
+        # A NaN or inf from a product reaches T: no restart can repair it, so stop at once,
+        # and never call it converged (a NaN residual fails `ok`, an inf theta need not).
+        finite = jnp.all(jnp.isfinite(T)) & jnp.isfinite(beta)
+        converged = jnp.all(ok[:nw]) & finite
         order, p = _restart_order(ok, rank, end, want)
         idx = jnp.asarray(cand)[order]
         theta_c, S_c, res = theta[idx], S[:, idx], res[order]
         s_last = S_c[m - 1]
         p = p.astype(jnp.int32)
-        done = converged | (nmv + (m - p) > max_matvecs) | single
+        done = converged | (nmv + (m - p) > max_matvecs) | single | ~finite
         # Thick restart: the kept Ritz vectors V[:m]^T S in rows < p, the residual direction
         # V[m] in row p, zeros up to row p_max; rows past it are stale and stay masked. One
         # product with a small matrix, written over the leading rows: XLA would copy the
@@ -620,6 +767,11 @@ def _thick_restart(matvec, v0, seed, *, m, want, tol, max_matvecs, single):
     return theta, vectors, res, nmv, converged, cycles - 1
 
 
+def _all_finite(*arrays: jax.Array) -> jax.Array:
+    """Scalar bool: no NaN or inf anywhere -- the precondition of every ``converged``."""
+    return functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(a)) for a in arrays])
+
+
 def _dense_matrix(A: Any, matvec: Callable, example: PyTree) -> jax.Array:
     """``A`` as an ``N x N`` matrix over ``ravel_pytree(example)`` order."""
     if isinstance(A, CurvatureOperator):
@@ -638,10 +790,10 @@ def _dense_matrix(A: Any, matvec: Callable, example: PyTree) -> jax.Array:
 def _eigenvalues_impl(A, matvec, example, key, tol, budget, *, k, which, dense, vectors, method,
                       m):  # fmt: skip
     n = tree_size(example)
+    matvec, example = _matvec_checked(matvec, example)
     dtype = _real_dtype(example)
-    matvec = _matvec_checked(matvec, example)
     if dense:
-        H = _dense_matrix(A, matvec, example)
+        H = _dense_matrix(A, matvec, example).astype(dtype)
         H = 0.5 * (H + H.T)
         evals, evecs = jnp.linalg.eigh(H)
         idx = _select(evals, k, which)
@@ -651,7 +803,9 @@ def _eigenvalues_impl(A, matvec, example, key, tol, budget, *, k, which, dense, 
         vecs = jax.vmap(unravel)(U.T) if vectors else None
         spent = 0 if isinstance(A, jax.Array) else n
         none = jnp.zeros((), jnp.int32)
-        return EigenResult(lam, vecs, res, none + spent, jnp.asarray(True), none)
+        # eigh is backward stable, so only a non-finite matrix makes the answer wrong.
+        finite = _all_finite(H, lam, res)
+        return EigenResult(lam, vecs, res, none + spent, finite, none)
 
     r, seed = _random_like(key, example)
     v0, _ = _normalize(r)
@@ -675,7 +829,7 @@ def _eigenvalues_impl(A, matvec, example, key, tol, budget, *, k, which, dense, 
     lam, S_sel = theta[idx], S[:, idx]
     res = jnp.abs(betas[-1] * S_sel[-1])
     floor = float(np.finfo(np.dtype(dtype)).eps) ** (2.0 / 3.0) * jnp.max(jnp.abs(theta))
-    converged = jnp.all(res <= tol * jnp.maximum(jnp.abs(lam), floor))
+    converged = jnp.all(res <= tol * jnp.maximum(jnp.abs(lam), floor)) & _all_finite(theta, res)
     vecs = None
     if vectors:
         vecs = jax.tree.map(
@@ -732,6 +886,12 @@ def eigenvalues(
     When ``N <= dense_threshold`` the matrix is formed (``op.to_dense()`` for an operator,
     ``N`` products for a callable) and diagonalized exactly instead.
 
+    A float16 or bfloat16 domain is computed in float32 and the results (eigenvalues,
+    residuals, eigenvectors) are float32: a dense matrix is cast to float32 exactly, so
+    its eigenvalues are float32-accurate; an operator's or callable's products still run
+    in its dtype and carry its rounding, about ``eps(dtype) ||A||``, which the reported
+    residuals (from the recurrences) do not see -- the default ``tol`` stays above it.
+
     Args:
       A: a ``jaxcurv`` operator (``hessian_operator``, ``ggn_operator``), a dense symmetric
         ``N x N`` matrix, or a callable ``v -> A v`` on pytrees (with ``example``).
@@ -754,7 +914,8 @@ def eigenvalues(
         \epsilon^{2/3} \|T\|)` (the floor keeps eigenvalues near zero reachable). Stops
         ``"thick-restart"``; for ``"lanczos"`` it only sets ``converged``. Default ``1e-8``
         for float64 and ``1e-5`` for float32 (``eigsh(tol=1e-4)`` leaves some residuals
-        near ``4e-5``; ``1e-5`` is at least as accurate), ``sqrt(eps)`` below that.
+        near ``4e-5``; ``1e-5`` is at least as accurate), ``sqrt(eps)`` for the products of
+        a float16/bfloat16 operator (``1e-5`` for such a dense matrix: exact in float32).
       max_basis: ``"thick-restart"``'s basis size ``m`` (more than ``k'``; clipped to
         ``N``); default ``max(2 k' + 1, 20)``, as ``eigsh``'s ``ncv``. Larger means fewer
         restarts and more work and memory per product.
@@ -766,8 +927,10 @@ def eigenvalues(
 
     Raises:
       ValueError: bad ``which`` or ``method``, ``k``, ``num_iters``, ``max_basis`` or
-        ``tol`` out of range, bare callable without ``example``. TypeError: non-integer
-        ``k``/``num_iters``/``max_basis``, a bad ``key``, an integer domain.
+        ``tol`` out of range, bare callable without ``example``, a dense ``A`` that is not
+        symmetric beyond rounding (checked when ``A`` is concrete, not under the caller's
+        ``jit``). TypeError: non-integer ``k``/``num_iters``/``max_basis``, a bad ``key``,
+        an integer domain.
 
     Example (the seed's Hessian of :math:`x^2 + 3xy + y^2`, eigenvalues -1 and 5):
       >>> import jax.numpy as jnp
@@ -794,7 +957,7 @@ def eigenvalues(
     """
     which = _check_choice("eigenvalues(which=...)", which, _WHICH)
     method = _check_choice("eigenvalues(method=...)", method, _EIG_METHODS)
-    example, n, dtype = _domain("eigenvalues", A, example)
+    A, example, n, dtype = _domain("eigenvalues", A, example)
     per_side = n // 2 if which == "both" else n
     k = _check_int(
         "eigenvalues(k=...)",
@@ -808,7 +971,10 @@ def eigenvalues(
     if method == "auto":
         method = "lanczos" if num_iters is not None and max_basis is None else "thick-restart"
     if tol is None:
-        finfo = jnp.finfo(dtype)
+        # From the precision of the products: a float16/bfloat16 operator's are rounded to
+        # its dtype, so residuals below ~eps(dtype) ||A|| are not real even though the
+        # recurrences report them; a dense float16/bfloat16 matrix is exact in float32.
+        finfo = jnp.finfo(_real_dtype(example) if isinstance(A, jax.Array) else dtype)
         tol = {64: 1e-8, 32: 1e-5}.get(finfo.bits, float(np.sqrt(finfo.eps)))
     if not tol >= 0:
         raise ValueError(
@@ -860,7 +1026,7 @@ def eigenvalues(
         A,
         example,
         key,
-        jnp.asarray(tol, dtype),
+        jnp.asarray(tol, _working_dtype(dtype)),
         jnp.asarray(budget, jnp.int32),
         k=k,
         which=which,
@@ -875,7 +1041,7 @@ def eigenvalues(
 
 
 def _power_impl(A, matvec, example, key, *, num_iters, tol):
-    matvec = _matvec_checked(matvec, example)
+    matvec, example = _matvec_checked(matvec, example)
     dtype = _real_dtype(example)
     v, _ = _normalize(_random_like(key, example)[0])
 
@@ -886,22 +1052,24 @@ def _power_impl(A, matvec, example, key, *, num_iters, tol):
         return w, lam, res
 
     def cond(state):
-        i, _, _, _, done = state
-        return (i < num_iters) & ~done
+        i, _, _, _, _, stop = state
+        return (i < num_iters) & ~stop
 
     def body(state):
-        i, v, _, _, _ = state
+        i, v = state[:2]
         w, lam, res = step(v)
-        # A v = 0 (a zero operator) is an exact eigenpair too: stop there.
-        done = (res <= tol * jnp.abs(lam)) | (tree_norm(w) == 0)
-        v_next = jax.tree.map(lambda a, b: jnp.where(done, a, b), v, _normalize(w)[0])
-        return i + 1, v_next, lam, res, done
+        finite = jnp.isfinite(lam) & jnp.isfinite(res)
+        # A v = 0 (a zero operator) is an exact eigenpair too: stop there. A NaN or inf
+        # never converges, and no further product can repair it: stop there as well.
+        converged = finite & ((res <= tol * jnp.abs(lam)) | (tree_norm(w) == 0))
+        stop = converged | ~finite
+        v_next = jax.tree.map(lambda a, b: jnp.where(stop, a, b), v, _normalize(w)[0])
+        return i + 1, v_next, lam, res, converged, stop
 
-    zero = jnp.zeros((), dtype)
-    i, v, lam, res, done = jax.lax.while_loop(
-        cond, body, (jnp.asarray(0), v, zero, jnp.full((), jnp.inf, dtype), jnp.asarray(False))
-    )
-    return PowerIterationResult(lam, v, res, i, done)
+    zero, no = jnp.zeros((), dtype), jnp.asarray(False)
+    init = (jnp.asarray(0), v, zero, jnp.full((), jnp.inf, dtype), no, no)
+    i, v, lam, res, converged, _ = jax.lax.while_loop(cond, body, init)
+    return PowerIterationResult(lam, v, res, i, converged)
 
 
 def power_iteration(
@@ -931,10 +1099,11 @@ def power_iteration(
 
     Returns:
       A ``PowerIterationResult`` (``eigenvalue``, ``eigenvector``, ``residual_norm``,
-      ``num_matvecs``, ``converged``).
+      ``num_matvecs``, ``converged``); float32 for a float16/bfloat16 domain.
 
     Raises:
-      ValueError: ``num_iters < 1``, ``tol < 0``. TypeError: a bad ``key``.
+      ValueError: ``num_iters < 1``, ``tol < 0``, a non-symmetric dense ``A``. TypeError: a
+        bad ``key``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -953,7 +1122,7 @@ def power_iteration(
     if not tol >= 0:
         raise ValueError(f"`power_iteration(tol=...)` must be non-negative, got {tol!r}.")
     key = _check_key("power_iteration", key)
-    example, _, _ = _domain("power_iteration", A, example)
+    A, example, _, _ = _domain("power_iteration", A, example)
     return _run(_power_impl, A, example, key, num_iters=num_iters, tol=float(tol))
 
 
@@ -994,7 +1163,7 @@ def _orthonormal_columns(Y: PyTree, num: int) -> PyTree:
 
 
 def _hutchinson_impl(A, matvec, example, key, *, num_samples, method):
-    matvec = _matvec_checked(matvec, example)
+    matvec, example = _matvec_checked(matvec, example)
     dtype = _real_dtype(example)
 
     def quad(z):
@@ -1058,10 +1227,12 @@ def hutchinson_trace(
 
     Returns:
       A ``TraceEstimate`` (``estimate``, ``stderr``, ``num_matvecs``). ``stderr`` is ``inf``
-      when fewer than two random probes were used.
+      when fewer than two random probes were used. Float32 for a float16/bfloat16 domain
+      (where a float16 ``z^T A z`` would overflow at 65504); NaN if ``A`` has a NaN.
 
     Raises:
-      ValueError: bad ``method`` or ``num_samples``. TypeError: a bad ``key``.
+      ValueError: bad ``method`` or ``num_samples``, a non-symmetric dense ``A`` (pass
+        ``(A + A.T) / 2``: same trace). TypeError: a bad ``key``.
 
     Example (the trace of ``diag(1, ..., 100)`` is 5050):
       >>> import jax, jax.numpy as jnp
@@ -1089,12 +1260,12 @@ def hutchinson_trace(
             else "Pass a positive count; the error falls as 1/sqrt(num_samples)."
         ),
     )
-    example, _, _ = _domain("hutchinson_trace", A, example)
+    A, example, _, _ = _domain("hutchinson_trace", A, example)
     return _run(_hutchinson_impl, A, example, key, num_samples=num_samples, method=method)
 
 
 def _diagonal_impl(A, matvec, example, key, *, num_samples):
-    matvec = _matvec_checked(matvec, example)
+    matvec, example = _matvec_checked(matvec, example)
 
     def body(acc, kk):
         z = _random_like(kk, example, "rademacher")[0]
@@ -1121,10 +1292,12 @@ def hutchinson_diagonal(
       example: pytree shaped like the domain; required for a bare callable.
 
     Returns:
-      A pytree with the structure, shapes and dtypes of the domain.
+      A pytree with the structure, shapes and dtypes of the domain (float32 for a
+      float16/bfloat16 domain: the sum of probes runs in float32).
 
     Raises:
-      ValueError: ``num_samples < 1``. TypeError: a bad ``key``.
+      ValueError: ``num_samples < 1``, a non-symmetric dense ``A`` (pass ``(A + A.T) / 2``:
+        same diagonal). TypeError: a bad ``key``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -1141,7 +1314,7 @@ def hutchinson_diagonal(
     num_samples = _check_int(
         "hutchinson_diagonal(num_samples=...)", num_samples, low=1, fix="Pass a positive count."
     )
-    example, _, _ = _domain("hutchinson_diagonal", A, example)
+    A, example, _, _ = _domain("hutchinson_diagonal", A, example)
     return _run(_diagonal_impl, A, example, key, num_samples=num_samples)
 
 
@@ -1149,7 +1322,7 @@ def hutchinson_diagonal(
 
 
 def _slq_impl(A, matvec, example, key, grid, *, num_probes, m, num_grid, sigma):
-    matvec = _matvec_checked(matvec, example)
+    matvec, example = _matvec_checked(matvec, example)
     dtype = _real_dtype(example)
 
     def probe(kk):
@@ -1208,11 +1381,13 @@ def spectral_density(
       example: pytree shaped like the domain; required for a bare callable.
 
     Returns:
-      A ``SpectralDensity`` (``grid``, ``density``, ``nodes``, ``weights``, ``sigma``).
+      A ``SpectralDensity`` (``grid``, ``density``, ``nodes``, ``weights``, ``sigma``),
+      float32 for a float16/bfloat16 domain. A NaN or inf in ``A`` shows as NaN nodes and
+      density, never as a finite-looking one.
 
     Raises:
       ValueError: non-positive counts, ``num_lanczos > N``, a non-1-D ``grid``, ``sigma <=
-      0``. TypeError: a bad ``key``.
+      0``, a non-symmetric dense ``A``. TypeError: a bad ``key``.
 
     Example (the quadrature reproduces the mean eigenvalue, ``tr(A) / N``, exactly):
       >>> import jax, jax.numpy as jnp
@@ -1229,7 +1404,7 @@ def spectral_density(
       Hessian eigenvalue density", ICML 2019.
     """
     key = _check_key("spectral_density", key)
-    example, n, dtype = _domain("spectral_density", A, example)
+    A, example, n, dtype = _domain("spectral_density", A, example)
     num_probes = _check_int(
         "spectral_density(num_probes=...)", num_probes, low=1, fix="Pass a positive count."
     )
@@ -1246,7 +1421,7 @@ def spectral_density(
         "spectral_density(num_grid=...)", num_grid, low=2, fix="Pass at least two points."
     )
     if grid is not None:
-        grid = jnp.asarray(grid, dtype)
+        grid = jnp.asarray(grid, _working_dtype(dtype))
         if grid.ndim != 1:
             raise ValueError(f"`spectral_density(grid=...)` must be 1-D, got shape {grid.shape}.")
     if sigma is not None:
@@ -1273,11 +1448,71 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _gradient_bound(grad_tol: float, grad_atol: float, curvature: float, x_norm: float) -> float:
+    r"""The largest gradient norm that counts as zero: ``grad_tol ||H|| max(1, ||x||)`` or more.
+
+    Offset-invariant on purpose: adding a constant to ``f`` changes neither ``grad f`` nor
+    the Hessian, so it must not change the verdict (scaling by :math:`|f(x)|` did). Near a
+    critical point :math:`x^*`, :math:`\nabla f(x) \approx H (x - x^*)`, so
+    :math:`\|\nabla f\| \le` ``grad_tol`` :math:`\|H\|_2 \max(1, \|x\|)` says that ``x``
+    is within about ``grad_tol`` of :math:`x^*` relative to its own size (absolute below
+    1), measured along the stiffest direction. It scales with ``f`` and is in the units of
+    the gradient; ``grad_atol`` is an absolute floor for a Hessian that vanishes.
+    """
+    return max(grad_atol, grad_tol * curvature * max(1.0, x_norm))
+
+
+def _nonfinite_reason(x_finite: bool, value: float, gradient_norm: float, lam: np.ndarray) -> str:
+    """Why no second-order test applies, or ``""``: the first non-finite quantity."""
+    if not x_finite:
+        return "x has NaN or infinite entries"
+    if not math.isfinite(value):
+        return f"f(x) = {value} is not finite"
+    if not math.isfinite(gradient_norm):
+        return f"the gradient norm is {gradient_norm}"
+    if not np.all(np.isfinite(lam)):
+        return "the Hessian has NaN or infinite eigenvalues"
+    return ""
+
+
+def _curvature_kind(lam: np.ndarray, zero_tol: float) -> tuple[str, str, int, int, int]:
+    """The seed's rule on eigenvalue signs: ``(kind, why, n_pos, n_neg, n_zero)``."""
+    pos, neg = lam > zero_tol, lam < -zero_tol
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    n_zero = lam.size - n_pos - n_neg
+    if n_pos and n_neg:
+        return (
+            "saddle",
+            "eigenvalues of both signs: f curves up along some directions and down along "
+            "others, a saddle",
+            n_pos, n_neg, n_zero,
+        )  # fmt: skip
+    if n_zero:
+        return (
+            "degenerate",
+            "some eigenvalues are zero within tolerance and the rest have one sign: the "
+            "second-order test is inconclusive, a degenerate point",
+            n_pos, n_neg, n_zero,
+        )  # fmt: skip
+    if n_pos:
+        return (
+            "minimum",
+            "all eigenvalues positive: f curves up in every direction, a local minimum",
+            n_pos, n_neg, n_zero,
+        )  # fmt: skip
+    return (
+        "maximum",
+        "all eigenvalues negative: f curves down in every direction, a local maximum",
+        n_pos, n_neg, n_zero,
+    )  # fmt: skip
+
+
 def classify_critical_point(
     fun: Callable,
     x: PyTree,
     *args: Any,
     grad_tol: float | None = None,
+    grad_atol: float = 0.0,
     eig_tol: float | None = None,
     k: int = 3,
     key: jax.Array | None = None,
@@ -1305,22 +1540,39 @@ def classify_critical_point(
     This is a diagnostic that returns Python values (``kind`` is a string), so call it
     outside ``jax.jit``; the eigenvalue computations inside it are compiled.
 
-    The gradient counts as zero when :math:`\|\nabla f(x)\| \le` ``grad_tol`` :math:`\cdot
-    \max(1, |f(x)|)`; otherwise the point is ``"not critical"`` (the eigenvalues are still
-    reported). An eigenvalue counts as zero when :math:`|\lambda| \le` ``eig_tol``
-    :math:`\cdot \max_i |\lambda_i|`. For ``N <= dense_threshold`` every eigenvalue is
-    computed (dense ``eigvalsh``); above, Lanczos on ``hessian_operator`` computes the
-    ``k`` smallest and ``k`` largest, which is all the rule needs -- the smallest decides
-    "all positive", the largest "all negative" -- so it runs on networks with millions of
-    parameters. Ritz values lie inside the spectrum, so a saddle found this way is certain;
-    a "minimum" is as reliable as the convergence of the smallest eigenvalue (the
-    ``reason`` quotes the largest Ritz residual).
+    The gradient counts as zero when
+
+    .. math:: \|\nabla f(x)\| \le \max(\mathrm{grad\_atol},\ \mathrm{grad\_tol} \cdot
+       \|H\|_2 \cdot \max(1, \|x\|)),
+
+    with :math:`\|H\|_2 = \max_i |\lambda_i|`; otherwise the point is ``"not critical"``
+    (the eigenvalues are still reported). Since :math:`\nabla f(x) \approx H (x - x^*)`
+    near a critical point :math:`x^*`, this says ``x`` is within about ``grad_tol`` of one,
+    relative to its size; adding a constant to ``f`` changes neither side, so a large
+    offset never makes a point look critical. An eigenvalue counts as zero when
+    :math:`|\lambda| \le` ``eig_tol`` :math:`\cdot \max_i |\lambda_i|`. A NaN or inf in
+    ``x``, ``f(x)``, the gradient or the Hessian makes the point ``"not critical"``: no
+    second-order test applies, and the ``reason`` says which was not finite.
+
+    For ``N <= dense_threshold`` every eigenvalue is computed (dense ``eigvalsh``); above,
+    Lanczos on ``hessian_operator`` computes the ``k`` smallest and ``k`` largest, which is
+    all the rule needs -- the smallest decides "all positive", the largest "all negative"
+    -- so it runs on networks with millions of parameters. Ritz values lie inside the
+    spectrum, so a saddle found this way is certain; a "minimum" is as reliable as the
+    convergence of the smallest eigenvalue (the ``reason`` quotes the largest Ritz
+    residual).
+
+    A float16 or bfloat16 ``x``: ``f`` and its derivatives run in that dtype, the
+    eigenvalues and the gradient norm are computed and returned in float32 (``eigh`` has no
+    float16 kernels, and a float16 sum of squares overflows at 65504).
 
     Args:
       fun: scalar function ``f(x, *args)``.
       x: the point, a pytree of real float arrays.
       *args: further arguments of ``fun`` (data), held fixed.
-      grad_tol: relative gradient tolerance; default ``sqrt(eps)`` of ``x``'s dtype.
+      grad_tol: relative gradient tolerance (see above); default ``sqrt(eps)`` of ``x``'s
+        dtype.
+      grad_atol: absolute gradient tolerance, in the units of the gradient; default 0.
       eig_tol: relative eigenvalue tolerance; default ``sqrt(eps)``.
       k: eigenvalues from each end on the Lanczos path.
       key: PRNG key for Lanczos; ``None`` uses ``jax.random.key(0)``.
@@ -1334,8 +1586,8 @@ def classify_critical_point(
       sign counts, ``method`` and a human-readable ``reason``.
 
     Raises:
-      ValueError: non-scalar ``fun``, negative tolerances, ``k`` out of range.
-      TypeError: integer ``x``.
+      ValueError: non-scalar ``fun``, an ``x`` without arrays, negative tolerances, ``k``
+        out of range. TypeError: integer or non-array leaves in ``x``.
 
     Example (the seed's :math:`x^2 + 3xy + y^2`: Hessian eigenvalues 5 and -1 at 0):
       >>> import jax.numpy as jnp
@@ -1344,6 +1596,9 @@ def classify_critical_point(
       >>> cp = jaxcurv.classify_critical_point(f, jnp.zeros(2))
       >>> cp.kind, cp.eigenvalues.round(4).tolist()
       ('saddle', [-1.0, 5.0])
+      >>> g = lambda p: jnp.sum((p - 1.0) ** 2) + 1e6  # an offset does not make 0 critical
+      >>> jaxcurv.classify_critical_point(g, jnp.zeros(3)).kind
+      'not critical'
 
     References:
       Dauphin, Pascanu, Gulcehre, Cho, Ganguli and Bengio, "Identifying and attacking the
@@ -1351,14 +1606,22 @@ def classify_critical_point(
       Nocedal and Wright, "Numerical Optimization", 2nd ed., theorems 2.3-2.4 (second-order
       conditions).
     """
+    _check_real_inputs("classify_critical_point", x, "point `x`")
     op = hessian_operator(fun, x, *args)
     n, dtype = op.size, op.dtype
     default_tol = float(np.sqrt(np.finfo(dtype).eps))
     grad_tol = default_tol if grad_tol is None else grad_tol
     eig_tol = default_tol if eig_tol is None else eig_tol
-    for name, tol in (("grad_tol", grad_tol), ("eig_tol", eig_tol)):
+    default = "Pass a non-negative tolerance, or None for the default."
+    for name, tol, fix in (
+        ("grad_tol", grad_tol, default),
+        ("grad_atol", grad_atol, "Pass 0 to rely on `grad_tol` alone."),
+        ("eig_tol", eig_tol, default),
+    ):
         if not tol >= 0:
-            raise ValueError(f"`classify_critical_point({name}=...)` must be >= 0, got {tol!r}.")
+            raise ValueError(
+                f"`classify_critical_point({name}=...)` must be >= 0, got {tol!r}. {fix}"
+            )
 
     dense_threshold = _check_int(
         "classify_critical_point(dense_threshold=...)",
@@ -1377,7 +1640,7 @@ def classify_critical_point(
         )
 
     value = op.value
-    gradient_norm = tree_norm(op.grad)
+    gradient_norm = tree_norm(_to_working(op.grad))
     if dense:
         evals = jnp.linalg.eigvalsh(_symmetric_dense(op))
         method, residual_text = "dense", ""
@@ -1389,34 +1652,15 @@ def classify_critical_point(
 
     lam = np.asarray(evals, dtype=np.float64)
     g, f = float(gradient_norm), float(value)
+    nonfinite = _nonfinite_reason(bool(tree_all_finite(x)), f, g, lam)
     scale = float(np.max(np.abs(lam))) if lam.size else 0.0
     zero_tol = eig_tol * scale
-    pos, neg = lam > zero_tol, lam < -zero_tol
-    n_pos, n_neg = int(pos.sum()), int(neg.sum())
-    n_zero = lam.size - n_pos - n_neg
-    grad_bound = grad_tol * max(1.0, abs(f))
-    critical = g <= grad_bound
+    curvature, why, n_pos, n_neg, n_zero = _curvature_kind(lam, zero_tol)
+    grad_bound = _gradient_bound(grad_tol, grad_atol, scale, float(tree_norm(_to_working(x))))
 
-    if n_pos and n_neg:
-        curvature = "saddle"
-        why = (
-            "eigenvalues of both signs: f curves up along some directions and down along "
-            "others, a saddle"
-        )
-    elif n_zero:
-        curvature = "degenerate"
-        why = (
-            "some eigenvalues are zero within tolerance and the rest have one sign: the "
-            "second-order test is inconclusive, a degenerate point"
-        )
-    elif n_pos:
-        curvature = "minimum"
-        why = "all eigenvalues positive: f curves up in every direction, a local minimum"
-    else:
-        curvature = "maximum"
-        why = "all eigenvalues negative: f curves down in every direction, a local maximum"
-
-    if not dense:
+    if nonfinite:
+        n_pos = n_neg = n_zero = None
+    elif not dense:
         # Only the extremes are known: counts are exact only when one sign covers them all.
         if curvature == "minimum":
             n_pos, n_neg, n_zero = n, 0, 0
@@ -1430,14 +1674,21 @@ def classify_critical_point(
         f"Hessian eigenvalues in [{_fmt(lam[0])}, {_fmt(lam[-1])}] ({method}, N={n}"
         f"{residual_text}; zero means |lambda| <= {_fmt(zero_tol)})"
     )
-    if critical:
+    if nonfinite:
+        kind = "not critical"
+        reason = (
+            f"{nonfinite}, so no second-order test applies and x is not classified; "
+            f"{grad_text}, f(x) = {_fmt(f)}; {eig_text}."
+        )
+    elif g <= grad_bound:
         kind = curvature
         reason = f"{grad_text} <= {_fmt(grad_bound)}, so x is critical; {eig_text}: {why}."
     else:
         kind = "not critical"
         reason = (
-            f"{grad_text} > {_fmt(grad_bound)} (grad_tol * max(1, |f(x)|)), so x is not a "
-            f"critical point; {eig_text}; locally the curvature alone would say {curvature}."
+            f"{grad_text} > {_fmt(grad_bound)} (max(grad_atol, grad_tol * max|lambda| * "
+            f"max(1, ||x||))), so x is not a critical point; {eig_text}; locally the "
+            f"curvature alone would say {curvature}."
         )
     return CriticalPoint(
         kind=kind,
@@ -1454,5 +1705,7 @@ def classify_critical_point(
 
 @jax.jit
 def _symmetric_dense(op: CurvatureOperator) -> jax.Array:
+    # float32 for a float16/bfloat16 operator: eigvalsh has no kernels below it.
     H = op.to_dense()
+    H = H.astype(_working_dtype(H.dtype))
     return 0.5 * (H + H.T)
