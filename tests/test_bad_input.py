@@ -20,10 +20,12 @@ import optax
 import pytest
 
 import jaxcurv
-from jaxcurv import config as config_lib
-from jaxcurv import data as data_lib
-from jaxcurv import models as models_lib
-from jaxcurv import train as train_lib
+from jaxcurv.app import checkpoints as checkpoints_lib
+from jaxcurv.app import config as config_lib
+from jaxcurv.app import data as data_lib
+from jaxcurv.app import loop as loop_lib
+from jaxcurv.app import models as models_lib
+from jaxcurv.app import run_folder as run_folder_lib
 from jaxcurv.sharding import data_parallel_mesh, shard_batch
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "bad_input.md"
@@ -70,7 +72,7 @@ def _checkpoint_from_other_model(tmp: pathlib.Path):
     small, large = models_lib.mlp((2, 4, 1)), models_lib.mlp((2, 8, 1))
     opt = optax.sgd(0.1)
     p_small = small.init(jax.random.key(0))
-    path = train_lib.save_checkpoint(
+    path = checkpoints_lib.save_checkpoint(
         tmp / "step_1.npz",
         p_small,
         opt.init(p_small),
@@ -79,7 +81,7 @@ def _checkpoint_from_other_model(tmp: pathlib.Path):
         optimizer_name="sgd",
     )
     p_large = large.init(jax.random.key(0))
-    return train_lib.load_checkpoint(
+    return checkpoints_lib.load_checkpoint(
         path, p_large, opt.init(p_large), model_name=large.name, optimizer_name="sgd"
     )
 
@@ -363,7 +365,7 @@ CASES: dict[str, Case] = {
     ),
     # ------------------------------------------------- models, data, configs, runs
     "mlp-activation": Case(
-        "`models.mlp(sizes, activation=...)`",
+        "`app.models.mlp(sizes, activation=...)`",
         "unknown activation",
         lambda tmp: models_lib.mlp((2, 3, 1), activation="gelu"),
         ValueError,
@@ -371,7 +373,7 @@ CASES: dict[str, Case] = {
         "must be one of",
     ),
     "curves-num": Case(
-        "`data.curves(num=...)`",
+        "`app.data.curves(num=...)`",
         "non-positive count",
         lambda tmp: data_lib.curves(num=0),
         ValueError,
@@ -379,7 +381,7 @@ CASES: dict[str, Case] = {
         "must be a positive integer",
     ),
     "config-unknown-key": Case(
-        "`config.load_config(path)`",
+        "`app.config.load_config(path)`",
         "a misspelt key",
         lambda tmp: config_lib.load_config(_write(tmp, "c.toml", "[optimizer]\ndampin = 3\n")),
         config_lib.ConfigError,
@@ -387,7 +389,7 @@ CASES: dict[str, Case] = {
         "damping",
     ),
     "config-unknown-table": Case(
-        "`config.load_config(path)`",
+        "`app.config.load_config(path)`",
         "an unknown table",
         lambda tmp: config_lib.load_config(_write(tmp, "c.toml", "[optimiser]\ndamping = 3\n")),
         config_lib.ConfigError,
@@ -403,17 +405,263 @@ CASES: dict[str, Case] = {
         "Write a finite number",
     ),
     "checkpoint-other-model": Case(
-        "`train.load_checkpoint` / `jaxcurv train --resume`",
+        "`app.checkpoints.load_checkpoint` / `jaxcurv train --resume`",
         "a checkpoint of another model",
         _checkpoint_from_other_model,
-        train_lib.CheckpointError,
+        checkpoints_lib.CheckpointError,
         ("mlp 2-4-1", "mlp 2-8-1"),
         "Resume with the config",
     ),
     # --- derivatives and input trees (issue 11) ---
+    "gradient-string-leaf": Case(
+        "`gradient(f)(params)`",
+        "a string leaf in the inputs",
+        lambda tmp: jaxcurv.gradient(lambda p: jnp.sum(p["w"] ** 2))(
+            {"w": jnp.ones(2), "act": "tanh"}
+        ),
+        TypeError,
+        ("`gradient`", "['act']", "'tanh'"),
+        "eqx.partition(model, eqx.is_inexact_array)",
+    ),
+    "gradient-equinox-model": Case(
+        "`gradient(f)(model)`",
+        "a whole Equinox model (function leaves)",
+        lambda tmp: jaxcurv.gradient(lambda m: jnp.sum(m(jnp.ones(2))))(
+            __import__("equinox").nn.MLP(2, 1, 4, 1, key=jax.random.key(0))
+        ),
+        TypeError,
+        ("`gradient`", ".activation", "`relu`"),
+        "eqx.partition(model, eqx.is_inexact_array)",
+    ),
+    "jacobian-empty-tree": Case(
+        "`jacobian(f)(x)`",
+        "an empty dict as `x`",
+        lambda tmp: jaxcurv.jacobian(lambda d: jnp.ones(2))({}),
+        ValueError,
+        ("`jacobian`", "no array leaves", "PyTreeDef({})"),
+        "Pass the arrays to differentiate",
+    ),
+    "hessian-empty-tree": Case(
+        "`hessian(f)(x)`",
+        "an empty dict as `x`",
+        lambda tmp: jaxcurv.hessian(lambda d: 1.0)({}),
+        ValueError,
+        ("`hessian`", "no array leaves", "PyTreeDef({})"),
+        "Pass the arrays to differentiate",
+    ),
+    "gradient-aux-not-pair": Case(
+        "`gradient(f, has_aux=True)(x)`",
+        "`f` returns no `(value, aux)` pair",
+        lambda tmp: jaxcurv.gradient(lambda x: jnp.sum(x**2), has_aux=True)(jnp.ones(2)),
+        TypeError,
+        ("`gradient(has_aux=True)`", "an array of shape ()"),
+        "Return `(value, aux)`, or drop `has_aux=True`",
+    ),
+    "gradient-tuple-output": Case(
+        "`gradient(f)(x)`",
+        "`f` returns a tuple",
+        lambda tmp: jaxcurv.gradient(lambda x: (jnp.sum(x), jnp.sum(x**2)))(jnp.ones(2)),
+        TypeError,
+        ("`gradient`", "a tuple of length 2"),
+        "with `has_aux=True`, a pair `(scalar, aux)`",
+    ),
+    "gradient-repeated-argnums": Case(
+        "`gradient(f, argnums=...)`",
+        "the same argument twice",
+        lambda tmp: jaxcurv.gradient(lambda x, y: jnp.sum(x * y), argnums=(0, 0)),
+        ValueError,
+        ("`gradient(argnums=(0, 0))`",),
+        "Differentiate each argument once, e.g. `argnums=(0,)`",
+    ),
+    "gradient-bool-argnums": Case(
+        "`gradient(f, argnums=...)`",
+        "a bool, e.g. `has_aux` by position",
+        lambda tmp: jaxcurv.gradient(_sq, True),
+        TypeError,
+        ("`gradient(argnums=...)`", "True"),
+        "Pass `has_aux=...` by keyword",
+    ),
+    "gradient-keyword-only-call": Case(
+        "`gradient(f)(x=...)`",
+        "the differentiated argument by keyword",
+        lambda tmp: jaxcurv.gradient(_sq)(x=jnp.ones(2)),
+        ValueError,
+        ("`gradient(argnums=0)`", "called with none"),
+        "pass the inputs to differentiate positionally",
+    ),
     # --- spectral, critical points and cg (issue 11) ---
+    "eigenvalues-not-symmetric": Case(
+        "`eigenvalues(A, k)`",
+        "a non-symmetric dense `A`",
+        lambda tmp: jaxcurv.eigenvalues(jnp.array([[1.0, 10.0], [0.0, 2.0]]), 1, which="both"),
+        ValueError,
+        ("`eigenvalues(A)`", "max|A - A^T| / max|A| = 10 / 10 = 1"),
+        "pass its symmetric part `(A + A.T) / 2`",
+    ),
+    "spectral-density-not-symmetric": Case(
+        "`spectral_density(A, key)`",
+        "a non-symmetric dense `A`",
+        lambda tmp: jaxcurv.spectral_density(
+            jnp.array([[1.0, 10.0], [0.0, 2.0]]), jax.random.key(0), num_lanczos=2
+        ),
+        ValueError,
+        ("`spectral_density(A)`", "not symmetric"),
+        "`(A + A.T) / 2`",
+    ),
+    "cg-not-symmetric": Case(
+        "`cg(A, b)`",
+        "a non-symmetric dense `A`",
+        lambda tmp: jaxcurv.cg(jnp.array([[1.0, 10.0], [0.0, 2.0]]), jnp.ones(2)),
+        ValueError,
+        ("`cg(A)`", "max|A - A^T| / max|A|"),
+        "`jax.scipy.sparse.linalg.gmres`",
+    ),
+    "eigenvalues-example-string-leaf": Case(
+        "`eigenvalues(A, k, example=...)`",
+        "a string leaf in `example`",
+        lambda tmp: jaxcurv.eigenvalues(lambda v: v, 1, example={"w": jnp.ones(3), "act": "tanh"}),
+        TypeError,
+        ("`eigenvalues(example=...)`", "['act']"),
+        "Pass the arrays only",
+    ),
+    "classify-empty-tree": Case(
+        "`classify_critical_point(fun, x)`",
+        "an empty dict as `x`",
+        lambda tmp: jaxcurv.classify_critical_point(lambda p: 0.0, {}),
+        ValueError,
+        ("`classify_critical_point`", "`x`", "no array leaves"),
+        "Pass the arrays to differentiate",
+    ),
+    "classify-string-leaf": Case(
+        "`classify_critical_point(fun, x)`",
+        "a string leaf in `x`",
+        lambda tmp: jaxcurv.classify_critical_point(
+            lambda p: jnp.sum(p["w"] ** 2), {"w": jnp.ones(2), "act": "tanh"}
+        ),
+        TypeError,
+        ("`classify_critical_point`", "['act']"),
+        "Keep configuration out of the differentiated arguments",
+    ),
+    "classify-grad-atol": Case(
+        "`classify_critical_point(fun, x, grad_atol=...)`",
+        "a negative absolute gradient tolerance",
+        lambda tmp: jaxcurv.classify_critical_point(_sq, jnp.ones(2), grad_atol=-1.0),
+        ValueError,
+        ("`classify_critical_point(grad_atol=...)`", "-1.0"),
+        "Pass 0 to rely on `grad_tol` alone",
+    ),
     # --- hessian_free, sharding, determinism (issue 11) ---
+    "hf-negative-learning-rate": Case(
+        "`hessian_free(learning_rate=...)`",
+        "a negative learning rate",
+        lambda tmp: jaxcurv.hessian_free(learning_rate=-1.0),
+        ValueError,
+        ("`hessian_free(learning_rate=...)`", "-1.0", "steps uphill"),
+        "Pass a positive finite float",
+    ),
+    "hf-nan-learning-rate": Case(
+        "`hessian_free(learning_rate=...)`",
+        "a NaN learning rate",
+        lambda tmp: jaxcurv.hessian_free(learning_rate=float("nan")),
+        ValueError,
+        ("`hessian_free(learning_rate=...)`", "nan"),
+        "Pass a positive finite float",
+    ),
+    "hf-string-learning-rate": Case(
+        "`hessian_free(learning_rate=...)`",
+        "a string as the learning rate",
+        lambda tmp: jaxcurv.hessian_free(learning_rate="0.1"),
+        TypeError,
+        ("`hessian_free(learning_rate=...)`", "str", "'0.1'"),
+        "Pass a positive finite float",
+    ),
+    "hf-negative-schedule": Case(
+        "`hessian_free(learning_rate=schedule)`",
+        "a schedule negative at count 0",
+        lambda tmp: jaxcurv.hessian_free(learning_rate=optax.constant_schedule(-0.1)),
+        ValueError,
+        ("`hessian_free(learning_rate=...)`", "count 0", "-0.1"),
+        "optax schedule of the update count",
+    ),
+    "hf-init-string-leaf": Case(
+        "`hessian_free().init(params)`",
+        "a string leaf in `params`",
+        lambda tmp: jaxcurv.hessian_free().init({"w": jnp.ones(2), "act": "tanh"}),
+        TypeError,
+        ("`hessian_free(...).init`", "['act']", "'tanh'"),
+        "eqx.partition(model, eqx.is_inexact_array)",
+    ),
+    "hf-init-equinox-model": Case(
+        "`hessian_free().init(params)`",
+        "a whole Equinox model (function leaves)",
+        lambda tmp: jaxcurv.hessian_free().init(
+            __import__("equinox").nn.MLP(2, 1, 4, 1, key=jax.random.key(0))
+        ),
+        TypeError,
+        ("`hessian_free(...).init`", ".activation"),
+        "eqx.partition(model, eqx.is_inexact_array)",
+    ),
+    "determinism-string-leaf": Case(
+        "`check_determinism(value_fn, params)`",
+        "a string leaf in `params`",
+        lambda tmp: jaxcurv.check_determinism(
+            lambda p: jnp.sum(p["w"] ** 2), {"w": jnp.ones(2), "act": "tanh"}
+        ),
+        TypeError,
+        ("`check_determinism`", "['act']", "'tanh'"),
+        "eqx.partition(model, eqx.is_inexact_array)",
+    ),
+    "shard-batch-ragged": Case(
+        "`sharding.shard_batch(batch, mesh)`",
+        "leaves with different leading sizes",
+        lambda tmp: shard_batch({"x": jnp.ones((4, 2)), "y": jnp.ones(6)}, data_parallel_mesh()),
+        ValueError,
+        ("`shard_batch(batch)`", "['x'] has leading size 4", "['y'] has 6"),
+        "Give every leaf one row per example",
+    ),
     # --- command line, config, checkpoints (issue 11) ---
+    "checkpoint-truncated": Case(
+        "`app.checkpoints.load_checkpoint` / `jaxcurv train --resume`",
+        "a checkpoint cut short (disk full, killed copy)",
+        lambda tmp: checkpoints_lib.load_checkpoint(
+            (lambda p: (p.write_bytes(p.read_bytes()[:64]), p)[1])(
+                checkpoints_lib.save_checkpoint(tmp / "step_2.npz", {"w": jnp.ones(3)}, (), step=2)
+            ),
+            {"w": jnp.ones(3)},
+            (),
+        ),
+        checkpoints_lib.DamagedCheckpointError,
+        ("RUN/step_2.npz", "BadZipFile"),
+        "falls back to the previous one",
+    ),
+    "checkpoint-not-npz": Case(
+        "`app.checkpoints.checkpoint_metadata` / `jaxcurv landscape --checkpoint`",
+        "a file that is not a checkpoint",
+        lambda tmp: checkpoints_lib.checkpoint_metadata(
+            _write(tmp, "step_1.npz", "not a checkpoint")
+        ),
+        checkpoints_lib.DamagedCheckpointError,
+        ("RUN/step_1.npz", "not an .npz"),
+        "Use another checkpoint",
+    ),
+    "run-dir-not-jaxcurvs": Case(
+        "`app.run_folder.prepare_run_dir` / `--out`",
+        "a folder with files jaxcurv did not write, with `--overwrite`",
+        lambda tmp: run_folder_lib.prepare_run_dir(
+            _write(tmp, "notes.txt", "mine").parent, overwrite=True
+        ),
+        FileExistsError,
+        ("--out RUN", "--overwrite"),
+        "Choose another --out",
+    ),
+    "resume-nothing": Case(
+        "`app.loop.train(resume=True)` / `jaxcurv train --resume`",
+        "a run folder that does not exist",
+        lambda tmp: loop_lib.train(config_lib.load_config(None), tmp / "none", resume=True),
+        checkpoints_lib.CheckpointError,
+        ("--resume", "RUN/none"),
+        "Train without --resume first",
+    ),
     # --- compile policy (issue 11) ---
 }
 
@@ -506,6 +754,15 @@ def _main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         table = render_table(pathlib.Path(tmp))
     print(_HEADER + table)
+
+
+def test_readme_table_is_the_docs_table():
+    readme = (DOC.parent.parent / "README.md").read_text().splitlines()
+    start = readme.index("| API | bad input | exception | message |")
+    end = next(i for i in range(start, len(readme)) if not readme[i].startswith("|"))
+    assert readme[start:end] == _table_rows(DOC.read_text()), (
+        "README's bad-input table differs from docs/bad_input.md: copy the table over"
+    )
 
 
 if __name__ == "__main__":
