@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxcurv._compile import compiled_call
 from jaxcurv.products import CurvatureOperator, as_matvec
 from jaxcurv.spectral import (
     _check_symmetric_matrix,
@@ -339,8 +340,9 @@ def cg(
     ``stop_rule="martens"`` and ``record_iterates`` are extra. Everything runs in one
     ``lax.while_loop``; ``maxiter``, ``stop_rule`` and ``record_iterates`` are static, the
     other numbers may be traced, and ``A`` may be a ``CurvatureOperator`` passed through
-    ``jax.jit`` as an argument. Like ``jax.scipy``, ``cg`` itself is traced on each call:
-    wrap repeated solves in ``jax.jit`` to compile once.
+    ``jax.jit`` as an argument. At top level ``cg`` compiles once per computation
+    (``jaxcurv._compile``): a new right-hand side, operator or closure of the same shapes
+    reuses the executable; inside the user's ``jax.jit`` it is inlined.
 
     float16 and bfloat16: ``x``, the residual, the directions and every inner product are
     kept in float32 (in float16 :math:`b^\top b` alone overflows once :math:`\|b\| >
@@ -407,6 +409,36 @@ def cg(
       2010, "Deep learning via Hessian-free optimization", §4.4 (termination), §4.6
       (CG backtracking).
     """
+    options = dict(
+        tol=tol,
+        atol=atol,
+        maxiter=maxiter,
+        damping=damping,
+        stop_rule=stop_rule,
+        record_iterates=record_iterates,
+        martens_eps=martens_eps,
+    )
+    # `A` and `M` are closed over: their concrete arrays become hoisted constants, so
+    # checks that need values (symmetry) still see them and no closure keys the cache.
+    # `b` and `x0` are arguments, so under the user's jit the call is inlined at once.
+    return compiled_call(lambda b, x0: _cg_impl(A, b, x0, M=M, **options), b, x0)
+
+
+def _cg_impl(
+    A: Any,
+    b: PyTree,
+    x0: PyTree | None = None,
+    *,
+    tol: jax.typing.ArrayLike = 1e-5,
+    atol: jax.typing.ArrayLike = 0.0,
+    maxiter: int | None = None,
+    M: Any = None,
+    damping: jax.typing.ArrayLike = 0.0,
+    stop_rule: str = "residual",
+    record_iterates: bool = False,
+    martens_eps: jax.typing.ArrayLike = 5e-4,
+) -> tuple[PyTree, CGInfo]:
+    """The body of :func:`cg` (see there); traced by the compile policy."""
     if isinstance(A, (jax.Array, np.ndarray)) and A.ndim == 2:
         if not isinstance(b, (jax.Array, np.ndarray)) or jnp.shape(b) != A.shape[:1]:
             raise ValueError(

@@ -281,7 +281,9 @@ def _check_symmetric_matrix(name: str, A: Any, *, fix: str) -> None:
         return
     if A.ndim != 2 or A.shape[0] != A.shape[1] or not jnp.issubdtype(A.dtype, jnp.floating):
         return  # as_matvec says what is wrong with the shape or the dtype
-    diff, size = (float(v) for v in _asymmetry(jnp.asarray(A)))
+    # Evaluated now even inside the compile policy's trace, where `A` is a constant.
+    with jax.ensure_compile_time_eval():
+        diff, size = (float(v) for v in _asymmetry(jnp.asarray(A)))
     tol = _symmetry_tolerance(A.shape[0], A.dtype)
     if diff > tol * size:
         raise ValueError(

@@ -201,3 +201,22 @@ def test_loss_slices_per_batch_compile_once(n):
             got, ref = slices(i)
             np.testing.assert_allclose(got.along_1d, ref, rtol=1e-5)
     assert compiles[0] == 0
+
+
+def test_cg_with_a_closure_per_call_compiles_once():
+    def one(i):
+        m = jax.random.normal(jax.random.key(i), (5, 5))
+        a = m @ m.T + 5.0 * jnp.eye(5)
+        b = jnp.arange(1.0, 6.0)
+        x, info = jaxcurv.cg(lambda v: a @ v, b, tol=1e-6)
+        # float32, cond(a) < 100 here: the 1e-6 residual stop gives a forward error of
+        # ~1e-4 relative at worst; 1e-3 leaves an order of magnitude of margin.
+        ref = np.linalg.solve(np.asarray(a, np.float64), np.asarray(b, np.float64))
+        np.testing.assert_allclose(x, ref, rtol=1e-3)
+        assert bool(info.converged)
+
+    one(0)
+    with count_compiles() as compiles:
+        for i in range(1, 4):
+            one(i)
+    assert compiles[0] == 0
