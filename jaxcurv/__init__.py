@@ -21,12 +21,12 @@ from jaxcurv.derivatives import jacobian as jacobian
 from jaxcurv.determinism import DeterminismReport as DeterminismReport
 from jaxcurv.determinism import check_determinism as check_determinism
 from jaxcurv.hessian_free import HessianFreeState as HessianFreeState
-from jaxcurv.hessian_free import ModelAndLoss as ModelAndLoss
 from jaxcurv.hessian_free import hessian_free as hessian_free
 from jaxcurv.landscape import Landscape as Landscape
 from jaxcurv.landscape import LossSlices as LossSlices
 from jaxcurv.landscape import analyze_landscape as analyze_landscape
 from jaxcurv.landscape import loss_slices as loss_slices
+from jaxcurv.model_and_loss import ModelAndLoss as ModelAndLoss
 from jaxcurv.products import CurvatureOperator as CurvatureOperator
 from jaxcurv.products import GaussNewtonOperator as GaussNewtonOperator
 from jaxcurv.products import HessianOperator as HessianOperator

@@ -28,13 +28,24 @@ import dataclasses
 import functools
 import math
 import operator
-import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxcurv._checks import (
+    check_array_leaves,
+    check_callable,
+    check_choice,
+    check_int,
+    check_positive,
+    check_real_inputs,
+    describe_value,
+    is_array,
+)
+from jaxcurv.tree import tree_size
 
 PyTree = Any
 Argnums = int | tuple[int, ...]
@@ -53,8 +64,6 @@ _MODES = ("auto", "fwd", "rev")
 _TRANSFORMS = {"fwd": jax.jacfwd, "rev": jax.jacrev}
 # Default ceiling for a dense Hessian: beyond this, products are the right tool.
 _DEFAULT_MAX_BYTES = 4 * 2**30
-# Leaf types JAX can turn into arrays; anything else in a differentiated tree is a mistake.
-_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct, int, float, complex)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -105,8 +114,7 @@ def _check_distinct(name: str, argnums: Argnums, positions: tuple[int, ...]) -> 
 
 
 def _check_fun(name: str, fun: Any) -> None:
-    if not callable(fun):
-        raise TypeError(f"`{name}(fun)` must be callable, got {type(fun).__name__}: {fun!r}.")
+    check_callable(f"{name}(fun)", fun)
 
 
 def _check_positions(name: str, args: tuple, argnums: Argnums) -> None:
@@ -128,80 +136,15 @@ def _check_positions(name: str, args: tuple, argnums: Argnums) -> None:
     _check_distinct(name, argnums, tuple(i % len(args) for i in items))
 
 
-def _is_array(x: Any) -> bool:
-    """Whether JAX can treat ``x`` as an array (strings name dtypes, so are excluded first)."""
-    if isinstance(x, (str, bytes)):
-        return False
-    if not (isinstance(x, _ARRAY_TYPES) or hasattr(x, "__jax_array__")):
-        return False
-    try:
-        jnp.result_type(x)  # refuses numpy object arrays
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _describe_value(x: Any) -> str:
-    """A short description for messages: never a tracer's repr or a memory address."""
-    if isinstance(x, (tuple, list)):
-        return f"a {type(x).__name__} of length {len(x)}"
-    if isinstance(x, (str, bytes)):
-        return f"a {type(x).__name__} {reprlib.repr(x)}"
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return f"an array of shape {tuple(x.shape)} and dtype {x.dtype}"
-    if callable(x):
-        return f"a {type(x).__name__} `{getattr(x, '__name__', '?')}`"
-    return f"a {type(x).__name__}"
-
-
-def _check_array_leaves(name: str, tree: PyTree, what: str = "differentiated input") -> None:
-    """Every leaf a real floating-point array or number; the tree may be empty."""
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        where = jax.tree_util.keystr(path) or "<root>"
-        if not _is_array(leaf):
-            raise TypeError(
-                f"`{name}` differentiates arrays only, but the {what} at {where} is "
-                f"{_describe_value(leaf)}. Keep configuration out of the differentiated "
-                "arguments: split a model with `params, static = eqx.partition(model, "
-                "eqx.is_inexact_array)` and differentiate `params` (rebuild it with "
-                "`eqx.combine(params, static)`), or pass settings by closure or keyword."
-            )
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            if jnp.issubdtype(dtype, jnp.complexfloating):
-                kind = "complex"
-            elif jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.bool_):
-                kind = "integer/bool"
-            else:
-                kind = "non-floating"
-            raise TypeError(
-                f"`{name}` requires real floating-point inputs, but the {what} at {where} "
-                f"has {kind} dtype {dtype}. Convert it first, e.g. `jnp.asarray(x, "
-                f"jnp.float32)`; for complex functions use `jax.grad(..., holomorphic=True)`."
-            )
-
-
-def _check_real_inputs(name: str, tree: PyTree, what: str = "differentiated input") -> None:
-    """Real floating-point array leaves, and at least one of them.
-
-    Shared by every module that differentiates a user's tree: strings, functions and other
-    non-array leaves are a ``TypeError`` naming the leaf's path, integer and complex leaves
-    a ``TypeError``, and a tree with no array leaves a ``ValueError``.
-    """
-    _check_array_leaves(name, tree, what)
-    if not jax.tree.leaves(tree):
-        raise ValueError(
-            f"`{name}` has nothing to differentiate: the {what} has no array leaves (got "
-            f"{jax.tree.structure(tree)}). Pass the arrays to differentiate, e.g. "
-            "`{'w': jnp.zeros(3)}`, and check `argnums`."
-        )
+# Kept for the modules that still import it from here (spectral); it lives in `_checks`.
+_check_real_inputs = check_real_inputs
 
 
 def _check_scalar_output(name: str, out: Any, alternative: str) -> None:
-    if not _is_array(out):
+    if not is_array(out):
         raise TypeError(
             f"`{name}` needs a function with a scalar output, but it returned "
-            f"{_describe_value(out)}. Return one scalar (with `has_aux=True`, a pair "
+            f"{describe_value(out)}. Return one scalar (with `has_aux=True`, a pair "
             f"`(scalar, aux)`) or use {alternative}."
         )
     shape = jnp.shape(out)
@@ -220,7 +163,7 @@ def _value_of_pair(name: str, out: Any) -> Any:
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         raise TypeError(
             f"`{name}(has_aux=True)` expects `fun` to return a two-element tuple "
-            f"`(value, aux)`, but it returned {_describe_value(out)}. Return `(value, aux)`, "
+            f"`(value, aux)`, but it returned {describe_value(out)}. Return `(value, aux)`, "
             "or drop `has_aux=True`."
         )
     return out[0]
@@ -270,10 +213,6 @@ def _partial_fun(fun: Callable, args: tuple, kwargs: dict, argnums: Argnums) -> 
     return g, _dyn_args(args, argnums)
 
 
-def _size(tree: PyTree) -> int:
-    return sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(tree))
-
-
 # ------------------------------------------------------------------------ wrappers
 
 
@@ -305,9 +244,9 @@ def derivative(fun: Callable) -> Callable:
 
     @functools.wraps(fun)
     def df(x, *args, **kwargs):
-        _check_real_inputs("derivative", x)
-        if not _is_array(x) or jnp.shape(x) != ():
-            got = f"has shape {jnp.shape(x)}" if _is_array(x) else f"is {_describe_value(x)}"
+        check_real_inputs("derivative", x)
+        if not is_array(x) or jnp.shape(x) != ():
+            got = f"has shape {jnp.shape(x)}" if is_array(x) else f"is {describe_value(x)}"
             raise ValueError(
                 f"`derivative` is for scalar -> scalar functions, but x {got}. Use "
                 "`jaxcurv.gradient` (vector -> scalar) or `jaxcurv.jacobian` (vector -> "
@@ -357,7 +296,7 @@ def gradient(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = Fa
     def grad_fun(*args, **kwargs):
         _check_positions("gradient", args, argnums)
         # No non-empty check: as with jax.grad, the gradient of an empty tree is that tree.
-        _check_array_leaves("gradient", _dyn_args(args, argnums))
+        check_array_leaves("gradient", _dyn_args(args, argnums))
         return grad(*args, **kwargs)
 
     return grad_fun
@@ -381,7 +320,7 @@ def _auto_jacobian(
     """
     g, dyn = _partial_fun(fun, args, kwargs, argnums)
     out, lin, *aux = jax.linearize(g, dyn, has_aux=has_aux)
-    mode = _choose_mode(_size(dyn), _size(out))
+    mode = _choose_mode(tree_size(dyn), tree_size(out))
     jac = _TRANSFORMS[mode](lin)(dyn)
     return (jac, aux[0]) if has_aux else jac
 
@@ -428,18 +367,19 @@ def jacobian(
     """
     _check_fun("jacobian", fun)
     argnums = _check_argnums("jacobian", argnums)
-    if mode not in _MODES:
-        raise ValueError(
-            f"`jacobian(mode=...)` must be one of {_MODES}, got {mode!r}. Use 'auto' to pick "
-            "forward or reverse mode from the shapes."
-        )
+    check_choice(
+        "jacobian(mode=...)",
+        mode,
+        _MODES,
+        fix="Use 'auto' to pick forward or reverse mode from the shapes.",
+    )
     checked = _validate_output("jacobian", fun, has_aux)
     jac = None if mode == "auto" else _TRANSFORMS[mode](checked, argnums, has_aux=has_aux)
 
     @functools.wraps(fun)
     def jac_fun(*args, **kwargs):
         _check_positions("jacobian", args, argnums)
-        _check_real_inputs("jacobian", _dyn_args(args, argnums))
+        check_real_inputs("jacobian", _dyn_args(args, argnums))
         if jac is not None:
             return jac(*args, **kwargs)
         return _auto_jacobian(checked, args, kwargs, argnums, has_aux)
@@ -552,10 +492,9 @@ def hessian(
     """
     _check_fun("hessian", fun)
     argnums = _check_argnums("hessian", argnums)
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
-        raise ValueError(f"`hessian(chunk_size=...)` must be a positive int, got {chunk_size!r}.")
-    if max_bytes <= 0:
-        raise ValueError(f"`hessian(max_bytes=...)` must be positive, got {max_bytes!r}.")
+    if chunk_size is not None:
+        check_int("hessian(chunk_size=...)", chunk_size, minimum=1, requirement="a positive int")
+    check_positive("hessian(max_bytes=...)", max_bytes)
     checked = _validate_output("hessian", fun, has_aux, "`jaxcurv.jacobian` of a gradient")
     with_aux = checked if has_aux else lambda *a, **k: (checked(*a, **k), None)
 
@@ -563,7 +502,7 @@ def hessian(
     def hess_fun(*args, **kwargs):
         _check_positions("hessian", args, argnums)
         g, dyn = _partial_fun(with_aux, args, kwargs, argnums)
-        _check_real_inputs("hessian", dyn)
+        check_real_inputs("hessian", dyn)
         _check_dense_size(dyn, max_bytes)
         # One forward and backward pass here; every column below reuses the linearization.
         _, hvp_lin, aux = jax.linearize(jax.grad(g, has_aux=True), dyn, has_aux=True)
@@ -634,8 +573,7 @@ def describe(fun: Callable, *args: Any, argnums: int | Sequence[int] = 0) -> Des
     out = jax.eval_shape(fun, *args)
     in_leaves = jax.tree_util.tree_leaves_with_path(dyn)
     out_leaves = jax.tree_util.tree_leaves_with_path(out)
-    n = sum(math.prod(jnp.shape(x)) for _, x in in_leaves)
-    m = sum(math.prod(jnp.shape(x)) for _, x in out_leaves)
+    n, m = tree_size(dyn), tree_size(out)
     scalar_in = len(in_leaves) == 1 and jnp.shape(in_leaves[0][1]) == ()
     scalar_out = len(out_leaves) == 1 and jnp.shape(out_leaves[0][1]) == ()
 

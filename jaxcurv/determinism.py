@@ -22,7 +22,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcurv.derivatives import _check_real_inputs
+from jaxcurv._checks import (
+    check_callable,
+    check_instance,
+    check_int,
+    check_non_negative,
+    check_real_inputs,
+)
+from jaxcurv.model_and_loss import ModelAndLoss
 from jaxcurv.products import ggn_vp, hvp
 from jaxcurv.tree import tree_random_normal
 
@@ -86,14 +93,6 @@ class DeterminismReport:
         return self.summary
 
 
-def _is_model_and_loss(value_fn: Any) -> bool:
-    # Imported here: hessian_free pulls in the optimizer stack, which this module
-    # does not otherwise need.
-    from jaxcurv.hessian_free import ModelAndLoss
-
-    return isinstance(value_fn, ModelAndLoss)
-
-
 def _quantities(value_fn, params, v, args, extra_args, with_ggn):
     def f(p, *a):
         return value_fn(p, *a, **extra_args)
@@ -101,13 +100,7 @@ def _quantities(value_fn, params, v, args, extra_args, with_ggn):
     loss, grad = jax.value_and_grad(f)(params, *args)
     out = {"loss": loss, "gradient": grad, "hvp": hvp(f, params, v, *args)}
     if with_ggn:
-        m_kw, l_kw = value_fn.split_kwargs(extra_args)
-        out["ggn_vp"] = ggn_vp(
-            lambda p: value_fn.model_fn(p, **m_kw),
-            lambda o: value_fn.loss_fn(o, **l_kw),
-            params,
-            v,
-        )
+        out["ggn_vp"] = ggn_vp(value_fn.model_fn, value_fn.loss_fn, params, v, **extra_args)
     return out
 
 
@@ -145,7 +138,7 @@ def check_determinism(
     Each run evaluates, at the same ``params`` and data, the loss
     :math:`f(\theta)`, the gradient :math:`\nabla f(\theta)` and the Hessian-vector product
     :math:`\nabla^2 f(\theta)\, v` along one random direction ``v`` drawn from ``key``;
-    for a :class:`~jaxcurv.hessian_free.ModelAndLoss` objective also the Gauss-Newton
+    for a :class:`~jaxcurv.ModelAndLoss` objective also the Gauss-Newton
     product :math:`J^\top H_\ell J v`. All runs use one compiled function (``retrace=True``
     compiles a fresh one per run, which also catches trace-time randomness or mutable
     globals in ``value_fn``). Runs are compared against the first; with the default
@@ -172,9 +165,10 @@ def check_determinism(
 
     Raises:
       TypeError: ``value_fn`` not callable, non-float ``params``, ``num_repeats`` not an
-        int, ``extra_args`` not a mapping, or a traced ``params`` (called inside ``jit``).
-      ValueError: ``num_repeats < 2``, negative ``atol``/``rtol``, a non-scalar
-        ``value_fn``.
+        int, ``atol``/``rtol`` not a number, ``extra_args`` not a mapping, or a traced
+        ``params`` (called inside ``jit``).
+      ValueError: ``num_repeats < 2``, negative or non-finite ``atol``/``rtol``, a
+        non-scalar ``value_fn``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -188,41 +182,40 @@ def check_determinism(
       curvlinops (F. Dangel et al., github.com/f-dangel/curvlinops): the
       ``check_deterministic`` option of its curvature operators, which this mirrors.
     """
-    if not callable(value_fn):
-        raise TypeError(
-            f"`check_determinism(value_fn)` must be callable, got {type(value_fn).__name__}: "
-            f"{value_fn!r}. Pass the loss function `value_fn(params, *args) -> scalar`."
-        )
-    if isinstance(num_repeats, bool) or not isinstance(num_repeats, int):
-        raise TypeError(
-            f"`check_determinism(num_repeats=...)` must be an int >= 2, got "
-            f"{type(num_repeats).__name__}: {num_repeats!r}."
-        )
-    if num_repeats < 2:
-        raise ValueError(
-            f"`check_determinism(num_repeats=...)` must be at least 2 (one run has nothing "
-            f"to be compared with), got {num_repeats}."
-        )
+    check_callable(
+        "check_determinism(value_fn)",
+        value_fn,
+        fix="Pass the loss function `value_fn(params, *args) -> scalar`.",
+    )
+    check_int(
+        "check_determinism(num_repeats=...)",
+        num_repeats,
+        minimum=2,
+        requirement="at least 2 (one run has nothing to be compared with)",
+    )
     for name, tol in (("atol", atol), ("rtol", rtol)):
-        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-            raise ValueError(
-                f"`check_determinism({name}=...)` must be a non-negative finite number, got "
-                f"{tol!r}. Use 0 to require bitwise equality."
-            )
+        check_non_negative(
+            f"check_determinism({name}=...)",
+            tol,
+            finite=True,
+            requirement="a non-negative finite number",
+            fix="Use 0 to require bitwise equality.",
+        )
     if extra_args is None:
         extra_args = {}
-    elif not isinstance(extra_args, Mapping):
-        raise TypeError(
-            f"`check_determinism(extra_args=...)` must be a mapping of keyword arguments for "
-            f"`value_fn`, got {type(extra_args).__name__}. Pass e.g. "
-            f"`extra_args={{'x': x, 'y': y}}`; positional data goes in `*args`."
-        )
+    check_instance(
+        "check_determinism(extra_args=...)",
+        extra_args,
+        Mapping,
+        "a mapping of keyword arguments for `value_fn`",
+        fix="Pass e.g. `extra_args={'x': x, 'y': y}`; positional data goes in `*args`.",
+    )
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)):
         raise TypeError(
             "`check_determinism` returns Python values and cannot run under `jax.jit` / "
             "`jax.vmap`: `params` is traced. Call it outside the jitted step."
         )
-    _check_real_inputs("check_determinism", params, "`params`")
+    check_real_inputs("check_determinism", params, "`params`")
     extra_args = dict(extra_args)
     out = jax.eval_shape(lambda p, a, kw: value_fn(p, *a, **kw), params, args, extra_args)
     if getattr(out, "shape", None) != () or not jnp.issubdtype(out.dtype, jnp.floating):
@@ -233,7 +226,7 @@ def check_determinism(
         )
     if key is None:
         key = jax.random.key(0)
-    with_ggn = _is_model_and_loss(value_fn) and not args
+    with_ggn = isinstance(value_fn, ModelAndLoss) and not args
     v = tree_random_normal(key, params)
 
     def compute(p, v, a, kw):

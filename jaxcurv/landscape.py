@@ -25,8 +25,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jaxcurv._checks import check_int, check_positive
 from jaxcurv._compile import compiled_call
 from jaxcurv.products import hessian_operator
 from jaxcurv.spectral import (
@@ -104,14 +104,6 @@ def _slices_impl(fun, x, v1, v2, t, args):
     return LossSlices(t, along_1d, jax.vmap(jax.vmap(loss_at))(grid_a, grid_b))
 
 
-def _check_int(name: str, value: Any, low: int, fix: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}: {value!r}.")
-    if value < low:
-        raise ValueError(f"`{name}` must be >= {low}, got {value}. {fix}")
-    return int(value)
-
-
 def loss_slices(
     fun: Callable,
     x: PyTree,
@@ -154,14 +146,14 @@ def loss_slices(
       Li, Xu, Taylor, Studer and Goldstein, "Visualizing the loss landscape of neural
       nets", NeurIPS 2018.
     """
-    num_points = _check_int(
-        "loss_slices(num_points=...)", num_points, 2, "A slice needs both of its ends."
+    num_points = check_int(
+        "loss_slices(num_points=...)", num_points, minimum=2, fix="A slice needs both of its ends."
     )
-    if not radius > 0:
-        raise ValueError(
-            f"`loss_slices(radius=...)` must be positive, got {radius!r}: it is the "
-            f"half-width of the offsets, in units of the directions' lengths."
-        )
+    check_positive(
+        "loss_slices(radius=...)",
+        radius,
+        fix="It is the half-width of the offsets, in units of the directions' lengths.",
+    )
     dtype = jnp.result_type(*jax.tree.leaves(x))
     t = jnp.linspace(-radius, radius, num_points, dtype=dtype)
     # One compile per computation and shapes (`jaxcurv._compile`): a second point, batch or
@@ -246,24 +238,29 @@ def analyze_landscape(
     """
     name = "analyze_landscape({}=...)".format
     count = "Ask for at least one."
-    top_k = _check_int(name("top_k"), top_k, 1, count)
-    bottom_k = _check_int(name("bottom_k"), bottom_k, 1, count)
-    num_lanczos = _check_int(name("num_lanczos"), num_lanczos, 1, "Pass a positive step count.")
-    trace_samples = _check_int(
-        name("trace_samples"), trace_samples, 2, "A standard error needs two probes or more."
+    top_k = check_int(name("top_k"), top_k, minimum=1, fix=count)
+    bottom_k = check_int(name("bottom_k"), bottom_k, minimum=1, fix=count)
+    num_lanczos = check_int(
+        name("num_lanczos"), num_lanczos, minimum=1, fix="Pass a positive step count."
     )
-    density_probes = _check_int(name("density_probes"), density_probes, 1, count)
-    slice_points = _check_int(
-        name("slice_points"), slice_points, 2, "A slice needs both of its ends."
+    trace_samples = check_int(
+        name("trace_samples"),
+        trace_samples,
+        minimum=2,
+        fix="A standard error needs two probes or more.",
     )
-    dense_threshold = _check_int(
-        name("dense_threshold"), dense_threshold, 0, "Use 0 to always run Lanczos."
+    density_probes = check_int(name("density_probes"), density_probes, minimum=1, fix=count)
+    slice_points = check_int(
+        name("slice_points"), slice_points, minimum=2, fix="A slice needs both of its ends."
     )
-    if not slice_radius > 0:
-        raise ValueError(
-            f"`analyze_landscape(slice_radius=...)` must be positive, got {slice_radius!r}: "
-            f"it is the half-width of the slices along the unit eigenvectors."
-        )
+    dense_threshold = check_int(
+        name("dense_threshold"), dense_threshold, minimum=0, fix="Use 0 to always run Lanczos."
+    )
+    check_positive(
+        name("slice_radius"),
+        slice_radius,
+        fix="It is the half-width of the slices along the unit eigenvectors.",
+    )
     k_eig, k_trace, k_density = jax.random.split(key, 3)
 
     op = hessian_operator(fun, x, *args)

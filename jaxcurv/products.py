@@ -22,7 +22,7 @@ product. Inside one jitted loop XLA already hoists the forward pass out of a pla
 from __future__ import annotations
 
 import functools
-import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -31,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxcurv._checks import check_callable, check_real_inputs
 from jaxcurv._compile import compiled_call
-from jaxcurv.derivatives import _check_real_inputs
-from jaxcurv.tree import tree_check_like
+from jaxcurv.model_and_loss import ModelAndLoss
+from jaxcurv.tree import tree_check_like, tree_size
 
 PyTree = Any
 
@@ -53,11 +54,33 @@ __all__ = [
 
 
 def _check_callable(name: str, arg: str, fun: Any) -> None:
-    if not callable(fun):
-        raise TypeError(
-            f"`{name}({arg})` must be callable, got {type(fun).__name__}: {fun!r}. Pass the "
-            f"function itself first, e.g. `{name}(loss, params, ...)`, not its value."
+    check_callable(
+        f"{name}({arg})",
+        fun,
+        fix=f"Pass the function itself first, e.g. `{name}(loss, params, ...)`, not its value.",
+    )
+
+
+def _split_data(
+    name: str, model_fn: Callable, loss_fn: Callable, model_args: Any, loss_args: Any, data: dict
+) -> tuple[tuple, tuple, dict, dict]:
+    """``(model_args, loss_args, model keywords, loss keywords)`` for a Gauss-Newton call.
+
+    Keyword data is routed as :class:`~jaxcurv.ModelAndLoss` routes it, by the names in
+    the two signatures. The positional tuples are the old spelling, kept for one release.
+    """
+    if model_args is not None or loss_args is not None:
+        warnings.warn(
+            f"`{name}(model_args=..., loss_args=...)` is deprecated and will be removed in "
+            f"the next release. Pass the data as keywords named as in the two functions' "
+            f"signatures, routed as `ModelAndLoss` routes them: for `model_fn(params, x)` "
+            f"and `loss_fn(outputs, y)`, write `{name}(model_fn, loss_fn, params, "
+            f"{'v, ' if name == 'ggn_vp' else ''}x=x, y=y)`.",
+            DeprecationWarning,
+            stacklevel=3,
         )
+    m_kw, l_kw = ModelAndLoss(model_fn, loss_fn).split_kwargs(data)
+    return tuple(model_args or ()), tuple(loss_args or ()), m_kw, l_kw
 
 
 def _check_tangent(name: str, v: PyTree, x: PyTree, x_name: str = "x") -> None:
@@ -96,8 +119,8 @@ def _check_scalar_output(name: str, out: Any, *, ggn: bool = False) -> None:
 def _scalar(name: str, fun: Callable, *, ggn: bool = False) -> Callable:
     """``fun`` that checks its output where it is traced anyway: no extra trace to check."""
 
-    def checked(*args):
-        out = fun(*args)
+    def checked(*args, **kwargs):
+        out = fun(*args, **kwargs)
         _check_scalar_output(name, out, ggn=ggn)
         return out
 
@@ -138,16 +161,16 @@ def hvp(fun: Callable, x: PyTree, v: PyTree, *args: Any) -> PyTree:
       Pearlmutter, "Fast exact multiplication by the Hessian", Neural Computation 1994.
     """
     _check_callable("hvp", "fun", fun)
-    _check_real_inputs("hvp", x, "point `x`")
+    check_real_inputs("hvp", x, "point `x`")
     _check_tangent("hvp", v, x)
     fun = _scalar("hvp", fun)
     return compiled_call(lambda x, v, args: _hvp_impl(fun, x, v, args), x, v, args)
 
 
-def _ggn_vp_impl(model_fn, loss_fn, params, v, model_args, loss_args):
-    out, jvp_fn = jax.linearize(lambda p: model_fn(p, *model_args), params)
+def _ggn_vp_impl(model_fn, loss_fn, params, v, model_args, loss_args, model_kw, loss_kw):
+    out, jvp_fn = jax.linearize(lambda p: model_fn(p, *model_args, **model_kw), params)
     jv = jvp_fn(v)
-    hjv = jax.jvp(jax.grad(lambda o: loss_fn(o, *loss_args)), (out,), (jv,))[1]
+    hjv = jax.jvp(jax.grad(lambda o: loss_fn(o, *loss_args, **loss_kw)), (out,), (jv,))[1]
     # J^T is the transpose of the stored linearization: no second forward pass.
     (res,) = jax.linear_transpose(jvp_fn, params)(hjv)
     return res
@@ -159,8 +182,9 @@ def ggn_vp(
     params: PyTree,
     v: PyTree,
     *,
-    model_args: tuple = (),
-    loss_args: tuple = (),
+    model_args: tuple | None = None,
+    loss_args: tuple | None = None,
+    **data: Any,
 ) -> PyTree:
     r"""Generalised Gauss-Newton product :math:`J^\top H_\ell J v`.
 
@@ -170,20 +194,25 @@ def ggn_vp(
     model and is positive semi-definite whenever :math:`\ell` is convex.
 
     Args:
-      model_fn: ``model_fn(params, *model_args) -> outputs`` (a pytree).
-      loss_fn: ``loss_fn(outputs, *loss_args) -> scalar``.
+      model_fn: ``model_fn(params, **kw) -> outputs`` (a pytree).
+      loss_fn: ``loss_fn(outputs, **kw) -> scalar``.
       params: the point, a pytree of real float arrays.
       v: direction like ``params``.
-      model_args: data for the model (inputs), traced rather than closed over, so a new
-        batch reuses the compiled product.
-      loss_args: data for the loss (targets), likewise.
+      model_args: deprecated (a ``DeprecationWarning``; removed in the next release):
+        positional data for the model. Pass keywords instead.
+      loss_args: deprecated likewise: positional data for the loss.
+      **data: the batch, as keywords routed by name as :class:`~jaxcurv.ModelAndLoss`
+        routes them: ``model_fn`` gets those its signature names, ``loss_fn`` those its
+        signature names. Traced rather than closed over, so a new batch reuses the
+        compiled product.
 
     Returns:
       :math:`G v`, a pytree like ``params``.
 
     Raises:
       ValueError: ``loss_fn`` not scalar, ``v`` not like ``params``.
-      TypeError: non-callable functions, integer/complex ``params``, dtype mismatch.
+      TypeError: non-callable functions, integer/complex ``params``, dtype mismatch, a
+        keyword that neither function accepts.
 
     Example (a linear model under squared loss: GGN = Hessian = :math:`2 A^\top A`):
       >>> import jax.numpy as jnp
@@ -193,6 +222,11 @@ def ggn_vp(
       ...                jnp.array([1.0, 0.0]))
       Array([2., 4.], dtype=float32)
 
+    With data (the same model written ``model_fn(w, a)``; ``loss_fn`` takes no keyword):
+      >>> jaxcurv.ggn_vp(lambda w, a: a @ w, lambda y: jnp.sum(y**2), jnp.zeros(2),
+      ...                jnp.array([1.0, 0.0]), a=A)
+      Array([2., 4.], dtype=float32)
+
     References:
       Schraudolph, "Fast curvature matrix-vector products for second-order gradient
       descent", Neural Computation 2002. Martens, "Deep learning via Hessian-free
@@ -200,15 +234,14 @@ def ggn_vp(
     """
     _check_callable("ggn_vp", "model_fn", model_fn)
     _check_callable("ggn_vp", "loss_fn", loss_fn)
-    _check_real_inputs("ggn_vp", params, "`params`")
+    check_real_inputs("ggn_vp", params, "`params`")
     _check_tangent("ggn_vp", v, params, "params")
+    split = _split_data("ggn_vp", model_fn, loss_fn, model_args, loss_args, data)
     loss_fn = _scalar("ggn_vp(loss_fn)", loss_fn, ggn=True)
+    # The data are arguments of the compiled call, never constants of it: a new batch
+    # reuses the executable (`jaxcurv._compile`).
     return compiled_call(
-        lambda p, v, margs, largs: _ggn_vp_impl(model_fn, loss_fn, p, v, margs, largs),
-        params,
-        v,
-        tuple(model_args),
-        tuple(loss_args),
+        lambda p, v, *split: _ggn_vp_impl(model_fn, loss_fn, p, v, *split), params, v, *split
     )
 
 
@@ -251,7 +284,7 @@ class CurvatureOperator:
     @property
     def size(self) -> int:
         """N, the total number of scalars in the domain (static)."""
-        return sum(math.prod(jnp.shape(leaf)) for leaf in jax.tree.leaves(self.x))
+        return tree_size(self.x)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -398,7 +431,7 @@ def hessian_operator(fun: Callable, x: PyTree, *args: Any) -> HessianOperator:
       Pearlmutter 1994; Martens 2010 (products reused across CG iterations).
     """
     _check_callable("hessian_operator", "fun", fun)
-    _check_real_inputs("hessian_operator", x, "point `x`")
+    check_real_inputs("hessian_operator", x, "point `x`")
     fun = _scalar("hessian_operator", fun)
     # Built through the compile policy, so operators of one computation at points of equal
     # shapes share the stored linearization (the cached executable returns the same one),
@@ -406,9 +439,9 @@ def hessian_operator(fun: Callable, x: PyTree, *args: Any) -> HessianOperator:
     return compiled_call(lambda x, args: _build_hessian_impl(fun, x, args), x, args)
 
 
-def _build_ggn_impl(model_fn, loss_fn, params, model_args, loss_args):
-    out, jvp = jax.linearize(lambda p: model_fn(p, *model_args), params)
-    loss_grad_and_value = jax.grad(lambda o: _dup(loss_fn(o, *loss_args)), has_aux=True)
+def _build_ggn_impl(model_fn, loss_fn, params, model_args, loss_args, model_kw, loss_kw):
+    out, jvp = jax.linearize(lambda p: model_fn(p, *model_args, **model_kw), params)
+    loss_grad_and_value = jax.grad(lambda o: _dup(loss_fn(o, *loss_args, **loss_kw)), has_aux=True)
     g_out, loss_lin, value = jax.linearize(loss_grad_and_value, out, has_aux=True)
     (grad,) = jax.linear_transpose(jvp, params)(g_out)
     return GaussNewtonOperator(params, value, grad, out, jvp, loss_lin)
@@ -419,8 +452,9 @@ def ggn_operator(
     loss_fn: Callable,
     params: PyTree,
     *,
-    model_args: tuple = (),
-    loss_args: tuple = (),
+    model_args: tuple | None = None,
+    loss_args: tuple | None = None,
+    **data: Any,
 ) -> GaussNewtonOperator:
     r"""The generalised Gauss-Newton matrix :math:`J^\top H_\ell J` as a reusable operator.
 
@@ -430,13 +464,16 @@ def ggn_operator(
     transposed pass, about 1.25 gradients of work for an MLP.
 
     Args:
-      model_fn: ``model_fn(params, *model_args) -> outputs``.
-      loss_fn: ``loss_fn(outputs, *loss_args) -> scalar``.
+      model_fn: ``model_fn(params, **kw) -> outputs``.
+      loss_fn: ``loss_fn(outputs, **kw) -> scalar``.
       params: the point.
-      model_args: model inputs, passed as traced arguments: building operators for new
-        batches outside ``jit`` then reuses one compilation instead of caching a new
-        closure per batch.
-      loss_args: loss targets, likewise.
+      model_args: deprecated (a ``DeprecationWarning``; removed in the next release):
+        positional data for the model. Pass keywords instead.
+      loss_args: deprecated likewise: positional data for the loss.
+      **data: the batch, as keywords routed by name as :class:`~jaxcurv.ModelAndLoss`
+        routes them. Passed as traced arguments: building operators for new batches
+        outside ``jit`` then reuses one compilation instead of caching a new closure per
+        batch.
 
     Returns:
       A ``GaussNewtonOperator`` with ``op(v)``, ``op @ v``, ``op.to_dense()``,
@@ -450,19 +487,22 @@ def ggn_operator(
       >>> op.to_dense()
       Array([[1., 2.],
              [2., 5.]], dtype=float32)
+      >>> op = jaxcurv.ggn_operator(lambda w, a: a @ w, lambda y, t: 0.5 * jnp.sum((y - t)**2),
+      ...                           jnp.ones(2), a=A, t=jnp.zeros(2))
+      >>> op.to_dense()
+      Array([[1., 2.],
+             [2., 5.]], dtype=float32)
 
     References:
       Schraudolph 2002; Martens 2010.
     """
     _check_callable("ggn_operator", "model_fn", model_fn)
     _check_callable("ggn_operator", "loss_fn", loss_fn)
-    _check_real_inputs("ggn_operator", params, "`params`")
+    check_real_inputs("ggn_operator", params, "`params`")
+    split = _split_data("ggn_operator", model_fn, loss_fn, model_args, loss_args, data)
     loss_fn = _scalar("ggn_operator(loss_fn)", loss_fn, ggn=True)
     return compiled_call(
-        lambda p, margs, largs: _build_ggn_impl(model_fn, loss_fn, p, margs, largs),
-        params,
-        tuple(model_args),
-        tuple(loss_args),
+        lambda p, *split: _build_ggn_impl(model_fn, loss_fn, p, *split), params, *split
     )
 
 

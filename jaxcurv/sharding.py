@@ -18,12 +18,14 @@ sharding the parameters have.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxcurv._checks import check_choice, check_instance, common_leading_size
 
 PyTree = Any
 
@@ -31,7 +33,10 @@ __all__ = [
     "data_parallel_mesh",
     "replicate",
     "shard_batch",
+    "state_shardings",
 ]
+
+_MESH_FIX = "Build one with `jaxcurv.sharding.data_parallel_mesh()` or `jax.make_mesh`."
 
 
 def data_parallel_mesh(axis_name: str = "batch", devices: Sequence[Any] | None = None) -> Mesh:
@@ -54,11 +59,7 @@ def data_parallel_mesh(axis_name: str = "batch", devices: Sequence[Any] | None =
       >>> mesh.axis_names
       ('batch',)
     """
-    if not isinstance(axis_name, str):
-        raise TypeError(
-            f"`data_parallel_mesh(axis_name=...)` must be a string, got "
-            f"{type(axis_name).__name__}: {axis_name!r}."
-        )
+    check_instance("data_parallel_mesh(axis_name=...)", axis_name, str, "a string")
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
         raise ValueError(
@@ -68,15 +69,10 @@ def data_parallel_mesh(axis_name: str = "batch", devices: Sequence[Any] | None =
 
 
 def _check_axis(fn: str, mesh: Mesh, axis: str) -> None:
-    if not isinstance(mesh, Mesh):
-        raise TypeError(
-            f"`{fn}(mesh)` must be a `jax.sharding.Mesh`, got {type(mesh).__name__}. Build "
-            f"one with `jaxcurv.sharding.data_parallel_mesh()` or `jax.make_mesh`."
-        )
-    if axis not in mesh.axis_names:
-        raise ValueError(
-            f"`{fn}(axis=...)` must name an axis of the mesh {mesh.axis_names}, got {axis!r}."
-        )
+    check_instance(f"{fn}(mesh)", mesh, Mesh, "a `jax.sharding.Mesh`", fix=_MESH_FIX)
+    check_choice(
+        f"{fn}(axis=...)", axis, mesh.axis_names, fix="Name the mesh axis to split the batch over."
+    )
 
 
 def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
@@ -99,11 +95,7 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
       >>> w["w"].sharding.is_fully_replicated
       True
     """
-    if not isinstance(mesh, Mesh):
-        raise TypeError(
-            f"`replicate(mesh)` must be a `jax.sharding.Mesh`, got {type(mesh).__name__}. "
-            "Build one with `jaxcurv.sharding.data_parallel_mesh()`."
-        )
+    check_instance("replicate(mesh)", mesh, Mesh, "a `jax.sharding.Mesh`", fix=_MESH_FIX)
     sharding = NamedSharding(mesh, PartitionSpec())
     return jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
 
@@ -127,21 +119,17 @@ def _check_common_leading_size(batch: PyTree) -> None:
       ...
       ValueError: `shard_batch(batch)` ... leaf ['x'] has leading size 4 and leaf ['y'] has 6. ...
     """
-    first = None
-    for path, leaf in jax.tree_util.tree_leaves_with_path(batch):
-        if np.ndim(leaf) == 0:
-            continue  # scalars are replicated, not split
-        where, n = jax.tree_util.keystr(path) or "<root>", np.shape(leaf)[0]
-        if first is None:
-            first = (where, n)
-        elif n != first[1]:
-            raise ValueError(
-                f"`shard_batch(batch)` splits every leaf along its leading (batch) axis, so "
-                f"all leaves must hold the same number of examples, but leaf {first[0]} has "
-                f"leading size {first[1]} and leaf {where} has {n}. Give every leaf one row "
-                f"per example (drop or pad the longer ones); pass data that is not "
-                f"per-example (a table, a scalar) through `replicate` instead."
-            )
+
+    def mismatch(first, size, where, n):
+        return (
+            f"`shard_batch(batch)` splits every leaf along its leading (batch) axis, so "
+            f"all leaves must hold the same number of examples, but leaf {first} has "
+            f"leading size {size} and leaf {where} has {n}. Give every leaf one row "
+            f"per example (drop or pad the longer ones); pass data that is not "
+            f"per-example (a table, a scalar) through `replicate` instead."
+        )
+
+    common_leading_size(batch, mismatch)  # scalars are replicated, not split
 
 
 def shard_batch(batch: PyTree, mesh: Mesh, axis: str = "batch") -> PyTree:
@@ -193,3 +181,41 @@ def shard_batch(batch: PyTree, mesh: Mesh, axis: str = "batch") -> PyTree:
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree_util.tree_map_with_path(put, batch)
+
+
+def state_shardings(params: PyTree) -> tuple[NamedSharding | None, Callable]:
+    """Where an optimizer state built for ``params`` should live: on their mesh, if any.
+
+    A jitted step hands its state back on the parameters' mesh: scalars replicated, trees
+    shaped like the parameters laid out like them. A fresh state made on the default device
+    instead would give the step's second call other input shardings than its first, and
+    the step would compile twice.
+
+    Args:
+      params: a pytree of arrays (tracers and non-arrays count as unplaced).
+
+    Returns:
+      ``(scalar sharding, leaf -> sharding for a tree like params)``; both ``None`` (the
+      default device) unless a concrete leaf of ``params`` has a ``NamedSharding``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jax.sharding import PartitionSpec
+      >>> from jaxcurv.sharding import data_parallel_mesh, replicate, state_shardings
+      >>> state_shardings({"w": jnp.ones(3)})[0] is None
+      True
+      >>> scalars, like = state_shardings(replicate({"w": jnp.ones(3)}, data_parallel_mesh()))
+      >>> scalars.spec == like(None).spec == PartitionSpec()
+      True
+    """
+
+    def sharding(leaf):
+        if isinstance(leaf, jax.core.Tracer) or not isinstance(leaf, jax.Array):
+            return None
+        return leaf.sharding if isinstance(leaf.sharding, NamedSharding) else None
+
+    on_mesh = [s for s in map(sharding, jax.tree.leaves(params)) if s is not None]
+    if not on_mesh:
+        return None, lambda leaf: None
+    replicated = NamedSharding(on_mesh[0].mesh, PartitionSpec())
+    return replicated, lambda leaf: sharding(leaf) or replicated

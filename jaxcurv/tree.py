@@ -16,13 +16,11 @@ import jax.numpy as jnp
 PyTree = Any
 
 __all__ = [
-    "tree_add",
+    "tree_absmax",
     "tree_axpy",
     "tree_check_like",
     "tree_norm",
-    "tree_ones_like",
     "tree_random_normal",
-    "tree_random_rademacher",
     "tree_scale",
     "tree_size",
     "tree_sub",
@@ -39,10 +37,6 @@ def tree_vdot(a: PyTree, b: PyTree) -> jax.Array:
     if not leaves:
         return jnp.zeros(())
     return sum(leaves[1:], leaves[0])
-
-
-def tree_add(a: PyTree, b: PyTree) -> PyTree:
-    return jax.tree.map(jnp.add, a, b)
 
 
 def tree_sub(a: PyTree, b: PyTree) -> PyTree:
@@ -68,10 +62,6 @@ def tree_zeros_like(a: PyTree) -> PyTree:
     return jax.tree.map(jnp.zeros_like, a)
 
 
-def tree_ones_like(a: PyTree) -> PyTree:
-    return jax.tree.map(jnp.ones_like, a)
-
-
 def tree_where(pred: jax.typing.ArrayLike, a: PyTree, b: PyTree) -> PyTree:
     """Select ``a`` where the scalar ``pred`` holds, else ``b``, leafwise."""
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
@@ -85,6 +75,14 @@ def tree_all_finite(a: PyTree) -> jax.Array:
     return jnp.stack(leaves).all()
 
 
+def tree_absmax(tree: PyTree) -> jax.Array:
+    """``max |tree|`` over all leaves (NaN if any entry is NaN); 0 for empty leaves."""
+    maxes = [jnp.max(jnp.abs(leaf)) for leaf in jax.tree.leaves(tree) if jnp.size(leaf)]
+    if not maxes:
+        return jnp.zeros(())
+    return jnp.max(jnp.stack([m.astype(jnp.result_type(*maxes)) for m in maxes]))
+
+
 def tree_size(a: PyTree) -> int:
     """Total number of scalars in the tree (static)."""
     return sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(a))
@@ -94,16 +92,6 @@ def _split_like(key: jax.Array, a: PyTree) -> PyTree:
     leaves, treedef = jax.tree.flatten(a)
     keys = jax.random.split(key, max(len(leaves), 1))[: len(leaves)]
     return jax.tree.unflatten(treedef, list(keys))
-
-
-def tree_random_rademacher(key: jax.Array, like: PyTree) -> PyTree:
-    """Independent +-1 entries with the structure, shapes and dtypes of ``like``."""
-    keys = _split_like(key, like)
-    return jax.tree.map(
-        lambda k, x: jax.random.rademacher(k, jnp.shape(x), dtype=jnp.result_type(x)),
-        keys,
-        like,
-    )
 
 
 def tree_random_normal(key: jax.Array, like: PyTree) -> PyTree:

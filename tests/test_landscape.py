@@ -170,7 +170,7 @@ def test_loss_slices_closed_form():
     [
         ({"top_k": 0}, ValueError, r"`analyze_landscape\(top_k=...\)` must be >= 1, got 0"),
         ({"trace_samples": 1}, ValueError, r"trace_samples=...\)` must be >= 2, got 1"),
-        ({"slice_points": 2.5}, TypeError, r"slice_points=...\)` must be an int, got float"),
+        ({"slice_points": 2.5}, TypeError, r"slice_points=...\)` must be an int >= 2, got float"),
         ({"slice_radius": 0.0}, ValueError, r"slice_radius=...\)` must be positive, got 0.0"),
         ({"dense_threshold": -1}, ValueError, r"dense_threshold=...\)` must be >= 0, got -1"),
     ],

@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxcurv._checks import check_int, check_non_negative, check_positive
+
 __all__ = [
     "Dataset",
     "batch_indices",
@@ -46,9 +48,7 @@ class Dataset(NamedTuple):
 
 
 def _check_positive_int(name: str, value, fn: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"`{fn}({name}=...)` must be a positive integer, got {value!r}.")
-    return int(value)
+    return check_int(f"{fn}({name}=...)", value, minimum=1, requirement="a positive integer")
 
 
 def _bezier_basis(num_control_points: int, num_samples: int) -> np.ndarray:
@@ -176,19 +176,17 @@ def curves(
     """
     num = _check_positive_int("num", num, "curves")
     size = _check_positive_int("size", size, "curves")
-    if isinstance(num_control_points, bool) or not isinstance(num_control_points, int):
-        raise ValueError(
-            f"`curves(num_control_points=...)` must be an integer >= 2, got {num_control_points!r}."
-        )
-    if num_control_points < 2:
-        raise ValueError(
-            f"`curves(num_control_points=...)` must be >= 2 (a curve needs two ends), got "
-            f"{num_control_points}."
-        )
+    num_control_points = check_int(
+        "curves(num_control_points=...)",
+        num_control_points,
+        minimum=2,
+        requirement=">= 2 (a curve needs two ends)",
+    )
     if width is None:
         width = size / 28.0
-    if not (isinstance(width, int | float) and width > 0 and math.isfinite(width)):
-        raise ValueError(f"`curves(width=...)` must be a positive number of pixels, got {width!r}.")
+    check_positive(
+        "curves(width=...)", width, finite=True, requirement="a positive number of pixels"
+    )
     if not np.issubdtype(np.dtype(dtype), np.floating):
         raise ValueError(f"`curves(dtype=...)` must be a floating dtype, got {dtype!r}.")
 
@@ -237,8 +235,7 @@ def regression(
     num = _check_positive_int("num", num, "regression")
     in_dim = _check_positive_int("in_dim", in_dim, "regression")
     out_dim = _check_positive_int("out_dim", out_dim, "regression")
-    if not noise >= 0:
-        raise ValueError(f"`regression(noise=...)` must be >= 0, got {noise!r}.")
+    check_non_negative("regression(noise=...)", noise, requirement=">= 0")
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((num, in_dim))
     w1 = rng.standard_normal((in_dim, 8)) / math.sqrt(in_dim)
@@ -276,11 +273,8 @@ def classification(
     """
     num = _check_positive_int("num", num, "classification")
     in_dim = _check_positive_int("in_dim", in_dim, "classification")
-    num_classes = _check_positive_int("num_classes", num_classes, "classification")
-    if num_classes < 2:
-        raise ValueError(f"`classification(num_classes=...)` must be >= 2, got {num_classes}.")
-    if not spread > 0:
-        raise ValueError(f"`classification(spread=...)` must be > 0, got {spread!r}.")
+    num_classes = check_int("classification(num_classes=...)", num_classes, minimum=2)
+    check_positive("classification(spread=...)", spread, requirement="> 0")
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((num_classes, in_dim))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxcurv._checks import check_choice, check_int
+
 __all__ = [
     "ACTIVATIONS",
     "Model",
@@ -202,12 +204,10 @@ def init_mlp(
       Martens, J. Deep learning via Hessian-free optimization. ICML 2010, section 5.
     """
     sizes = _check_sizes("init_mlp", sizes)
-    if init not in _INITS:
-        raise ValueError(f"`init_mlp(init=...)` must be one of {_INITS}, got {init!r}.")
-    if isinstance(num_nonzero, bool) or not isinstance(num_nonzero, int) or num_nonzero <= 0:
-        raise ValueError(
-            f"`init_mlp(num_nonzero=...)` must be a positive integer, got {num_nonzero!r}."
-        )
+    check_choice("init_mlp(init=...)", init, _INITS)
+    num_nonzero = check_int(
+        "init_mlp(num_nonzero=...)", num_nonzero, minimum=1, requirement="a positive integer"
+    )
     return _init_mlp(key, sizes, init, num_nonzero, jnp.dtype(dtype))
 
 
@@ -269,8 +269,7 @@ def mlp_apply(
 
 
 def _check_activation(fn: str, name: str, value: str) -> None:
-    if value not in ACTIVATIONS:
-        raise ValueError(f"`{fn}({name}=...)` must be one of {tuple(ACTIVATIONS)}, got {value!r}.")
+    check_choice(f"{fn}({name}=...)", value, tuple(ACTIVATIONS))
 
 
 def _build(sizes, activations, loss, init, dtype, name, num_nonzero=15) -> Model:
@@ -315,10 +314,8 @@ def mlp(
     """
     sizes = _check_sizes("mlp", sizes)
     _check_activation("mlp", "activation", activation)
-    if loss not in _LOSSES:
-        raise ValueError(f"`mlp(loss=...)` must be one of {tuple(_LOSSES)}, got {loss!r}.")
-    if init not in _INITS:
-        raise ValueError(f"`mlp(init=...)` must be one of {_INITS}, got {init!r}.")
+    check_choice("mlp(loss=...)", loss, tuple(_LOSSES))
+    check_choice("mlp(init=...)", init, _INITS)
     acts = (activation,) * (len(sizes) - 2) + ("linear",)
     name = f"mlp {'-'.join(map(str, sizes))} {activation} {loss}"
     return _build(sizes, acts, loss, init, dtype, name)
@@ -360,8 +357,7 @@ def deep_autoencoder(
     """
     encoder_sizes = _check_sizes("deep_autoencoder", encoder_sizes)
     _check_activation("deep_autoencoder", "activation", activation)
-    if init not in _INITS:
-        raise ValueError(f"`deep_autoencoder(init=...)` must be one of {_INITS}, got {init!r}.")
+    check_choice("deep_autoencoder(init=...)", init, _INITS)
     sizes = encoder_sizes + encoder_sizes[-2::-1]
     depth = len(encoder_sizes) - 1  # layers in the encoder; the last one feeds the code
     acts = (activation,) * (depth - 1) + ("linear",) + (activation,) * (depth - 1) + ("linear",)

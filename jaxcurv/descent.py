@@ -1,0 +1,168 @@
+r"""The descent of a Hessian-free step: the model's curvature, and CG on the damped model.
+
+A truncated-Newton step minimizes the local quadratic model
+
+.. math:: \phi(p) = g^\top p + \tfrac12 p^\top (B + \lambda I) p
+
+approximately, by conjugate gradient on curvature-vector products, never forming ``B``
+(Martens 2010; Nocedal & Wright Ch. 7). This module builds ``B`` at the current point
+(:func:`curvature_operator`: Gauss-Newton or Hessian, on a sub-batch if asked) and runs the
+solve (:func:`damped_newton_direction`). What is done with the direction -- backtracking,
+the line search, the damping -- is in :mod:`jaxcurv.line_search` and :mod:`jaxcurv.damping`.
+
+References:
+  J. Martens. "Deep learning via Hessian-free optimization." ICML 2010.
+  J. Nocedal and S. J. Wright. "Numerical Optimization", 2nd ed., Springer 2006, Ch. 7.
+  N. N. Schraudolph. "Fast curvature matrix-vector products for second-order gradient
+  descent." Neural Computation 14(7), 2002.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxcurv.cg import CGInfo, cg
+from jaxcurv.model_and_loss import ModelAndLoss, batch_size, take_batch
+from jaxcurv.products import CurvatureOperator, ggn_operator, hessian_operator
+from jaxcurv.tree import tree_scale, tree_vdot
+
+PyTree = Any
+
+__all__ = [
+    "curvature_operator",
+    "damped_newton_direction",
+]
+
+
+def curvature_operator(
+    value_fn: Callable[..., jax.Array],
+    params: PyTree,
+    extra_args: dict[str, Any],
+    *,
+    curvature: str = "ggn",
+    fraction: float | None = None,
+) -> CurvatureOperator:
+    """The curvature ``B`` of the quadratic model at ``params``, linearized once for CG.
+
+    Args:
+      value_fn: the objective; a :class:`~jaxcurv.ModelAndLoss` for ``curvature="ggn"``.
+      params: the point.
+      extra_args: the batch, as keywords of ``value_fn``.
+      curvature: ``"ggn"`` (Gauss-Newton ``J^T H_loss J``, positive semi-definite) or
+        ``"hessian"``.
+      fraction: in ``(0, 1]``: the curvature of the first ``ceil(fraction * n)`` examples
+        of the ``n`` in the batch (Martens' curvature sub-batch; every array extra
+        argument with ``ndim >= 1`` is a batch along axis 0); ``None``: the whole batch.
+
+    Returns:
+      A :class:`~jaxcurv.CurvatureOperator` (``op(v)``, ``op.to_dense()``).
+
+    Raises:
+      TypeError: ``curvature="ggn"`` with a ``value_fn`` that is no ``ModelAndLoss``.
+      ValueError: a ``fraction`` with no batched extra argument to take it of, or batched
+        extras of different leading sizes.
+
+    Example (a least-squares fit: ``B = X^T X / n`` on the first half of the rows):
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv import ModelAndLoss
+      >>> from jaxcurv.descent import curvature_operator
+      >>> obj = ModelAndLoss(lambda w, x: x @ w, lambda o, y: 0.5 * jnp.mean((o - y) ** 2))
+      >>> x = jnp.array([[1.0, 0.0], [0.0, 2.0], [5.0, 5.0], [5.0, 5.0]])
+      >>> op = curvature_operator(obj, jnp.zeros(2), {"x": x, "y": jnp.zeros(4)}, fraction=0.5)
+      >>> op.to_dense()
+      Array([[0.5, 0. ],
+             [0. , 2. ]], dtype=float32)
+
+    References:
+      Schraudolph, "Fast curvature matrix-vector products for second-order gradient
+      descent", Neural Computation, 2002. Martens, "Deep learning via Hessian-free
+      optimization", ICML 2010, §4.3 (the sub-batch).
+    """
+    curv_args = extra_args
+    if fraction is not None:
+        n = batch_size(extra_args, "curvature_fraction")
+        if n is None:
+            raise ValueError(
+                "`hessian_free(curvature_fraction=...)` needs batched extra arguments "
+                "(arrays with a leading batch axis) to take a sub-batch of, got none. "
+                "Pass the batch as keywords of `update`, or set `curvature_fraction=None`."
+            )
+        curv_args = take_batch(extra_args, max(1, math.ceil(fraction * n)))
+    if curvature == "ggn":
+        if not isinstance(value_fn, ModelAndLoss):
+            raise TypeError(
+                "`curvature_operator(curvature='ggn')` needs the model and the loss apart, "
+                f"got {type(value_fn).__name__}. Pass `ModelAndLoss(model_fn, loss_fn)`."
+            )
+        return ggn_operator(value_fn.model_fn, value_fn.loss_fn, params, **curv_args)
+    return hessian_operator(lambda p: value_fn(p, **curv_args), params)
+
+
+def damped_newton_direction(
+    op: Any,
+    g: PyTree,
+    damping: jax.typing.ArrayLike,
+    *,
+    x0: PyTree | None = None,
+    M: Callable[[PyTree], PyTree] | None = None,
+    stop: str = "martens",
+    tol: float = 1e-5,
+    maxiter: int = 250,
+    martens_eps: float = 5e-4,
+    record_iterates: bool = False,
+) -> tuple[PyTree, CGInfo]:
+    r"""CG on :math:`(B + \lambda I)\, p = -g`: the minimizer of the damped model, truncated.
+
+    Args:
+      op: ``B``, an operator or a callable on pytrees like ``g``.
+      g: the gradient (or the incoming updates of an ``optax`` chain).
+      damping: :math:`\lambda \ge 0`; its dtype is the working precision of the tolerance.
+      x0: the warm start (Martens: a decayed copy of the last solution); ``None``: zero.
+      M: a preconditioner ``r -> M^{-1} r`` (:mod:`jaxcurv.preconditioner`).
+      stop: ``"martens"`` (relative progress of :math:`\phi`, Martens §4.4, with ``tol``
+        still active), ``"residual"`` (:math:`\|r\| \le \mathrm{tol}\,\|g\|`) or
+        ``"forcing"``: the inexact-Newton forcing sequence :math:`\|r\| \le
+        \max(\min(1/2, \sqrt{\|g\|}), \mathrm{tol})\,\|g\|` (Nocedal & Wright Alg. 7.1).
+      tol: the relative residual tolerance.
+      maxiter: the step cap.
+      martens_eps: the tolerance of the relative-progress stop.
+      record_iterates: keep the iterates at steps ``ceil(5 * 1.3^j)`` for backtracking.
+
+    Returns:
+      ``(p, info)`` from :func:`jaxcurv.cg`.
+
+    Example (:math:`B = \mathrm{diag}(1, 3)`, :math:`\lambda = 1`: :math:`p = -g / (B + 1)`):
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv.descent import damped_newton_direction
+      >>> B = jnp.diag(jnp.array([1.0, 3.0]))
+      >>> p, info = damped_newton_direction(B, jnp.array([2.0, 4.0]), 1.0, stop="residual")
+      >>> [round(float(v), 5) for v in p], int(info.num_steps)
+      ([-1.0, -1.0], 2)
+
+    References:
+      Martens, "Deep learning via Hessian-free optimization", ICML 2010, §4.4-4.6.
+      Nocedal & Wright, "Numerical Optimization", 2nd ed., 2006, Alg. 7.1.
+    """
+    b = tree_scale(g, -1.0)
+    if stop == "forcing":
+        # Inexact Newton (Nocedal & Wright Alg. 7.1): ||r|| <= min(1/2, sqrt||g||) ||g||,
+        # loose far from a minimum, tightening as the gradient vanishes (superlinear).
+        forcing = jnp.minimum(0.5, jnp.sqrt(jnp.sqrt(tree_vdot(g, g).real)))
+        tol = jnp.maximum(forcing, tol).astype(jnp.asarray(damping).dtype)
+    return cg(
+        op,
+        b,
+        x0,
+        tol=tol,
+        maxiter=maxiter,
+        M=M,
+        damping=damping,
+        stop_rule="martens" if stop == "martens" else "residual",
+        record_iterates=record_iterates,
+        martens_eps=martens_eps,
+    )
