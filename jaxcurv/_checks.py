@@ -430,7 +430,8 @@ def check_real_inputs(name: str, tree: PyTree, what: str = "differentiated input
         raise ValueError(
             f"`{name}` has nothing to differentiate: the {what} has no array leaves (got "
             f"{jax.tree.structure(tree)}). Pass the arrays to differentiate, e.g. "
-            "`{'w': jnp.zeros(3)}`, and check `argnums`."
+            "`{'w': jnp.zeros(3)}`"
+            + (", and check `argnums`." if what == "differentiated input" else ".")
         )
 
 
