@@ -11,6 +11,10 @@ from jaxcurv.cg import CGInfo as CGInfo
 from jaxcurv.cg import CGStatus as CGStatus
 from jaxcurv.cg import cg as cg
 from jaxcurv.cg import cg_status_message as cg_status_message
+from jaxcurv.critical_points import CriticalPoint as CriticalPoint
+from jaxcurv.critical_points import classify_critical_point as classify_critical_point
+from jaxcurv.density import SpectralDensity as SpectralDensity
+from jaxcurv.density import spectral_density as spectral_density
 from jaxcurv.derivatives import Description as Description
 from jaxcurv.derivatives import derivative as derivative
 from jaxcurv.derivatives import derivative_table as derivative_table
@@ -20,6 +24,10 @@ from jaxcurv.derivatives import hessian as hessian
 from jaxcurv.derivatives import jacobian as jacobian
 from jaxcurv.determinism import DeterminismReport as DeterminismReport
 from jaxcurv.determinism import check_determinism as check_determinism
+from jaxcurv.eigensolvers import EigenResult as EigenResult
+from jaxcurv.eigensolvers import PowerIterationResult as PowerIterationResult
+from jaxcurv.eigensolvers import eigenvalues as eigenvalues
+from jaxcurv.eigensolvers import power_iteration as power_iteration
 from jaxcurv.hessian_free import HessianFreeState as HessianFreeState
 from jaxcurv.hessian_free import hessian_free as hessian_free
 from jaxcurv.landscape import Landscape as Landscape
@@ -34,17 +42,9 @@ from jaxcurv.products import ggn_operator as ggn_operator
 from jaxcurv.products import ggn_vp as ggn_vp
 from jaxcurv.products import hessian_operator as hessian_operator
 from jaxcurv.products import hvp as hvp
-from jaxcurv.spectral import CriticalPoint as CriticalPoint
-from jaxcurv.spectral import EigenResult as EigenResult
-from jaxcurv.spectral import PowerIterationResult as PowerIterationResult
-from jaxcurv.spectral import SpectralDensity as SpectralDensity
-from jaxcurv.spectral import TraceEstimate as TraceEstimate
-from jaxcurv.spectral import classify_critical_point as classify_critical_point
-from jaxcurv.spectral import eigenvalues as eigenvalues
-from jaxcurv.spectral import hutchinson_diagonal as hutchinson_diagonal
-from jaxcurv.spectral import hutchinson_trace as hutchinson_trace
-from jaxcurv.spectral import power_iteration as power_iteration
-from jaxcurv.spectral import spectral_density as spectral_density
+from jaxcurv.trace_estimators import TraceEstimate as TraceEstimate
+from jaxcurv.trace_estimators import hutchinson_diagonal as hutchinson_diagonal
+from jaxcurv.trace_estimators import hutchinson_trace as hutchinson_trace
 
 __version__ = "0.1.0"
 

@@ -29,13 +29,16 @@ PyTree = Any
 
 __all__ = [
     "check_array_leaves",
+    "check_bounded_int",
     "check_callable",
     "check_choice",
     "check_in_interval",
     "check_instance",
     "check_int",
+    "check_key",
     "check_learning_rate",
     "check_non_negative",
+    "check_option",
     "check_positive",
     "check_real",
     "check_real_inputs",
@@ -468,3 +471,39 @@ def common_leading_size(tree: PyTree, mismatch: Callable[[str, int, str, int], s
         elif n != first[1]:
             raise ValueError(mismatch(first[0], first[1], where, n))
     return None if first is None else first[1]
+
+
+# ------------------------------------------------------ Krylov routines: counts, keys
+
+
+def check_bounded_int(name: str, value: Any, *, low: int, high: int | None = None, fix: str) -> int:
+    """``value`` as an int in ``[low, high]``: the Krylov routines' counts (``num_iters``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}: {value!r}.")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise ValueError(f"`{name}` must be {bounds}, got {value}. {fix}")
+    return value
+
+
+def check_option(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of the string ``choices``, else a ``ValueError`` listing them."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
+    return value
+
+
+def check_key(name: str, key: Any) -> jax.Array:
+    """``key`` if it is one PRNG key (typed, or a legacy ``uint32[2]``), else a ``TypeError``."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if jnp.shape(key) == ():
+            return key
+    elif dtype == jnp.uint32 and jnp.shape(key) == (2,):
+        return key
+    raise TypeError(
+        f"`{name}(key=...)` must be a single JAX PRNG key such as `jax.random.key(0)`, "
+        f"got {type(key).__name__}{'' if dtype is None else ' of dtype ' + str(dtype)}"
+        f"{'' if dtype is None else ' and shape ' + str(jnp.shape(key))}."
+    )

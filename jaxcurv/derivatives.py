@@ -136,7 +136,7 @@ def _check_positions(name: str, args: tuple, argnums: Argnums) -> None:
     _check_distinct(name, argnums, tuple(i % len(args) for i in items))
 
 
-# Kept for the modules that still import it from here (spectral); it lives in `_checks`.
+# Kept for `tests/test_derivatives.py`, which imports it from here; it lives in `_checks`.
 _check_real_inputs = check_real_inputs
 
 

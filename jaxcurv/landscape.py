@@ -28,16 +28,11 @@ import jax.numpy as jnp
 
 from jaxcurv._checks import check_int, check_positive
 from jaxcurv._compile import compiled_call
+from jaxcurv.critical_points import CriticalPoint, classify_critical_point
+from jaxcurv.density import SpectralDensity, spectral_density
+from jaxcurv.eigensolvers import eigenvalues
 from jaxcurv.products import hessian_operator
-from jaxcurv.spectral import (
-    CriticalPoint,
-    SpectralDensity,
-    TraceEstimate,
-    classify_critical_point,
-    eigenvalues,
-    hutchinson_trace,
-    spectral_density,
-)
+from jaxcurv.trace_estimators import TraceEstimate, hutchinson_trace
 
 PyTree = Any
 

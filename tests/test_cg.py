@@ -29,7 +29,17 @@ import numpy as np
 import pytest
 import scipy.sparse.linalg as spla
 
-from jaxcurv.cg import CGInfo, CGStatus, cg, cg_record_steps, cg_status_message
+from jaxcurv.cg import (
+    _RUNNING,
+    CGInfo,
+    CGStatus,
+    _init,
+    _Problem,
+    _step,
+    cg,
+    cg_record_steps,
+    cg_status_message,
+)
 from jaxcurv.products import ggn_operator, hessian_operator
 from tests.helpers import random_symmetric
 
@@ -162,6 +172,44 @@ def _check_converged_solve(A, b, x, info, tol, eps, perturbation=0.0):
 
 
 # ------------------------------------------------------------------ SPD solves, dtypes
+
+
+def test_one_step_is_the_hestenes_stiefel_update():
+    # A = [[4, 1], [1, 3]], b = [1, 2], x0 = 0, by hand: r0 = p0 = b, A p0 = [6, 7],
+    # alpha = r0^T r0 / p0^T A p0 = 5 / 20, x1 = alpha p0 = [1/4, 1/2],
+    # r1 = r0 - alpha A p0 = [-1/2, 1/4], beta = r1^T r1 / r0^T r0 = (5/16) / 5 = 1/16,
+    # p1 = r1 + beta p0 = [-7/16, 3/8], phi(x1) = x1^T A x1 / 2 - b^T x1 = -5/8.
+    A = jnp.array([[4.0, 1.0], [1.0, 3.0]])
+    b = jnp.array([1.0, 2.0])
+    problem = _Problem(
+        apply_a=lambda v: A @ v,
+        apply_m=lambda r: r,
+        preconditioned=False,
+        out_like=None,
+        thresh2=jnp.asarray(1e-20),
+        tiny=jnp.asarray(np.finfo(np.float64).eps),
+        maxiter=10,
+        martens_eps=None,
+        rec_steps=None,
+    )
+    s0 = _init(problem, b, None, jnp.asarray(True))
+    np.testing.assert_array_equal(s0.r, b)
+    np.testing.assert_array_equal(s0.p, b)
+    assert int(s0.status) == _RUNNING
+    s1 = _step(problem, s0)
+    np.testing.assert_allclose(s1.x, [0.25, 0.5], rtol=1e-15)
+    np.testing.assert_allclose(s1.r, [-0.5, 0.25], rtol=1e-15)
+    np.testing.assert_allclose(s1.p, [-7 / 16, 3 / 8], rtol=1e-15)
+    np.testing.assert_allclose(s1.rr, 5 / 16, rtol=1e-15)
+    np.testing.assert_allclose(s1.rz, 5 / 16, rtol=1e-15)
+    np.testing.assert_allclose(s1.pmp, s1.p @ s1.p, rtol=1e-15)  # p^T p by recurrence
+    np.testing.assert_allclose(s1.curvature, 20.0, rtol=1e-15)
+    np.testing.assert_allclose(s1.phi, -5 / 8, rtol=1e-15)
+    assert int(s1.i) == 1 and int(s1.status) == _RUNNING
+    # The second step solves the 2 x 2 system exactly and stops on the residual test.
+    s2 = _step(problem, s1)
+    np.testing.assert_allclose(s2.x, np.linalg.solve(A, b), rtol=1e-14)
+    assert int(s2.i) == 2 and int(s2.status) == CGStatus.CONVERGED
 
 
 @pytest.mark.parametrize("use_jit", [False, True])

@@ -15,12 +15,17 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxcurv"
 APP = PACKAGE / "app"
 # The private modules whose private names every jaxcurv module may use.
-SHARED_PRIVATE = ("jaxcurv._checks", "jaxcurv._compile")
+SHARED_PRIVATE = (
+    "jaxcurv._checks",
+    "jaxcurv._compile",
+    "jaxcurv._dispatch",
+    "jaxcurv._lanczos",
+    "jaxcurv._precision",
+    "jaxcurv._symmetry",
+)
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -130,16 +135,7 @@ def test_the_app_takes_no_private_name_from_another_module():
     assert _private_cross_imports(app) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spectral and cg still cross-import: spectral takes derivatives._check_real_inputs "
-    "(now jaxcurv._checks.check_real_inputs), cg takes spectral's private numerics helpers",
-)
 def test_the_library_takes_no_private_name_from_another_module():
-    # Known, and only these: spectral imports derivatives._check_real_inputs (an alias of
-    # `jaxcurv._checks.check_real_inputs`, kept for it); cg imports spectral's private
-    # numerics helpers (_check_symmetric_matrix, _has_low_precision, _is_low_precision,
-    # _scaled_product, _to_working).
     assert _private_cross_imports(_sources(app=False)) == []
 
 
