@@ -406,11 +406,7 @@ def load_config(
         for name, table in raw.items():
             if name in _RETIRED_SECTIONS:
                 continue
-            if name not in SECTIONS:
-                raise ConfigError(
-                    f"Unknown table `[{name}]` in {source}.{suggest(name, SECTIONS)} Valid "
-                    f"tables: {', '.join(f'[{s}]' for s in SECTIONS)}."
-                )
+            _check_table_name(name, source)
             if not isinstance(table, Mapping):
                 raise ConfigError(
                     f"`{name}` must be a table (`[{name}]` then `key = value` lines), got "
@@ -456,17 +452,22 @@ def config_to_toml(cfg: Config) -> str:
     return "\n".join(lines)
 
 
+def _check_table_name(name: str, source: str) -> None:
+    """A table of the config (a file's or a saved run's) must be one of ``SECTIONS``."""
+    if name not in SECTIONS:
+        raise ConfigError(
+            f"Unknown table `[{name}]` in {source}.{suggest(name, SECTIONS)} Valid "
+            f"tables: {', '.join(f'[{s}]' for s in SECTIONS)}."
+        )
+
+
 def config_from_dict(tables: Mapping[str, Mapping[str, Any]], source: str) -> Config:
     """A config from plain tables (e.g. a run's saved ``config.json``), fully checked."""
     sections = {}
     for name, table in tables.items():
         if name in _RETIRED_SECTIONS:
             continue
-        if name not in SECTIONS:
-            raise ConfigError(
-                f"Unknown table `[{name}]` in {source}.{suggest(name, SECTIONS)} Valid "
-                f"tables: {', '.join(f'[{s}]' for s in SECTIONS)}."
-            )
+        _check_table_name(name, source)
         sections[name] = _build_section(name, SECTIONS[name], table, source)
     cfg = Config(**sections)
     _check_consistency(cfg, source)
