@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import reprlib
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = [
     "describe_value",
     "is_array",
     "is_real_scalar",
+    "renamed_keyword",
 ]
 
 # Leaf types JAX can turn into arrays; anything else in a differentiated tree is a mistake.
@@ -507,3 +509,41 @@ def check_key(name: str, key: Any) -> jax.Array:
         f"got {type(key).__name__}{'' if dtype is None else ' of dtype ' + str(dtype)}"
         f"{'' if dtype is None else ' and shape ' + str(jnp.shape(key))}."
     )
+
+
+_UNSET: Any = object()
+
+
+def renamed_keyword(
+    function: str, old: str, old_value: Any, new: str, new_value: Any, default: Any = None
+) -> Any:
+    """The value of keyword ``new``, also accepting its old spelling ``old`` for one release.
+
+    Call with the two received values; ``default`` is ``new``'s default, which says whether
+    ``new`` was given. The old spelling gives a ``DeprecationWarning`` naming the new one;
+    both at once is a ``TypeError`` (the same mistake as a repeated keyword).
+
+    >>> renamed_keyword("f", "num_iters", None, "maxiter", 5)
+    5
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as w:
+    ...     warnings.simplefilter("always")
+    ...     renamed_keyword("f", "num_iters", 7, "maxiter", None)
+    ...     print(w[0].category.__name__)
+    7
+    DeprecationWarning
+    """
+    if old_value is None or old_value is _UNSET:
+        return new_value
+    if new_value is not default and new_value is not _UNSET:
+        raise TypeError(
+            f"`{function}` got both `{new}=` and its deprecated spelling `{old}=`; pass only "
+            f"`{new}={new_value!r}`."
+        )
+    warnings.warn(
+        f"`{function}({old}=...)` is deprecated and will be removed in the next release; "
+        f"write `{function}({new}={old_value!r})`.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return old_value
