@@ -113,11 +113,11 @@ def fsdp_spec(shape: tuple[int, ...], axis: str, size: int) -> PartitionSpec:
     Example:
       >>> from jaxcurv.sharding import fsdp_spec
       >>> fsdp_spec((784, 400), "fsdp", 8)
-      PartitionSpec('fsdp', None)
+      P('fsdp', None)
       >>> fsdp_spec((3, 400), "fsdp", 8)
-      PartitionSpec(None, 'fsdp')
+      P(None, 'fsdp')
       >>> fsdp_spec((5,), "fsdp", 8)
-      PartitionSpec()
+      P()
     """
     dims = [d for d in sorted(range(len(shape)), key=lambda d: -shape[d]) if shape[d] % size == 0]
     if not dims:
