@@ -26,7 +26,6 @@ import platform
 import statistics
 import sys
 import time
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from benchmarks.settings import COMMON_DEFAULTS as COMMON_DEFAULTS
+from benchmarks.settings import add_common_args as add_common_args
+from benchmarks.settings import load_settings as load_settings
+from benchmarks.settings import resolve as resolve
+from benchmarks.targets import Target, record
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
@@ -438,112 +443,11 @@ def mlp_floors(sizes: Sequence[int], batch: int) -> dict[str, float]:
 # ------------------------------------------------------------------ settings and output
 
 
-def add_common_args(p: argparse.ArgumentParser, example_key: str) -> None:
-    """The options every benchmark entry point shares (each script and `benchmarks.run`)."""
-    p.add_argument("--quick", action="store_true", help="small sizes, few repeats")
-    p.add_argument("--out", default=None, help="results root (default benchmarks/results)")
-    p.add_argument("--config", default=None, help="TOML file with a [bench] table")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a setting, e.g. `--set {example_key}.repeats=5` (TOML value)",
-    )
-
-
 def parse_args(name: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=__doc__)
     add_common_args(p, name)
     p.add_argument("--settings-json", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        tree = tree.setdefault(part, {})
-    tree[parts[-1]] = value
-
-
-def _expand(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested dict from a mix of nested tables and dotted keys (``--set`` style)."""
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        value = _expand(value) if isinstance(value, Mapping) else value
-        if isinstance(value, dict):
-            sub = out
-            for part in key.split("."):
-                sub = sub.setdefault(part, {})
-            sub.update(value)
-        else:
-            _set_dotted(out, key, value)
-    return out
-
-
-def _toml_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
-
-
-def load_settings(
-    config: str | os.PathLike | None, overrides: Sequence[str] = ()
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``([bench] table, settings)`` from a TOML file plus ``key=value`` overrides."""
-    bench: dict[str, Any] = {}
-    if config is not None:
-        with open(config, "rb") as fh:
-            bench = dict(tomllib.load(fh).get("bench", {}))
-    settings = _expand(bench.pop("settings", {}))
-    for text in overrides:
-        if "=" not in text:
-            raise ValueError(f"`--set {text}` must be KEY=VALUE, e.g. `--set products.repeats=5`.")
-        key, raw = text.split("=", 1)
-        key = key.strip().removeprefix("bench.settings.")
-        _set_dotted(settings, key, _toml_value(raw.strip()))
-    return bench, settings
-
-
-# Keys every benchmark understands, at the top of [bench.settings] or in its own table.
-COMMON_DEFAULTS = {
-    "full": {"repeats": 25, "warmup": 3, "seed": 0},
-    "quick": {"repeats": 7, "warmup": 1, "seed": 0},
-}
-
-
-def resolve(
-    name: str, defaults: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any], quick: bool
-) -> dict[str, Any]:
-    """A benchmark's settings: its defaults, then ``[bench.settings]``, then its own table.
-
-    ``[bench.settings.<name>]`` applies to full runs and ``[bench.settings.<name>.quick]``
-    to ``--quick`` runs; likewise ``repeats`` / ``warmup`` / ``seed`` at the top level and
-    under ``[bench.settings.quick]``.
-    """
-    mode = "quick" if quick else "full"
-    out = {**COMMON_DEFAULTS[mode], **defaults[mode]}
-    top = {k: v for k, v in settings.items() if k in COMMON_DEFAULTS["full"]}
-    if quick:
-        top.update(
-            {k: v for k, v in settings.get("quick", {}).items() if k in COMMON_DEFAULTS["full"]}
-        )
-    own = dict(settings.get(name, {}))
-    own_quick = own.pop("quick", {})
-    layered = {**top, **(own_quick if quick else own)}
-    unknown = sorted(set(layered) - set(out))
-    if unknown:
-        raise ValueError(
-            f"Unknown setting(s) {unknown} for benchmark `{name}`; valid keys: "
-            f"{sorted(out)}. Fix [bench.settings.{name}] in the config or the --set override."
-        )
-    for key, value in layered.items():
-        if isinstance(out[key], tuple | list) and isinstance(value, list):
-            value = type(out[key])(value) if isinstance(out[key], tuple) else value
-        out[key] = value
-    return out
 
 
 def settings_for(name: str, defaults, argv=None) -> tuple[dict[str, Any], Path, bool]:
@@ -580,9 +484,18 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_result(
-    out_dir: Path, name: str, settings: Mapping[str, Any], quick: bool, payload: Mapping
+    out_dir: Path,
+    name: str,
+    settings: Mapping[str, Any],
+    quick: bool,
+    payload: Mapping,
+    targets: Sequence[Target] = (),
 ) -> Path:
-    """Write ``<out_dir>/<name>.json`` with the environment, settings and results."""
+    """Write ``<out_dir>/<name>.json``: environment, settings, results, judged ``targets``.
+
+    The verdicts are stored for whoever reads the JSON; the report judges the
+    measurements again with the same table (:mod:`benchmarks.targets`).
+    """
     doc = {
         "benchmark": name,
         "quick": quick,
@@ -590,6 +503,9 @@ def write_result(
         "settings": dict(settings),
         **payload,
     }
+    doc = _jsonable(doc)
+    if targets:
+        doc["targets"] = _jsonable(record(targets, doc))
     path = Path(out_dir) / f"{name}.json"
     path.write_text(json.dumps(_jsonable(doc), indent=1, allow_nan=False) + "\n")
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")

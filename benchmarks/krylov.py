@@ -11,23 +11,24 @@
    reorthogonalization, one jitted loop) vs ``scipy.sparse.linalg.eigsh`` (ARPACK) driven
    by the same operator products; time, products used, relative residuals
    ``||H v - lambda v|| / |lambda|`` of both Ritz pairs, and, on a small MLP whose dense
-   Hessian is known exactly, the error of each eigenvalue.
+   Hessian is known exactly, the error of each eigenvalue (in
+   :mod:`benchmarks.krylov_lanczos`, with its targets and tables).
 
     python -m benchmarks.krylov [--quick]
 """
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse.linalg as spla
-from jax.flatten_util import ravel_pytree
 
 import jaxcurv
 from benchmarks import common
+from benchmarks import markdown as md
+from benchmarks import targets as tg
+from benchmarks.krylov_lanczos import LANCZOS_TARGETS, lanczos, lanczos_section
 from jaxcurv.tree import tree_axpy, tree_scale
 
 DEFAULTS = {
@@ -170,30 +171,6 @@ def mlp_cg(s: dict) -> dict:
     }
     rows = common.ratio_rows(t, "jax.grad", floors)
     r = {row["name"]: row["ratio"] for row in rows}
-    targets = [
-        {
-            "target": "CG iteration on linearized GGN <= 1.3x grad",
-            "value": r["jaxcurv.cg, ggn_operator"],
-            "limit": 1.3,
-        },
-        {
-            "target": "CG iteration on linearized Hessian <= 1.8x grad",
-            "value": r["jaxcurv.cg, hessian_operator"],
-            "limit": 1.8,
-        },
-        {
-            "target": "jaxcurv.cg per iteration no slower than jax.scipy cg (GGN, within 5%)",
-            "value": r["jaxcurv.cg, ggn_operator"] / r["jax.scipy cg, ggn_operator"],
-            "limit": 1.05,
-        },
-        {
-            "target": "jaxcurv.cg per iteration no slower than jax.scipy cg (Hessian, within 5%)",
-            "value": r["jaxcurv.cg, hessian_operator"] / r["jax.scipy cg, hessian_operator"],
-            "limit": 1.05,
-        },
-    ]
-    for tg in targets:
-        tg["met"] = bool(tg["value"] <= tg["limit"])
     # What a CG iteration adds to its product: the vector updates and inner products over
     # all N parameters (memory-bound), in units of one gradient.
     overhead = (
@@ -207,10 +184,64 @@ def mlp_cg(s: dict) -> dict:
         "hessian_damping": hlam,
         "checks": checks,
         "rows": rows,
-        "targets": targets,
         "note": "jax.scipy cg spends one extra product on the initial residual; per-iteration "
         "time is call time / iterations for every solver.",
     }
+
+
+def _cg_overhead_why(doc: dict, case: dict) -> str:
+    ov = md.get(doc, "mlp_cg", "cg_overhead_over_product")
+    if ov is None:
+        return ""
+    return (
+        f" A CG iteration costs its product plus {ov:.2f} gradients of vector "
+        "updates and inner products over all N parameters (x, r, p and the "
+        "damping term: memory-bound passes over N-vectors that the FLOP floor, "
+        "which counts only matrix multiplies, leaves out)."
+    )
+
+
+def _cg_row(name: str) -> tg.Measure:
+    return tg.row_ratio("mlp_cg", "rows", name=name)
+
+
+def _with_floor(name: str):
+    def value(doc: dict, case: dict) -> str:
+        r = md.row(doc["mlp_cg"]["rows"], name)
+        return f"{md.ratio(r['ratio'])} (floor {md.ratio(r.get('flop_floor'))})"
+
+    return value
+
+
+def _cg_targets(kind: str, op_name: str, limit: float, summary: bool) -> tuple[tg.Target, ...]:
+    """CG per iteration on ``op_name``: against one gradient, and against jax.scipy's CG."""
+    ours, theirs = f"jaxcurv.cg, {op_name}", f"jax.scipy cg, {op_name}"
+    return (
+        tg.Target(
+            f"CG iteration on linearized {kind} <= {limit:g}x grad",
+            _cg_row(ours),
+            "<=",
+            limit,
+            why=_cg_overhead_why,
+            headline=tg.Headline(
+                f"CG iteration, linearized {kind} / grad", f"<= {limit:g}x", _with_floor(ours)
+            ),
+        ),
+        tg.Target(
+            f"jaxcurv.cg per iteration no slower than jax.scipy cg ({kind}, within 5%)",
+            tg.quotient(_cg_row(ours), _cg_row(theirs)),
+            "<=",
+            1.05,
+            headline=tg.Headline("CG iteration / `jax.scipy` CG, same matvec (MLP GGN)", "<= 1.05x")
+            if summary
+            else None,
+        ),
+    )
+
+
+_GGN = _cg_targets("GGN", "ggn_operator", 1.3, summary=True)
+_HESSIAN = _cg_targets("Hessian", "hessian_operator", 1.8, summary=False)
+MLP_CG_TARGETS = (_GGN[0], _HESSIAN[0], _GGN[1], _HESSIAN[1])
 
 
 # ------------------------------------------------------------------------ dense SPD
@@ -306,7 +337,6 @@ def dense_cg(s: dict) -> dict:
             f"  solve to {tol:g}: {name:<28s} {solves[name]['median_s'] * 1e3:8.2f} ms, "
             f"{iters} it, err {solves[name]['rel_error_vs_numpy_solve']:.1e}"
         )
-    rel = {row["name"]: row["ratio"] for row in rows}  # paired, per round
     return {
         "n": n,
         "cond": cond,
@@ -315,185 +345,88 @@ def dense_cg(s: dict) -> dict:
         "rows": rows,
         "solve_tol": tol,
         "solves": solves,
-        "target": {
-            "target": "jaxcurv.cg per iteration no slower than jax.scipy cg (dense, within 5%)",
-            "value": rel["jaxcurv.cg"],
-            "limit": 1.05,
-            "met": bool(rel["jaxcurv.cg"] <= 1.05),
-        },
     }
 
 
-# --------------------------------------------------------------------------- Lanczos
-
-
-def _scipy_operator(op, counter):
-    flat0, unravel = ravel_pytree(op.x)
-    n = flat0.size
-
-    def matvec(v):
-        counter["n"] += 1
-        w = op(unravel(jnp.asarray(np.asarray(v, np.float32).ravel())))
-        return np.asarray(ravel_pytree(w)[0])
-
-    return spla.LinearOperator((n, n), matvec=matvec, dtype=np.float32), unravel
-
-
-def _rel_residuals(op, vals, vecs_flat, unravel):
-    res = []
-    for lam, vec in zip(vals, vecs_flat, strict=True):
-        hv = np.asarray(ravel_pytree(op(unravel(jnp.asarray(vec, jnp.float32))))[0], np.float64)
-        res.append(float(np.linalg.norm(hv - lam * vec) / max(abs(lam), 1e-30)))
-    return res
-
-
-def _run_lanczos(op, k, repeats, key, num_iters, unravel):
-    def ours():
-        return jaxcurv.eigenvalues(
-            op, k, which="largest", key=key, num_iters=num_iters, return_eigenvectors=True
-        )
-
-    first, res = common.time_once(ours)
-    t_ours = [common.time_once(ours)[0] for _ in range(repeats)]
-    vals = np.asarray(res.eigenvalues, np.float64)
-    vecs = np.stack(
-        [
-            np.asarray(ravel_pytree(jax.tree.map(lambda leaf, j=j: leaf[j], res.eigenvectors))[0])
-            for j in range(k)
-        ]
-    ).astype(np.float64)
-    return {
-        "num_iters": num_iters,
-        "median_s": float(np.median(t_ours)),
-        "min_s": float(np.min(t_ours)),
-        "max_s": float(np.max(t_ours)),
-        "compile_s": max(first - float(np.median(t_ours)), 0.0),
-        "matvecs": int(res.num_matvecs),
-        "eigenvalues": vals.tolist(),
-        "rel_residuals": _rel_residuals(op, vals, vecs, unravel),
-    }
-
-
-def _lanczos_vs_eigsh(op, k, repeats, eigsh_tol):
-    """eigsh first; then jaxcurv at its default steps and at eigsh's number of products."""
-    key = jax.random.key(0)
-    counter = {"n": 0}
-    lin, unravel = _scipy_operator(op, counter)
-    v0 = np.asarray(ravel_pytree(jaxcurv.tree.tree_random_normal(key, op.x))[0])
-
-    def theirs():
-        return spla.eigsh(lin, k=k, which="LA", tol=eigsh_tol, v0=v0)
-
-    t_theirs, out = [], None
-    for _ in range(repeats):
-        counter["n"] = 0
-        t0 = time.perf_counter()
-        out = theirs()
-        t_theirs.append(time.perf_counter() - t0)
-    eigsh_matvecs = counter["n"]
-    vals_t, vecs_t = out
-    order = np.argsort(vals_t)
-    vals_t, vecs_t = vals_t[order].astype(np.float64), vecs_t[:, order].T.astype(np.float64)
-    n = op.size
-    default = _run_lanczos(op, k, repeats, key, None, unravel)
-    # The fewest Lanczos steps (from a short ladder) whose Ritz pairs are at least as
-    # accurate as eigsh's; eigsh's own number of products at most.
-    goal = max(np.max(_rel_residuals(op, vals_t, vecs_t, unravel)), 1e-30)
-    budget = min(n, max(eigsh_matvecs, 2 * k))
-    ladder = sorted({m for m in (60, 80, 100, 130) if default["matvecs"] < m < budget} | {budget})
-    matched = default
-    for m in ladder:
-        if max(matched["rel_residuals"]) <= goal:
-            break
-        matched = _run_lanczos(op, k, repeats, key, m, unravel)
-    return {
-        "jaxcurv": matched,
-        "jaxcurv_default_steps": default,
-        "eigsh": {
-            "median_s": float(np.median(t_theirs)),
-            "min_s": float(np.min(t_theirs)),
-            "max_s": float(np.max(t_theirs)),
-            "matvecs": eigsh_matvecs,
-            "tol": eigsh_tol,
-            "eigenvalues": vals_t.tolist(),
-            "rel_residuals": _rel_residuals(op, vals_t, vecs_t, unravel),
-        },
-        "max_rel_diff_eigenvalues": float(
-            np.max(np.abs(np.asarray(matched["eigenvalues"]) - vals_t) / np.abs(vals_t))
-        ),
-    }
-
-
-def lanczos(s: dict) -> dict:
-    k = s["lanczos_k"]
-    out = {}
-    prob = common.mlp_problem(s["lanczos_sizes"], s["lanczos_batch"], seed=s["seed"])
-    print(f"Lanczos top-{k} on MLP {'-'.join(map(str, prob.sizes))}, N = {prob.num_params:,}")
-    op = jaxcurv.hessian_operator(common.mlp_loss, prob.params, prob.x, prob.y)
-    big = _lanczos_vs_eigsh(op, k, s["lanczos_repeats"], s["eigsh_tol"])
-    big["problem"] = {"sizes": list(prob.sizes), "batch": prob.batch, "num_params": prob.num_params}
-    out["mlp"] = big
-    _print_lanczos(big)
-
-    small = common.mlp_problem(s["exact_sizes"], s["exact_batch"], seed=s["seed"])
-    print(
-        f"Lanczos top-{k} on MLP {'-'.join(map(str, small.sizes))}, N = {small.num_params:,} "
-        "(exact eigenvalues known)"
+def _dense_why(doc: dict, case: dict) -> str:
+    dc = doc["dense_cg"]
+    r, sv = md.row(dc["rows"], "jaxcurv.cg"), dc["solves"]
+    return (
+        f" Per iteration here is a {r['median_s'] * 1e3:.2f} ms matvec plus "
+        "bookkeeping, so jaxcurv.cg's extra per-iteration scalars (status, "
+        "curvature and finiteness checks) are visible; ratio of minima "
+        f"{r['ratio_min']:.2f}x. Solving to {dc['solve_tol']:g}: jaxcurv.cg "
+        f"{sv['jaxcurv.cg']['median_s'] * 1e3:.1f} ms, jax.scipy "
+        f"{sv['jax.scipy.sparse.linalg.cg']['median_s'] * 1e3:.1f} ms."
     )
-    sop = jaxcurv.hessian_operator(common.mlp_loss, small.params, small.x, small.y)
-    exact = np.linalg.eigvalsh(np.asarray(sop.to_dense(), np.float64))[-k:]
-    scale = np.max(np.abs(exact))
-    sm = _lanczos_vs_eigsh(sop, k, max(3, s["lanczos_repeats"]), s["eigsh_tol"])
-    sm["problem"] = {
-        "sizes": list(small.sizes),
-        "batch": small.batch,
-        "num_params": small.num_params,
-    }
-    sm["exact_eigenvalues"] = exact.tolist()
-    for who in ("jaxcurv", "jaxcurv_default_steps", "eigsh"):
-        err = np.abs(np.asarray(sm[who]["eigenvalues"]) - exact) / scale
-        sm[who]["max_error_vs_exact"] = float(np.max(err))
-    out["exact"] = sm
-    _print_lanczos(sm)
-    acc = big["jaxcurv"]["rel_residuals"], big["eigsh"]["rel_residuals"]
-    out["targets"] = [
-        {
-            "target": "Lanczos top-10 faster than eigsh (MLP)",
-            "value": big["jaxcurv"]["median_s"] / big["eigsh"]["median_s"],
-            "limit": 1.0,
-        },
-        {
-            "target": "Lanczos top-10 at least as accurate as eigsh (max relative residual, MLP)",
-            "value": max(acc[0]) / max(max(acc[1]), 1e-30),
-            "limit": 1.0,
-        },
-        {
-            "target": "Lanczos top-10 at least as accurate as eigsh (error vs exact, small MLP)",
-            "value": sm["jaxcurv"]["max_error_vs_exact"]
-            / max(sm["eigsh"]["max_error_vs_exact"], 1e-7),
-            "limit": 1.0,
-        },
+
+
+DENSE_CG_TARGETS = (
+    tg.Target(
+        "jaxcurv.cg per iteration no slower than jax.scipy cg (dense, within 5%)",
+        tg.row_ratio("dense_cg", "rows", name="jaxcurv.cg"),  # paired, per round
+        "<=",
+        1.05,
+        why=_dense_why,
+        headline=tg.Headline("CG iteration / `jax.scipy` CG, same matvec (dense SPD)", "<= 1.05x"),
+    ),
+)
+
+
+TARGETS = MLP_CG_TARGETS + DENSE_CG_TARGETS + LANCZOS_TARGETS
+
+# ------------------------------------------------------------------------------ report
+
+TITLE = "Krylov methods (`benchmarks/krylov.py`)"
+
+
+def _solves_table(dc: dict) -> list[str]:
+    rows = [
+        [
+            n,
+            md.ms(r["median_s"]),
+            f"{md.ms(r['min_s'])} - {md.ms(r['max_s'])}",
+            r["iterations"] if r["iterations"] is not None else "not reported",
+            f"{r['rel_error_vs_numpy_solve']:.1e}",
+        ]
+        for n, r in dc["solves"].items()
     ]
-    for tg in out["targets"]:
-        tg["met"] = bool(tg["value"] <= tg["limit"])
-    return out
+    header = ["", "median ms", "min-max ms", "iterations", "error vs numpy.linalg.solve"]
+    return md.table(header, rows)
 
 
-def _print_lanczos(r):
-    for who in ("jaxcurv_default_steps", "jaxcurv", "eigsh"):
-        d = r[who]
-        extra = f", err vs exact {d['max_error_vs_exact']:.1e}" if "max_error_vs_exact" in d else ""
-        print(
-            f"  {who:<8s} {d['median_s']:8.3f} s, {d['matvecs']} products, max rel residual "
-            f"{max(d['rel_residuals']):.1e}{extra}"
-        )
+def report_section(doc: dict, ctx: md.Context) -> str:
+    """This benchmark's section of ``BENCHMARKS.md``, from its JSON document."""
+    mc, dc = doc["mlp_cg"], doc["dense_cg"]
+    out = [
+        f"### {TITLE}",
+        "",
+        f"CG on the MLP ({mc['problem']['num_params']:,} parameters), {mc['iterations']} "
+        f"iterations with damping {mc['damping']:g} (GGN) and "
+        f"{mc.get('hessian_damping', mc['damping']):g} (Hessian, indefinite here), time per "
+        f"iteration; ratios to one `jax.grad`. {mc['note']}",
+        "",
+        *md.timing_table(mc["rows"], with_floor=True),
+        "",
+        f"CG on a dense SPD matrix, n = {dc['n']}, condition number {dc['cond']:g}, time per "
+        "iteration (ratios to `jax.scipy.sparse.linalg.cg`):",
+        "",
+        *md.timing_table(dc["rows"], with_floor=False),
+        "",
+        f"Solving the dense system to a relative residual of {dc['solve_tol']:g}:",
+        "",
+        *_solves_table(dc),
+        "",
+        *lanczos_section(doc["lanczos"]),
+    ]
+    return "\n".join(out)
 
 
 def main(argv=None) -> None:
     s, out_dir, quick = common.settings_for("krylov", DEFAULTS, argv)
     common.header("krylov", quick)
     payload = {"mlp_cg": mlp_cg(s), "dense_cg": dense_cg(s), "lanczos": lanczos(s)}
-    common.write_result(out_dir, "krylov", s, quick, payload)
+    common.write_result(out_dir, "krylov", s, quick, payload, TARGETS)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from pathlib import Path
 import jax
 
 from benchmarks import common
+from benchmarks import markdown as md
+from benchmarks import targets as tg
 
 DEFAULTS = {
     "full": {
@@ -166,6 +168,83 @@ def _spawn(case: str, params: dict, timeout_s: float) -> dict:
     return res
 
 
+# ----------------------------------------------------------------- targets and report
+
+
+def _dense_peak_ratio(doc: dict, case: dict) -> float | None:
+    """jaxcurv.hessian's peak over jax.hessian's (``None`` unless both workers succeeded)."""
+    ok = {r["case"]: r for r in md.get(doc, "hessian", "results", default=[]) if "error" not in r}
+    if len(ok) != 2:
+        return None
+    return ok["jaxcurv.hessian"]["peak_bytes"] / max(ok["jax.hessian"]["peak_bytes"], 1)
+
+
+TARGETS = (
+    tg.Target(
+        "dense hessian peak memory far below jax.hessian's (ratio <= 0.5)",
+        _dense_peak_ratio,
+        "<=",
+        0.5,
+        headline=tg.Headline(
+            lambda doc, case: (
+                "dense `hessian` peak memory / `jax.hessian`'s "
+                f"(N = {doc['hessian']['params']['n']})"
+            ),
+            "far below (<= 0.5x)",
+        ),
+    ),
+)
+TITLE = "Peak memory (`benchmarks/memory.py`, each in its own process)"
+PARTS = ("hessian", "products", "lanczos")  # the tables' rows, in this order
+
+
+def _results(doc: dict) -> list[dict]:
+    return [r for part in PARTS for r in md.get(doc, part, "results", default=[])]
+
+
+def plot(doc: dict, path: Path) -> None:
+    """Peak memory of every case that succeeded, as horizontal bars."""
+    res = [r for r in _results(doc) if "error" not in r]
+    plt = md.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(res) + 1.2))
+    ax.barh([r["case"] for r in res], [r["peak_bytes"] / 2**20 for r in res], color="C0")
+    ax.set_xlabel("peak memory added by the run (MiB)")
+    ax.invert_yaxis()
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _row(r: dict) -> list[str]:
+    if "error" in r:
+        return [r["case"], "error", r["error"][:80], "", ""]
+    basis = md.mib(r["basis_bytes"]) if "basis_bytes" in r else ""
+    peak, compile_peak = md.mib(r["peak_bytes"]), md.mib(r.get("compile_peak_bytes"))
+    return [r["case"], peak, compile_peak, f"{r['wall_s']:.3f}", basis]
+
+
+def report_section(doc: dict, ctx: md.Context) -> str:
+    """This benchmark's section of ``BENCHMARKS.md`` (and its plot), from its JSON."""
+    out = [
+        f"### {TITLE}",
+        "",
+        f"Dense Hessian at N = {doc['hessian']['params']['n']}; products and Lanczos on "
+        f"{md.sizes(doc['products']['params']['sizes'])}, batch "
+        f"{doc['products']['params']['batch']}. Peak = memory the run adds above its inputs "
+        "(host RSS high-water mark on CPU, device peak on GPU).",
+        "",
+        *md.table(
+            ["case", "run peak", "compile peak", "run s", "Lanczos basis"],
+            [_row(r) for r in _results(doc)],
+        ),
+        "",
+    ]
+    if any("error" not in r for r in _results(doc)):
+        out += [ctx.image("memory", "memory.png", plot, doc), ""]
+    return "\n".join(out)
+
+
 def main(argv=None) -> None:
     if argv is None:
         argv = sys.argv[1:]
@@ -191,16 +270,6 @@ def main(argv=None) -> None:
     ]
     print("Lanczos (Hessian operator), m steps")
     lanczos = [_spawn(f"lanczos m={m}", {**mp, "steps": m}, to) for m in s["lanczos_steps"]]
-    ok = {r["case"]: r for r in hessian if "error" not in r}
-    target = None
-    if len(ok) == 2:
-        ratio = ok["jaxcurv.hessian"]["peak_bytes"] / max(ok["jax.hessian"]["peak_bytes"], 1)
-        target = {
-            "target": "dense hessian peak memory far below jax.hessian's (ratio <= 0.5)",
-            "value": ratio,
-            "limit": 0.5,
-            "met": bool(ratio <= 0.5),
-        }
     common.write_result(
         out_dir,
         "memory",
@@ -210,8 +279,8 @@ def main(argv=None) -> None:
             "hessian": {"params": hp, "results": hessian},
             "products": {"params": mp, "results": products},
             "lanczos": {"params": mp, "results": lanczos},
-            "target": target,
         },
+        TARGETS,
     )
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
+from benchmarks.settings import expand
 
 BENCHMARKS = ("products", "krylov", "peers", "scaling", "memory", "optimizers")
 
@@ -65,7 +66,7 @@ def run_suite(
         raise ValueError(f"Unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}.")
     out_dir = common.results_dir(root, quick)
     if not report_only:
-        settings_json = json.dumps(common._expand(dict(settings or {})))
+        settings_json = json.dumps(expand(dict(settings or {})))
         suite_path = out_dir / "suite.json"
         suite = json.loads(suite_path.read_text()) if suite_path.exists() else {}
         suite.setdefault("runs", {})

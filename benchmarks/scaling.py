@@ -12,10 +12,14 @@ The matrix-multiply FLOP floors of each configuration are stored beside the rati
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import jax
 
 import jaxcurv
 from benchmarks import common
+from benchmarks import markdown as md
 from jaxcurv.tree import tree_scale
 
 DEFAULTS = {
@@ -104,6 +108,78 @@ def point(s: dict, sizes, batch) -> dict:
         "flop_floors": common.mlp_floors(sizes, batch),
         "rows": rows,
     }
+
+
+# ------------------------------------------------------------------------------ report
+
+TITLE = "Scaling (`benchmarks/scaling.py`)"
+TARGETS = ()  # the sweeps show trends; the targets sit on the reference MLP (products)
+CURVES = [
+    "hvp",
+    "hessian_operator apply",
+    "ggn_operator apply",
+    "cg iteration (GGN)",
+    "lanczos step (Hessian)",
+]
+# Each curve's FLOP floor, drawn dashed beside it.
+_FLOORS = {
+    "hvp": "hvp",
+    "hessian_operator apply": "hessian_apply",
+    "ggn_operator apply": "ggn_apply",
+}
+_AXES = [
+    ("width", "num_params", "parameters (width sweep)"),
+    ("depth", "num_params", "parameters (depth sweep)"),
+    ("batch", "batch", "batch size"),
+]
+
+
+def plot(doc: dict, path: Path) -> None:
+    """Ratios to one gradient against size, one panel per sweep, FLOP floors dashed."""
+    plt = md.pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, (sweep, xkey, xlabel) in zip(axes, _AXES, strict=True):
+        pts = doc["sweeps"].get(sweep, [])
+        if not pts:
+            continue
+        xs = [pt[xkey] for pt in pts]
+        for i, n in enumerate(CURVES):
+            ys = [pt["ratios"].get(n, math.nan) for pt in pts]
+            line = ax.plot(xs, ys, "o-", label=n, color=f"C{i}")
+            if n in _FLOORS:
+                floors = [pt["flop_floors"][_FLOORS[n]] for pt in pts]
+                ax.plot(xs, floors, "--", color=line[0].get_color(), alpha=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("time / one jax.grad")
+        ax.set_title(f"{sweep} sweep (dashed: FLOP floor)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def report_section(doc: dict, ctx: md.Context) -> str:
+    """This benchmark's section of ``BENCHMARKS.md`` (and its plot), from its JSON."""
+    out = [f"### {TITLE}", ""]
+    if doc.get("sweeps"):
+        out += [ctx.image("scaling", "scaling.png", plot, doc), ""]
+    rows = [
+        [sweep, md.sizes(pt["sizes"]), pt["batch"], f"{pt['num_params']:,}"]
+        + [md.ms(pt["grad_median_s"])]
+        + [md.ratio(pt["ratios"].get(n)) for n in CURVES]
+        for sweep, pts in doc["sweeps"].items()
+        for pt in pts
+    ]
+    out += [
+        *md.table(["sweep", "sizes", "batch", "N", "grad ms"] + CURVES, rows),
+        "",
+        "Ratios against one `jax.grad` in the same interleaved run; a Lanczos step "
+        "includes full reorthogonalization against all previous vectors.",
+        "",
+    ]
+    return "\n".join(out)
 
 
 def main(argv=None) -> None:
