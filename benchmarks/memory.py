@@ -36,6 +36,8 @@ DEFAULTS = {
         "sizes": [784, 1000, 1000, 1000, 10],
         "batch": 256,
         "lanczos_steps": [10, 20, 40, 80],
+        "micro_batch": 256,
+        "micro_batch_examples": [1024, 4096, 10240],
         "timeout_s": 600,
     },
     "quick": {
@@ -44,6 +46,8 @@ DEFAULTS = {
         "sizes": [784, 256, 256, 10],
         "batch": 128,
         "lanczos_steps": [10, 40],
+        "micro_batch": 64,
+        "micro_batch_examples": [256, 1024, 4096],
         "timeout_s": 300,
     },
 }
@@ -112,6 +116,9 @@ def _measure(build):
 def _worker(case: str, params: dict) -> dict:
     import jaxcurv
 
+    if case.startswith("micro_batch"):
+        return _micro_batch_worker(params)
+
     if case in ("jax.hessian", "jaxcurv.hessian"):
         from benchmarks.products import dense_hessian_problem
 
@@ -141,6 +148,64 @@ def _worker(case: str, params: dict) -> dict:
         res["basis_bytes"] = m * prob.num_params * 4
         return res
     raise ValueError(f"unknown memory case {case!r}")
+
+
+def _micro_batch_worker(params: dict) -> dict:
+    """One product of the micro-batched Hessian on ``n`` examples (issue 13): the operator
+    is held (data on the device), so the run's peak is what the product adds."""
+    import jaxcurv
+
+    prob = common.mlp_problem(params["sizes"], params["n"])
+    op = jaxcurv.hessian_operator(
+        common.mlp_loss, prob.params, prob.x, prob.y, micro_batch=params["micro_batch"]
+    )
+    fn = jax.jit(lambda o, w: o(w))
+    res = _measure(lambda: (fn.lower(op, prob.v).compile(), (op, prob.v)))
+    compiled = fn.lower(op, prob.v).compile().memory_analysis()
+    res["temp_bytes"] = getattr(compiled, "temp_size_in_bytes", None)
+    res["data_bytes"] = prob.x.nbytes + prob.y.nbytes
+    res["n"], res["micro_batch"] = params["n"], params["micro_batch"]
+    return res
+
+
+def micro_batch_memory(s: dict, timeout_s: float) -> dict:
+    """The ``micro_batch`` part of the JSON: one worker per number of examples."""
+    mp = {"sizes": s["sizes"], "micro_batch": s["micro_batch"]}
+    print(f"micro-batched Hessian product, micro_batch={mp['micro_batch']}, n swept")
+    results = [
+        _spawn(f"micro_batch={mp['micro_batch']} n={n}", {**mp, "n": n}, timeout_s)
+        for n in s["micro_batch_examples"]
+    ]
+    return {"params": {**mp, "examples": s["micro_batch_examples"]}, "results": results}
+
+
+def _micro_batch_flatness(doc: dict, case: dict) -> float | None:
+    """Peak of the product at the most examples over that at the fewest (flat: ~1)."""
+    ok = [r for r in md.get(doc, "micro_batch", "results", default=[]) if "error" not in r]
+    if len(ok) < 2:
+        return None
+    ok.sort(key=lambda r: r["n"])
+    return ok[-1]["peak_bytes"] / max(ok[0]["peak_bytes"], 1)
+
+
+def micro_batch_rows(doc: dict) -> list[list[str]]:
+    """Report rows ``[examples, micro_batch, run peak, XLA temp, data, run s]``."""
+    rows = []
+    for r in md.get(doc, "micro_batch", "results", default=[]):
+        if "error" in r:
+            rows.append([r["case"], "error", r["error"][:80], "", "", ""])
+            continue
+        rows.append(
+            [
+                str(r["n"]),
+                str(r["micro_batch"]),
+                md.mib(r["peak_bytes"]),
+                md.mib(r.get("temp_bytes")),
+                md.mib(r["data_bytes"]),
+                f"{r['wall_s']:.3f}",
+            ]
+        )
+    return rows
 
 
 # ------------------------------------------------------------------------ in the parent
@@ -194,8 +259,16 @@ TARGETS = (
         ),
     ),
 )
+TARGETS += (
+    tg.Target(
+        "micro-batched product peak memory flat in the number of examples (ratio <= 1.5)",
+        _micro_batch_flatness,
+        "<=",
+        1.5,
+    ),
+)
 TITLE = "Peak memory (`benchmarks/memory.py`, each in its own process)"
-PARTS = ("hessian", "products", "lanczos")  # the tables' rows, in this order
+PARTS = ("hessian", "products", "lanczos", "micro_batch")  # the tables' rows, in this order
 
 
 def _results(doc: dict) -> list[dict]:
@@ -279,6 +352,7 @@ def main(argv=None) -> None:
             "hessian": {"params": hp, "results": hessian},
             "products": {"params": mp, "results": products},
             "lanczos": {"params": mp, "results": lanczos},
+            "micro_batch": micro_batch_memory(s, to),
         },
         TARGETS,
     )

@@ -7,6 +7,8 @@ loss-landscape analysis, and a Hessian-free optimizer for optax.
 
 from jaxcurv.backprop import BackpropResult as BackpropResult
 from jaxcurv.backprop import backprop as backprop
+from jaxcurv.blocks import BlockCurvature as BlockCurvature
+from jaxcurv.blocks import block_curvature as block_curvature
 from jaxcurv.cg import CGInfo as CGInfo
 from jaxcurv.cg import CGStatus as CGStatus
 from jaxcurv.cg import cg as cg
@@ -28,12 +30,15 @@ from jaxcurv.eigensolvers import EigenResult as EigenResult
 from jaxcurv.eigensolvers import PowerIterationResult as PowerIterationResult
 from jaxcurv.eigensolvers import eigenvalues as eigenvalues
 from jaxcurv.eigensolvers import power_iteration as power_iteration
+from jaxcurv.fisher import FisherOperator as FisherOperator
+from jaxcurv.fisher import fisher_operator as fisher_operator
 from jaxcurv.hessian_free import HessianFreeState as HessianFreeState
 from jaxcurv.hessian_free import hessian_free as hessian_free
 from jaxcurv.landscape import Landscape as Landscape
 from jaxcurv.landscape import LossSlices as LossSlices
 from jaxcurv.landscape import analyze_landscape as analyze_landscape
 from jaxcurv.landscape import loss_slices as loss_slices
+from jaxcurv.micro_batch import MicroBatchOperator as MicroBatchOperator
 from jaxcurv.model_and_loss import ModelAndLoss as ModelAndLoss
 from jaxcurv.products import CurvatureOperator as CurvatureOperator
 from jaxcurv.products import GaussNewtonOperator as GaussNewtonOperator
@@ -42,6 +47,8 @@ from jaxcurv.products import ggn_operator as ggn_operator
 from jaxcurv.products import ggn_vp as ggn_vp
 from jaxcurv.products import hessian_operator as hessian_operator
 from jaxcurv.products import hvp as hvp
+from jaxcurv.streaming import StreamingOperator as StreamingOperator
+from jaxcurv.streaming import streaming_operator as streaming_operator
 from jaxcurv.trace_estimators import TraceEstimate as TraceEstimate
 from jaxcurv.trace_estimators import hutchinson_diagonal as hutchinson_diagonal
 from jaxcurv.trace_estimators import hutchinson_trace as hutchinson_trace
@@ -50,6 +57,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackpropResult",
+    "BlockCurvature",
     "CGInfo",
     "CGStatus",
     "CriticalPoint",
@@ -57,17 +65,21 @@ __all__ = [
     "Description",
     "DeterminismReport",
     "EigenResult",
+    "FisherOperator",
     "GaussNewtonOperator",
     "HessianFreeState",
     "HessianOperator",
     "Landscape",
     "LossSlices",
+    "MicroBatchOperator",
     "ModelAndLoss",
     "PowerIterationResult",
     "SpectralDensity",
+    "StreamingOperator",
     "TraceEstimate",
     "analyze_landscape",
     "backprop",
+    "block_curvature",
     "cg",
     "cg_status_message",
     "check_determinism",
@@ -76,6 +88,7 @@ __all__ = [
     "derivative_table",
     "describe",
     "eigenvalues",
+    "fisher_operator",
     "ggn_operator",
     "ggn_vp",
     "gradient",
@@ -89,4 +102,5 @@ __all__ = [
     "loss_slices",
     "power_iteration",
     "spectral_density",
+    "streaming_operator",
 ]

@@ -21,7 +21,7 @@ product. Inside one jitted loop XLA already hoists the forward pass out of a pla
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +34,7 @@ from jax.flatten_util import ravel_pytree
 from jaxcurv._checks import check_callable, check_real_inputs
 from jaxcurv._compile import compiled_call
 from jaxcurv.model_and_loss import ModelAndLoss
+from jaxcurv.selection import Selection, restrict
 from jaxcurv.tree import tree_check_like, tree_size
 
 PyTree = Any
@@ -266,6 +267,11 @@ class CurvatureOperator:
     x: PyTree
     value: jax.Array
     grad: PyTree
+    # Subclasses whose static parts hold the user's functions (micro-batched operators
+    # recompute the forward pass per product) set this: their products, dense matrices and
+    # diagonals then go through the compile policy, keyed on what they compute, never
+    # through a bare `jax.jit` keyed on the user's function objects.
+    _compile_by_jaxpr = False
 
     def _mv(self, v: PyTree) -> PyTree:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -273,6 +279,8 @@ class CurvatureOperator:
     def mv(self, v: PyTree) -> PyTree:
         """The product with ``v``, a pytree like ``x``."""
         _check_tangent(type(self).__name__, v, self.x)
+        if self._compile_by_jaxpr:
+            return compiled_call(lambda op, v: op._mv(v), self, v)
         return _apply(self, v)
 
     def __call__(self, v: PyTree) -> PyTree:
@@ -296,6 +304,8 @@ class CurvatureOperator:
 
     def to_dense(self, *, chunk_size: int = 64) -> jax.Array:
         """The ``N x N`` matrix over ``ravel_pytree(x)`` order, from ``N`` products."""
+        if self._compile_by_jaxpr:
+            return compiled_call(lambda op: _dense_impl(op, chunk_size), self)
         return _to_dense(self, chunk_size)
 
     def diagonal(self, *, chunk_size: int = 64) -> PyTree:
@@ -303,7 +313,11 @@ class CurvatureOperator:
 
         For large problems use ``jaxcurv.hutchinson_diagonal``.
         """
-        return _like_sharding(_diagonal(self, chunk_size), self.x)
+        if self._compile_by_jaxpr:
+            diag = compiled_call(lambda op: _diagonal_impl(op, chunk_size), self)
+        else:
+            diag = _diagonal(self, chunk_size)
+        return _like_sharding(diag, self.x)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, dtype={self.dtype})"
@@ -338,16 +352,18 @@ def _basis_map(op: CurvatureOperator, chunk_size: int, pick: Callable) -> jax.Ar
     return jax.lax.map(column, jnp.arange(n), batch_size=min(n, chunk_size)), unravel
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _to_dense(op: CurvatureOperator, chunk_size: int) -> jax.Array:
+def _dense_impl(op: CurvatureOperator, chunk_size: int) -> jax.Array:
     rows, _ = _basis_map(op, chunk_size, lambda col, i: col)
     return rows.T
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _diagonal(op: CurvatureOperator, chunk_size: int) -> PyTree:
+def _diagonal_impl(op: CurvatureOperator, chunk_size: int) -> PyTree:
     diag, unravel = _basis_map(op, chunk_size, lambda col, i: col[i])
     return unravel(diag)
+
+
+_to_dense = jax.jit(_dense_impl, static_argnums=1)
+_diagonal = jax.jit(_diagonal_impl, static_argnums=1)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -400,7 +416,83 @@ def _build_hessian_impl(fun, x, args):
     return HessianOperator(x, value, grad, lin)
 
 
-def hessian_operator(fun: Callable, x: PyTree, *args: Any) -> HessianOperator:
+# ------------------------------------------------- wrt= and micro_batch= (shared parts)
+
+_OPERATOR_KEYWORDS = """
+    Every operator constructor also takes, as keywords (see README "Curvature at research
+    scale"):
+
+    * ``micro_batch``: an int. The data arguments carry a leading examples axis (every
+      array with ``ndim >= 1``, all of the same length ``n``) and the loss is a *mean* over
+      examples; products are summed over micro-batches of that many examples with a
+      ``lax.scan``, each weighted by its share ``n_c / n`` (a smaller last micro-batch is
+      allowed), so peak memory is one micro-batch's and the operator equals the one on the
+      whole batch up to the reordering of the sum. Each product then reruns the forward
+      pass (:class:`~jaxcurv.micro_batch.MicroBatchOperator`).
+    * ``wrt``: a pytree of bools shaped like a prefix of the point, or a callable
+      ``(key_path, leaf) -> bool``: the curvature of the selected leaves only, the others
+      held fixed. The operator's vectors, ``x`` and ``grad`` are then the point's tree with
+      ``None`` in place of every unselected leaf (:mod:`jaxcurv.selection`), and
+      ``to_dense()`` is that sub-block of the full matrix.
+"""
+
+
+def _on_full(fn: Callable, sel: Selection | None, rest: PyTree) -> Callable:
+    """``fn`` with its first argument, the selected sub-tree, completed by ``rest``."""
+    return fn if sel is None else sel.on_selected(fn, rest)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HessianSpec:
+    """Per-micro-batch Hessian of ``fun(x, *data)`` (static: equal for the same ``fun``)."""
+
+    fun: Callable
+    sel: Selection | None
+
+    def _f(self, fixed):
+        return _on_full(_scalar("hessian_operator", self.fun), self.sel, fixed)
+
+    def product(self, x, v, fixed, data):
+        return _hvp_impl(self._f(fixed), x, v, data)
+
+    def value_and_grad(self, x, fixed, data):
+        return jax.value_and_grad(lambda y: self._f(fixed)(y, *data))(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class _GGNSpec:
+    """Per-micro-batch Gauss-Newton matrix; ``data`` is ``(m_args, l_args, m_kw, l_kw)``."""
+
+    model_fn: Callable
+    loss_fn: Callable
+    sel: Selection | None
+
+    def product(self, x, v, fixed, data):
+        loss_fn = _scalar("ggn_operator(loss_fn)", self.loss_fn, ggn=True)
+        return _ggn_vp_impl(_on_full(self.model_fn, self.sel, fixed), loss_fn, x, v, *data)
+
+    def value_and_grad(self, x, fixed, data):
+        m_args, l_args, m_kw, l_kw = data
+        model_fn = _on_full(self.model_fn, self.sel, fixed)
+        loss_fn = _scalar("ggn_operator(loss_fn)", self.loss_fn, ggn=True)
+        return jax.value_and_grad(lambda y: loss_fn(model_fn(y, *m_args, **m_kw), *l_args, **l_kw))(
+            x
+        )
+
+
+def _micro_batched(name, spec, x, fixed, data, micro_batch):
+    # Imported here: jaxcurv.micro_batch builds on CurvatureOperator, defined above.
+    from jaxcurv.micro_batch import micro_batch_operator
+
+    return micro_batch_operator(name, spec, x, fixed, data, micro_batch)
+
+
+# ---------------------------------------------------------------- the constructors
+
+
+def hessian_operator(
+    fun: Callable, x: PyTree, *args: Any, micro_batch: int | None = None, wrt: Any = None
+) -> CurvatureOperator:
     r"""The Hessian of ``fun`` at ``x`` as a reusable linear operator.
 
     The gradient is linearized once (``jax.linearize``); each product then costs only the
@@ -410,14 +502,20 @@ def hessian_operator(fun: Callable, x: PyTree, *args: Any) -> HessianOperator:
     Args:
       fun: scalar function ``f(x, *args)``.
       x: the point, a pytree of real float arrays.
-      *args: further arguments of ``fun``, held fixed.
+      *args: further arguments of ``fun``, held fixed (the data).
+      micro_batch: examples per micro-batch (see below); ``args`` then carry the examples
+        along axis 0 and ``fun`` must be a mean over them.
+      wrt: which leaves of ``x`` to differentiate (see below).
 
     Returns:
-      A ``HessianOperator``: ``op(v)``, ``op @ v``, ``op.to_dense()``, ``op.diagonal()``,
-      with ``op.value`` and ``op.grad`` at ``x``.
+      A ``HessianOperator`` (a ``MicroBatchOperator`` with ``micro_batch``): ``op(v)``,
+      ``op @ v``, ``op.to_dense()``, ``op.diagonal()``, with ``op.value`` and ``op.grad``
+      at ``x``.
 
     Raises:
-      ValueError: non-scalar ``fun``. TypeError: integer/complex ``x``.
+      ValueError: non-scalar ``fun``; ``wrt`` not a prefix of ``x`` or selecting nothing;
+        data of different lengths or none with ``micro_batch``. TypeError: integer/complex
+        ``x``; a non-bool ``wrt``; a non-int ``micro_batch``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -426,17 +524,31 @@ def hessian_operator(fun: Callable, x: PyTree, *args: Any) -> HessianOperator:
       >>> op.to_dense()
       Array([[2., 3.],
              [3., 2.]], dtype=float32)
+      >>> f = lambda p, t: jnp.mean((p["a"] * t + p["b"]) ** 2)   # a mean over examples t
+      >>> p, t = {"a": jnp.ones(()), "b": jnp.ones(())}, jnp.arange(5.0)
+      >>> jaxcurv.hessian_operator(f, p, t, micro_batch=2, wrt={"a": True, "b": False}).to_dense()
+      Array([[12.]], dtype=float32)
 
     References:
       Pearlmutter 1994; Martens 2010 (products reused across CG iterations).
     """
     _check_callable("hessian_operator", "fun", fun)
     check_real_inputs("hessian_operator", x, "point `x`")
+    sel, u, rest = restrict("hessian_operator", wrt, x, "x")
+    if micro_batch is not None:
+        return _micro_batched(
+            "hessian_operator", _HessianSpec(fun, sel), u, rest, args, micro_batch
+        )
     fun = _scalar("hessian_operator", fun)
     # Built through the compile policy, so operators of one computation at points of equal
     # shapes share the stored linearization (the cached executable returns the same one),
     # and hence one compiled `_apply`.
-    return compiled_call(lambda x, args: _build_hessian_impl(fun, x, args), x, args)
+    return compiled_call(
+        lambda u, rest, args: _build_hessian_impl(_on_full(fun, sel, rest), u, args), u, rest, args
+    )
+
+
+hessian_operator.__doc__ += _OPERATOR_KEYWORDS
 
 
 def _build_ggn_impl(model_fn, loss_fn, params, model_args, loss_args, model_kw, loss_kw):
@@ -454,8 +566,10 @@ def ggn_operator(
     *,
     model_args: tuple | None = None,
     loss_args: tuple | None = None,
+    micro_batch: int | None = None,
+    wrt: Any = None,
     **data: Any,
-) -> GaussNewtonOperator:
+) -> CurvatureOperator:
     r"""The generalised Gauss-Newton matrix :math:`J^\top H_\ell J` as a reusable operator.
 
     The model is linearized once; :math:`J^\top` is the transpose of that linearization,
@@ -470,6 +584,9 @@ def ggn_operator(
       model_args: deprecated (a ``DeprecationWarning``; removed in the next release):
         positional data for the model. Pass keywords instead.
       loss_args: deprecated likewise: positional data for the loss.
+      micro_batch: examples per micro-batch (see below); the data then carry the examples
+        along axis 0 and ``loss_fn`` must be a mean over them.
+      wrt: which leaves of ``params`` to differentiate (see below).
       **data: the batch, as keywords routed by name as :class:`~jaxcurv.ModelAndLoss`
         routes them. Passed as traced arguments: building operators for new batches
         outside ``jit`` then reuses one compilation instead of caching a new closure per
@@ -477,7 +594,8 @@ def ggn_operator(
 
     Returns:
       A ``GaussNewtonOperator`` with ``op(v)``, ``op @ v``, ``op.to_dense()``,
-      ``op.diagonal()``, ``op.value``, ``op.grad`` and ``op.outputs``.
+      ``op.diagonal()``, ``op.value``, ``op.grad`` and ``op.outputs`` (a
+      ``MicroBatchOperator``, without ``outputs``, when ``micro_batch`` is given).
 
     Example:
       >>> import jax.numpy as jnp
@@ -500,10 +618,20 @@ def ggn_operator(
     _check_callable("ggn_operator", "loss_fn", loss_fn)
     check_real_inputs("ggn_operator", params, "`params`")
     split = _split_data("ggn_operator", model_fn, loss_fn, model_args, loss_args, data)
+    sel, u, rest = restrict("ggn_operator", wrt, params, "params")
+    if micro_batch is not None:
+        spec = _GGNSpec(model_fn, loss_fn, sel)
+        return _micro_batched("ggn_operator", spec, u, rest, split, micro_batch)
     loss_fn = _scalar("ggn_operator(loss_fn)", loss_fn, ggn=True)
     return compiled_call(
-        lambda p, *split: _build_ggn_impl(model_fn, loss_fn, p, *split), params, *split
+        lambda u, rest, *split: _build_ggn_impl(_on_full(model_fn, sel, rest), loss_fn, u, *split),
+        u,
+        rest,
+        *split,
     )
+
+
+ggn_operator.__doc__ += _OPERATOR_KEYWORDS
 
 
 # ------------------------------------------------------------------------- as_matvec
