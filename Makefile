@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick clean
+.PHONY: demo test lint bench bench-quick bench-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.run --quick
+
+# The suite on an NVIDIA GPU: JAX's CUDA plugin for the installed jax, then the same run
+# (results in benchmarks/results/gpu/, BENCHMARKS.md with cpu and gpu side by side).
+# JAX_PLATFORMS=cuda stops at once if no GPU is seen (no CPU results are overwritten).
+# `make bench-gpu BENCH_ARGS=--quick` for a short run; `JAX_CUDA=cuda13` for CUDA 13.
+JAX_CUDA ?= cuda12
+bench-gpu: $(STAMP)
+	$(PY) -m pip install -q "jax[$(JAX_CUDA)]==$$($(PY) -c 'import jax; print(jax.__version__)')"
+	JAX_PLATFORMS=cuda $(PY) -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -74,6 +74,22 @@ def _version(module: str) -> str | None:
     return getattr(mod, "__version__", "unknown")
 
 
+def _device_info(dev) -> dict[str, Any]:
+    """The card (``device_kind``), its platform and driver version, count and memory."""
+    info = {"kind": dev.device_kind, "platform": dev.platform, "count": jax.device_count()}
+    try:
+        info["platform_version"] = dev.client.platform_version
+    except Exception:  # noqa: BLE001 - not every client exposes it
+        pass
+    try:
+        stats = dev.memory_stats()  # None on CPU devices
+    except Exception:  # noqa: BLE001
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        info["memory_gib"] = round(stats["bytes_limit"] / 2**30, 1)
+    return info
+
+
 def environment() -> dict[str, Any]:
     """Machine, backend, device, versions, date: everything a number depends on."""
     dev = jax.devices()[0]
@@ -91,11 +107,7 @@ def environment() -> dict[str, Any]:
             "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
         },
         "backend": jax.default_backend(),
-        "device": {
-            "kind": dev.device_kind,
-            "platform": dev.platform,
-            "count": jax.device_count(),
-        },
+        "device": _device_info(dev),
         "jax_config": {
             "default_matmul_precision": jax.config.jax_default_matmul_precision,
             "enable_x64": bool(jax.config.jax_enable_x64),
@@ -291,6 +303,13 @@ def _to_numpy(tree: Any) -> Any:
     def conv(x):
         if hasattr(x, "detach"):  # torch
             return x.detach().cpu().numpy()
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            # Spread over several processes: every process takes part in the gather.
+            if x.is_fully_replicated:
+                return np.asarray(x.addressable_shards[0].data)
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)
 
     return jax.tree.map(conv, tree)
@@ -457,7 +476,7 @@ def settings_for(name: str, defaults, argv=None) -> tuple[dict[str, Any], Path, 
         settings = json.loads(args.settings_json)
     else:
         _, settings = load_settings(args.config, args.overrides)
-    s = resolve(name, defaults, settings, args.quick)
+    s = resolve(name, defaults, settings, args.quick, jax.default_backend())
     root = Path(args.out) if args.out else DEFAULT_OUT
     return s, results_dir(root, args.quick), args.quick
 

@@ -89,6 +89,17 @@ def _backend_label(d: dict, backend: str) -> str:
     return f"{backend} ({md.get(env, 'device', 'kind', default=backend)})"
 
 
+def _device_line(env: dict) -> str:
+    """``cpu``, or the cards: ``1 x NVIDIA H200 (139.8 GiB, cuda 12080)``."""
+    dev = env.get("device", {})
+    if dev.get("platform", "cpu") == "cpu":
+        return str(dev.get("kind"))
+    extra = [f"{dev['memory_gib']} GiB"] if dev.get("memory_gib") else []
+    extra += [" ".join(str(dev["platform_version"]).split())] if dev.get("platform_version") else []
+    detail = f" ({', '.join(extra)})" if extra else ""
+    return f"{dev.get('count', 1)} x {dev.get('kind')}{detail}"
+
+
 def env_lines(d: dict, backend: str) -> list[str]:
     """Machine, versions, precision, dates and load of one backend's runs."""
     env = _env(d)
@@ -98,7 +109,7 @@ def env_lines(d: dict, backend: str) -> list[str]:
     dates = sorted({d[n]["environment"]["date_utc"][:16] for n in BENCHMARKS if n in d})
     precision = md.get(env, "jax_config", "default_matmul_precision") or "default"
     return [
-        f"- **{backend}**: {md.get(env, 'device', 'kind')} ({m.get('cpu')}, "
+        f"- **{backend}**: {_device_line(env)} ({m.get('cpu')}, "
         f"{m.get('cpus_usable')} usable cores, {m.get('mem_total_gib')} GiB), {m.get('platform')}",
         f"- versions: python {v.get('python')}, jax {v.get('jax')}, jaxlib {v.get('jaxlib')}, "
         f"jaxcurv {v.get('jaxcurv')}, numpy {v.get('numpy')}, scipy {v.get('scipy')}, optax "
@@ -219,10 +230,15 @@ def write_report(target: Path, folders: Sequence[Path], *, draw: bool = True) ->
     return target
 
 
+def full_run_dirs(root: Path = common.DEFAULT_OUT) -> list[Path]:
+    """Every full-run results folder under ``root`` (``cpu``, ``gpu``, ...), CPU first."""
+    dirs = [d for d in Path(root).iterdir() if d.is_dir() and not d.name.endswith("-quick")]
+    return sorted(dirs, key=lambda d: (not d.name.startswith("cpu"), d.name))
+
+
 def main() -> None:
     """Rebuild the root ``BENCHMARKS.md`` from every full-run results folder."""
-    root = common.DEFAULT_OUT
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.endswith("-quick"))
+    dirs = full_run_dirs()
     print(f"wrote {write_report(common.ROOT / 'BENCHMARKS.md', dirs)}")
 
 

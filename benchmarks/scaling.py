@@ -1,11 +1,13 @@
 """How the cost of curvature products grows with width, depth and batch size (issue 6).
 
 For MLPs (tanh, softmax cross-entropy, float32) swept over width, depth and batch size,
-each as a ratio to one ``jax.grad`` in the same interleaved run: ``jaxcurv.hvp``,
-``hessian_operator`` and ``ggn_operator`` application, one ``jaxcurv.cg`` iteration on the
-GGN operator, and one Lanczos step (``jaxcurv.eigenvalues`` on the Hessian operator with a
-fixed number of steps, time divided by the steps; full reorthogonalization included).
-The matrix-multiply FLOP floors of each configuration are stored beside the ratios.
+each as a ratio to one ``jax.grad`` in the same interleaved run: ``jaxcurv.hvp`` (inside
+``jax.jit``), ``hessian_operator`` and ``ggn_operator`` application, one ``jaxcurv.cg``
+iteration on the GGN operator, and one Lanczos step (``jaxcurv.eigenvalues`` on the
+Hessian operator with a fixed number of steps, time divided by the steps; full
+reorthogonalization included). The matrix-multiply FLOP floors of each configuration are
+stored beside the ratios. The same programs over several devices and processes:
+:mod:`benchmarks.scaling_devices`.
 
     python -m benchmarks.scaling [--quick]
 """
@@ -47,51 +49,80 @@ DEFAULTS = {
         "lanczos_steps": 10,
         "damping": 1.0,
     },
+    # A GPU is busy only from larger sizes on: the sweeps reach further there.
+    "accelerator": {
+        "full": {
+            "widths": [256, 512, 1024, 2048, 4096],
+            "batches": [64, 256, 1024, 4096, 16384],
+            "base_batch": 1024,
+        },
+        "quick": {"widths": [512, 2048], "batches": [256, 4096], "base_batch": 1024},
+    },
 }
+
+
+def programs(s: dict, p, v, x, y) -> dict[str, tuple]:
+    """``name -> (jitted function, arguments)``: the gradient, products and CG step.
+
+    Shared with :mod:`benchmarks.scaling_devices`, which times the same programs with
+    ``p``, ``v`` and the batch ``(x, y)`` laid out over a mesh (XLA partitions them).
+    Compiled programs (not closures) so that their memory can be read from the
+    executable as well.
+    """
+    f, k = common.mlp_loss, s["cg_iters"]
+    hop = jaxcurv.hessian_operator(f, p, x, y)
+    gop = jaxcurv.ggn_operator(common.mlp_apply, common.softmax_xent, p, x=x, labels=y)
+    cg = jax.jit(lambda op, rhs: jaxcurv.cg(op, rhs, tol=0.0, maxiter=k, damping=s["damping"]))
+    return {
+        "jax.grad": (_GRAD, (p, x, y)),
+        "hvp": (_HVP, (p, v, x, y)),
+        "hessian_operator apply": (_APPLY, (hop, v)),
+        "ggn_operator apply": (_APPLY, (gop, v)),
+        "cg iteration (GGN)": (cg, (gop, tree_scale(gop.grad, -1.0))),
+    }
+
+
+# Module-level compiled functions: one compilation per shape and layout, across points.
+_GRAD = jax.jit(jax.grad(common.mlp_loss))
+_HVP = jax.jit(lambda q, w, a, b: jaxcurv.hvp(common.mlp_loss, q, w, a, b))
+_APPLY = jax.jit(lambda op, w: op.mv(w))
+
+
+def calls(progs: dict[str, tuple]) -> dict:
+    """Zero-argument callables of :func:`programs`, for :func:`common.interleaved`."""
+    return {name: (lambda fn=fn, args=args: fn(*args)) for name, (fn, args) in progs.items()}
+
+
+def check_programs(s: dict, checks: list[dict], res: dict, suffix: str = "") -> None:
+    """The products agree and CG ran all its steps (raises otherwise: nothing is timed)."""
+    common.check_close(
+        checks,
+        f"hessian_operator == hvp{suffix}",
+        res[f"hessian_operator apply{suffix}"],
+        res[f"hvp{suffix}"],
+        1e-3,
+    )
+    steps = int(res[f"cg iteration (GGN){suffix}"][1].num_steps)
+    if steps != s["cg_iters"]:
+        raise AssertionError(f"CG stopped after {steps} of {s['cg_iters']} steps; raise `damping`.")
 
 
 def point(s: dict, sizes, batch) -> dict:
     prob = common.mlp_problem(sizes, batch, seed=s["seed"])
-    f, p, v, x, y = common.mlp_loss, prob.params, prob.v, prob.x, prob.y
+    p, v, x, y = prob.params, prob.v, prob.x, prob.y
     k, m = s["cg_iters"], s["lanczos_steps"]
     print(f"sizes {'-'.join(map(str, sizes))}, batch {batch}, N = {prob.num_params:,}")
-
-    def model_fn(q):
-        return common.mlp_apply(q, x)
-
-    def loss_fn(o):
-        return common.softmax_xent(o, y)
-
-    grad = jax.jit(jax.grad(f))
-    hop = jaxcurv.hessian_operator(f, p, x, y)
-    gop = jaxcurv.ggn_operator(model_fn, loss_fn, p)
-    b = tree_scale(gop.grad, -1.0)
-    cg = jax.jit(lambda op, rhs: jaxcurv.cg(op, rhs, tol=0.0, maxiter=k, damping=s["damping"]))
+    cands = calls(programs(s, p, v, x, y))
+    hop = jaxcurv.hessian_operator(common.mlp_loss, p, x, y)
     key = jax.random.key(0)
-    cands = {
-        "jax.grad": lambda: grad(p, x, y),
-        "hvp": lambda: jaxcurv.hvp(f, p, v, x, y),
-        "hessian_operator apply": lambda: hop(v),
-        "ggn_operator apply": lambda: gop(v),
-        "cg iteration (GGN)": lambda: cg(gop, b),
-        "lanczos step (Hessian)": lambda: jaxcurv.eigenvalues(hop, 1, key=key, num_iters=m),
-    }
+    cands["lanczos step (Hessian)"] = lambda: jaxcurv.eigenvalues(hop, 1, key=key, maxiter=m)
     checks: list[dict] = []
-
-    def check(res):
-        common.check_close(
-            checks, "hessian_operator == hvp", res["hessian_operator apply"], res["hvp"], 1e-3
-        )
-        steps = int(res["cg iteration (GGN)"][1].num_steps)
-        if steps != k:
-            raise AssertionError(f"CG stopped after {steps} of {k} steps; raise `damping`.")
-
     t = common.interleaved(
         cands,
         repeats=s["repeats"],
         warmup=s["warmup"],
         per_call={"cg iteration (GGN)": k, "lanczos step (Hessian)": m},
-        check=check,
+        check=lambda res: check_programs(s, checks, res),
         log=None,
     )
     rows = common.ratio_rows(t, "jax.grad")

@@ -87,16 +87,32 @@ COMMON_DEFAULTS = {
 
 
 def resolve(
-    name: str, defaults: Mapping[str, Mapping[str, Any]], settings: Mapping[str, Any], quick: bool
+    name: str,
+    defaults: Mapping[str, Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    quick: bool,
+    backend: str = "cpu",
 ) -> dict[str, Any]:
     """A benchmark's settings: its defaults, then ``[bench.settings]``, then its own table.
 
     ``[bench.settings.<name>]`` applies to full runs and ``[bench.settings.<name>.quick]``
     to ``--quick`` runs; likewise ``repeats`` / ``warmup`` / ``seed`` at the top level and
-    under ``[bench.settings.quick]``.
+    under ``[bench.settings.quick]``. On a backend other than ``"cpu"`` the benchmark's
+    ``defaults["accelerator"][mode]``, where it has one, replaces some of its defaults
+    (problems sized for a GPU) before the tables apply.
+
+    >>> d = {"full": {"batch": 8}, "quick": {"batch": 2}, "accelerator": {"full": {"batch": 64}}}
+    >>> resolve("x", d, {}, False, "gpu")["batch"], resolve("x", d, {}, False)["batch"]
+    (64, 8)
     """
     mode = "quick" if quick else "full"
     out = {**COMMON_DEFAULTS[mode], **defaults[mode]}
+    if backend != "cpu":
+        sized = dict(defaults.get("accelerator", {}).get(mode, {}))
+        unknown = sorted(set(sized) - set(out))
+        if unknown:
+            raise ValueError(f"`{name}` accelerator defaults {unknown} are not settings of it.")
+        out.update(sized)
     top = {k: v for k, v in settings.items() if k in COMMON_DEFAULTS["full"]}
     if quick:
         top.update(

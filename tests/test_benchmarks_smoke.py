@@ -8,11 +8,15 @@ the issues state, and that results turn into a report.
 from __future__ import annotations
 
 import json
+import os
+import sys
+import time
 
 import jax.numpy as jnp
 import pytest
 
-from benchmarks import common, markdown, products, report
+from benchmarks import common, curvlinops_problems, markdown, products, report, run
+from benchmarks import scaling_devices as sd
 
 
 def test_flop_floors_of_the_reference_mlp():
@@ -57,6 +61,11 @@ def test_settings_layering_and_unknown_keys():
     assert q["repeats"] == 2
     with pytest.raises(ValueError, match="Unknown setting"):
         common.resolve("products", products.DEFAULTS, {"products": {"bacth": 8}}, quick=False)
+    # An accelerator gets the benchmark's "accelerator" defaults; the tables still win.
+    g = common.resolve("scaling_devices", sd.DEFAULTS, {}, quick=False, backend="gpu")
+    assert g["batch"] == sd.DEFAULTS["accelerator"]["full"]["batch"] != sd.DEFAULTS["full"]["batch"]
+    over = {"scaling_devices": {"batch": 8}}
+    assert common.resolve("scaling_devices", sd.DEFAULTS, over, False, "gpu")["batch"] == 8
 
 
 def test_tiny_products_run_to_report(tmp_path):
@@ -82,6 +91,71 @@ def test_tiny_products_run_to_report(tmp_path):
     assert doc["targets"][0]["met"] == (hvp["ratio"] <= 2.7)
     md = report.write_report(tmp_path / "BENCHMARKS.md", [out]).read_text()
     assert "## Summary" in md and "`hvp` / one `jax.grad`" in md
+
+
+def test_curvlinops_published_ratios_are_the_issues():
+    # Issue 16 quotes their MNIST-MLP figures on an RTX A6000: Hessian 1.06x, GGN 0.86x.
+    r = curvlinops_problems.published_ratios()
+    assert round(r["Hessian"]["compiled"], 2) == 1.06 and round(r["GGN"]["compiled"], 2) == 0.86
+
+
+def test_one_device_process_measures_and_sizes():
+    # The FSDP layout is left out: on one device it is the replicated one, twice the compiles.
+    s = {"sizes": [6, 8, 3], "batch": 4, "repeats": 1, "warmup": 0, "seed": 0}
+    doc = sd.measure({**s, "cg_iters": 2, "damping": 1.0}, num_devices=1, fsdp_too=False)
+    assert [c["name"] for c in doc["checks"]] == ["hessian_operator == hvp"]
+    assert set(doc["summaries"]) == {r["name"] for r in doc["rows"]} == set(sd.TIMED[:5])
+    # One device holds every parameter whatever the layout: 6*8 + 8 + 8*3 + 3 floats.
+    assert doc["param_bytes_per_device"] == {"replicated": 83 * 4, "fsdp": 83 * 4}
+    mem = doc["memory"]["replicated"]["hvp"]
+    assert mem["total_bytes"] == (
+        mem["argument_bytes"] + mem["output_bytes"] + mem["temp_bytes"] - mem["alias_bytes"]
+    )
+    assert mem["argument_bytes"] >= 2 * 83 * 4  # params and direction are arguments
+
+
+def test_relate_divides_by_one_device_and_checks_agreement():
+    def cfg(devices, grad_s, norm):
+        rows = [{"name": "jax.grad", "median_s": grad_s, "min_s": grad_s / 2}]
+        summ = {"hvp": {"norm": norm, "dot": 0.5}}
+        return {"devices": devices, "label": f"{devices}", "rows": rows, "summaries": summ}
+
+    one, two, bad = cfg(1, 0.01, 2.0), cfg(2, 0.03, 2.0 * (1 + 1e-5)), cfg(4, 0.02, 2.1)
+    one["w_norm"] = 1.0
+    checks = []
+    sd.relate([one, two, bad, {"label": "8", "error": "boom"}], checks)
+    assert two["vs_one_device"]["jax.grad"] == pytest.approx(3.0)
+    assert two["vs_one_device_min"]["jax.grad"] == pytest.approx(3.0)
+    # A relative change of 1e-5 is float32 reordering; 5% (2.1 vs 2.0) is a wrong result.
+    assert [(c["name"], c["ok"]) for c in checks] == [
+        ("2: hvp == 1 device", True),
+        ("4: hvp == 1 device", False),
+    ]
+    assert checks[1]["rel_err"] == pytest.approx(0.05)
+
+
+def test_forced_device_count_replaces_the_callers():
+    env = sd._env(4)
+    assert env["XLA_FLAGS"].split().count("--xla_force_host_platform_device_count=4") == 1
+    assert "device_count=8" not in env["XLA_FLAGS"]
+
+
+def test_a_silent_benchmark_is_stopped_at_its_limit(tmp_path):
+    cmd = [sys.executable, "-c", "import time; time.sleep(30)"]
+    t0 = time.monotonic()
+    status = run._stream(cmd, tmp_path / "x.log", 0.5, dict(os.environ))
+    assert status == "timed out after 0 s" or status.startswith("timed out")
+    assert time.monotonic() - t0 < 10
+    ok = run._stream(
+        [sys.executable, "-c", "print('hi')"], tmp_path / "y.log", 30, dict(os.environ)
+    )
+    assert ok == "ok" and (tmp_path / "y.log").read_text() == "hi\n"
+
+
+def test_results_folders_cpu_first_quick_runs_apart(tmp_path):
+    for name in ("gpu", "cpu-quick", "cpu", "tpu"):
+        (tmp_path / name).mkdir()
+    assert [d.name for d in report.full_run_dirs(tmp_path)] == ["cpu", "gpu", "tpu"]
 
 
 # ------------------------------------------------------------------ report assembly
@@ -261,11 +335,63 @@ def _optimizers():
     return {"settings": {"hf_grid": {"hf": {}}}, "autoencoders": [ae], "rosenbrock": rosen}
 
 
+def _curvlinops():
+    names = [n for pair in curvlinops_problems.PAIRS.values() for n in pair]
+    rows = [_timing(curvlinops_problems.BASELINE, 1.0)]
+    rows += [_timing(n, 2.0 + i, flop_floor=2.5) for i, n in enumerate(names)]
+    return {
+        "problem": {"sizes": [6, 8, 3], "batch": 4, "num_params": 83, "inputs": "uniform"},
+        "rows": rows,
+        "checks": [{"name": "a == b", "rel_err": 1e-7}],
+        "published": curvlinops_problems.PUBLISHED,
+        "published_ratios": curvlinops_problems.published_ratios(),
+    }
+
+
+def _scaling_devices():
+    def cfg(label, processes, per, ratio):
+        names = sd.TIMED
+        rows = [_timing(n, ratio) for n in names]
+        mem = {"total_bytes": 2**20 * per}
+        return {
+            "label": label,
+            "processes": processes,
+            "devices_per_process": per,
+            "load_avg_before": [3.0],
+            "rows": rows,
+            "vs_one_device": {n: ratio for n in names},
+            "vs_one_device_min": {n: ratio * 0.9 for n in names},
+            "memory": {lay: {n: mem for n in sd.FSDP} for lay in ("replicated", "fsdp")},
+            "param_bytes_per_device": {"replicated": 2**20, "fsdp": 2**20 // per},
+            "checks": [{"name": f"{label}: x", "rel_err": 1e-6, "rtol": 1e-4, "ok": True}],
+        }
+
+    configs = [cfg("1 device(s)", 1, 1, 1.0), cfg("2 device(s)", 1, 2, 1.5)]
+    configs += [
+        cfg("2 x 1", 2, 1, 1.7),
+        {
+            "label": "8 device(s)",
+            "processes": 1,
+            "devices_per_process": 8,
+            "error": "exit [1]: boom",
+        },
+    ]
+    return {
+        "environment": {**ENV, "backend": "cpu"},
+        "problem": {"sizes": [6, 8, 3], "batch": 4},
+        "configs": configs,
+        "checks": [],
+        "memory_method": sd.MEMORY_METHOD,
+    }
+
+
 SYNTHETIC = {
     "products": _products,
     "krylov": _krylov,
     "peers": _peers,
+    "curvlinops_problems": _curvlinops,
     "scaling": _scaling,
+    "scaling_devices": _scaling_devices,
     "memory": _memory,
     "optimizers": _optimizers,
 }
@@ -308,7 +434,15 @@ def test_report_from_synthetic_results(tmp_path):
     assert "| `hvp` / one `jax.grad` | <= 2.7x | 3.00x (floor 2.80x) (**missed**) |" in text
     assert "| dense `hessian` time / `jax.hessian` (N = 10) | <= 1.2x | 0.80x (met) |" in text
     assert "| jax.grad | error | exit 1: boom |  |  |" in text
-    plots = ["scaling", "memory", "optimizers_autoencoder_0", "optimizers_rosenbrock"]
+    # Beside jaxcurv's ratios, curvlinops' published ones, labelled as other hardware.
+    assert "| Hessian-vector product | 1.06x compiled, 5.34x eager | `jaxcurv.hvp` (like" in text
+    assert "**Published figures, other hardware**" in text
+    # Ratios to one device (medians, minima), the 2-core caveat, a failed configuration.
+    assert "| 2 device(s) | 3.0 | 15.0 | 1.50x (1.35x) |" in text
+    assert "**This machine has 2 usable cores**" in text
+    assert "| 8 device(s) | n/a | exit [1]: boom |" in text
+    plots = ["scaling", "scaling_devices", "memory", "optimizers_autoencoder_0"]
+    plots += ["optimizers_rosenbrock"]
     for name in plots:
         assert (tmp_path / "cpu" / f"{name}.png").stat().st_size > 0
         assert f"(cpu/{name}.png)" in text
@@ -348,8 +482,12 @@ def test_report_from_committed_results(tmp_path):
     for c in checked:
         assert c.value == pytest.approx(stored[c.name]["value"], rel=1e-12), c.name
         assert c.met == stored[c.name]["met"], c.name
-    out = report.write_report(tmp_path / "BENCHMARKS.md", [RESULTS], draw=False).read_text()
-    # The committed report is the one these results and this code produce.
-    link = markdown.relpath(RESULTS, tmp_path)
+    # The committed report is the one these results (every backend's) and this code produce.
+    dirs = report.full_run_dirs(common.DEFAULT_OUT)
+    out = report.write_report(tmp_path / "BENCHMARKS.md", dirs, draw=False).read_text()
+    for folder in dirs:
+        link = markdown.relpath(folder, tmp_path)
+        out = out.replace(f"]({link}/", f"](benchmarks/results/{folder.name}/")
+        out = out.replace(f"`{link}/`", f"`benchmarks/results/{folder.name}/`")
     committed = (common.ROOT / "BENCHMARKS.md").read_text()
-    assert out.replace(f"]({link}/", "](benchmarks/results/cpu/") == committed
+    assert out == committed
