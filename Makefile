@@ -18,8 +18,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check jaxcurv tests benchmarks
 	$(PY) -m pytest -q -n 2 -m "not multidevice" --durations=15
-	$(PY) -m pytest -q --doctest-modules jaxcurv
-	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -m multidevice
+	$(PY) -m pytest -q -n 2 --doctest-modules jaxcurv
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(PY) -m pytest -q -n 2 -m multidevice --durations=5
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check jaxcurv tests benchmarks

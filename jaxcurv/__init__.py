@@ -17,6 +17,7 @@ from jaxcurv.critical_points import CriticalPoint as CriticalPoint
 from jaxcurv.critical_points import classify_critical_point as classify_critical_point
 from jaxcurv.density import SpectralDensity as SpectralDensity
 from jaxcurv.density import spectral_density as spectral_density
+from jaxcurv.density import trace_function as trace_function
 from jaxcurv.derivatives import Description as Description
 from jaxcurv.derivatives import derivative as derivative
 from jaxcurv.derivatives import derivative_table as derivative_table
@@ -26,6 +27,8 @@ from jaxcurv.derivatives import hessian as hessian
 from jaxcurv.derivatives import jacobian as jacobian
 from jaxcurv.determinism import DeterminismReport as DeterminismReport
 from jaxcurv.determinism import check_determinism as check_determinism
+from jaxcurv.directions import linear_interpolation as linear_interpolation
+from jaxcurv.directions import random_direction as random_direction
 from jaxcurv.eigensolvers import EigenResult as EigenResult
 from jaxcurv.eigensolvers import PowerIterationResult as PowerIterationResult
 from jaxcurv.eigensolvers import eigenvalues as eigenvalues
@@ -34,10 +37,14 @@ from jaxcurv.fisher import FisherOperator as FisherOperator
 from jaxcurv.fisher import fisher_operator as fisher_operator
 from jaxcurv.hessian_free import HessianFreeState as HessianFreeState
 from jaxcurv.hessian_free import hessian_free as hessian_free
+from jaxcurv.kfac import KFACLayer as KFACLayer
+from jaxcurv.kfac import KFACPreconditioner as KFACPreconditioner
+from jaxcurv.kfac import kfac_preconditioner as kfac_preconditioner
 from jaxcurv.landscape import Landscape as Landscape
 from jaxcurv.landscape import LossSlices as LossSlices
 from jaxcurv.landscape import analyze_landscape as analyze_landscape
 from jaxcurv.landscape import loss_slices as loss_slices
+from jaxcurv.losses import softmax_cross_entropy as softmax_cross_entropy
 from jaxcurv.micro_batch import MicroBatchOperator as MicroBatchOperator
 from jaxcurv.model_and_loss import ModelAndLoss as ModelAndLoss
 from jaxcurv.products import CurvatureOperator as CurvatureOperator
@@ -49,6 +56,7 @@ from jaxcurv.products import hessian_operator as hessian_operator
 from jaxcurv.products import hvp as hvp
 from jaxcurv.streaming import StreamingOperator as StreamingOperator
 from jaxcurv.streaming import streaming_operator as streaming_operator
+from jaxcurv.trace_estimators import DiagonalEstimate as DiagonalEstimate
 from jaxcurv.trace_estimators import TraceEstimate as TraceEstimate
 from jaxcurv.trace_estimators import hutchinson_diagonal as hutchinson_diagonal
 from jaxcurv.trace_estimators import hutchinson_trace as hutchinson_trace
@@ -64,11 +72,14 @@ __all__ = [
     "CurvatureOperator",
     "Description",
     "DeterminismReport",
+    "DiagonalEstimate",
     "EigenResult",
     "FisherOperator",
     "GaussNewtonOperator",
     "HessianFreeState",
     "HessianOperator",
+    "KFACLayer",
+    "KFACPreconditioner",
     "Landscape",
     "LossSlices",
     "MicroBatchOperator",
@@ -99,8 +110,13 @@ __all__ = [
     "hutchinson_trace",
     "hvp",
     "jacobian",
+    "kfac_preconditioner",
+    "linear_interpolation",
     "loss_slices",
     "power_iteration",
+    "random_direction",
+    "softmax_cross_entropy",
     "spectral_density",
     "streaming_operator",
+    "trace_function",
 ]

@@ -45,6 +45,7 @@ __all__ = [
     "check_real_inputs",
     "check_value",
     "common_leading_size",
+    "deprecated_keywords",
     "describe_value",
     "is_array",
     "is_real_scalar",
@@ -547,3 +548,39 @@ def renamed_keyword(
         stacklevel=3,
     )
     return old_value
+
+
+def deprecated_keywords(**renames: str) -> Callable[[Callable], Callable]:
+    """Mark keyword parameters of the decorated function as deprecated spellings.
+
+    ``@deprecated_keywords(num_iters="maxiter")`` records ``{"num_iters": "maxiter"}`` as
+    ``fn.__deprecated_keywords__`` and returns ``fn`` itself (no wrapper, so the signature
+    and the compiled code are untouched). The function keeps each old name in its
+    signature, keyword-only with default ``None``, and resolves it with
+    :func:`renamed_keyword`; the mark is how ``tests/test_conventions.py`` tells a
+    deprecated keyword from a current one. A mark that does not match the signature is a
+    ``TypeError`` at import time.
+
+    >>> @deprecated_keywords(num_iters="maxiter")
+    ... def f(*, maxiter=None, num_iters=None):
+    ...     return renamed_keyword("f", "num_iters", num_iters, "maxiter", maxiter)
+    >>> f.__deprecated_keywords__, f(maxiter=3)
+    ({'num_iters': 'maxiter'}, 3)
+    """
+    import inspect  # only at import time of the marked modules
+
+    def mark(fn: Callable) -> Callable:
+        params = inspect.signature(fn).parameters
+        for old, new in renames.items():
+            p = params.get(old)
+            if p is None or p.kind is not p.KEYWORD_ONLY or p.default is not None:
+                raise TypeError(
+                    f"`{fn.__qualname__}`: a deprecated keyword `{old}` must be a keyword-only "
+                    "parameter with default None."
+                )
+            if new not in params:
+                raise TypeError(f"`{fn.__qualname__}` has no parameter `{new}` to rename to.")
+        fn.__deprecated_keywords__ = {**getattr(fn, "__deprecated_keywords__", {}), **renames}
+        return fn
+
+    return mark

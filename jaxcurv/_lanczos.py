@@ -22,7 +22,6 @@ from jaxcurv.tree import (
     tree_check_like,
     tree_norm,
     tree_scale,
-    tree_size,
     tree_sub,
     tree_vdot,
     tree_where,
@@ -75,29 +74,72 @@ def _orthogonalize(V: PyTree, w: PyTree) -> PyTree:
     return jax.lax.fori_loop(0, 2, lambda _, u: tree_sub(u, _basis_combine(_basis_dot(V, u), V)), w)
 
 
-def _unflatten_like(flat: jax.Array, like: PyTree) -> PyTree:
-    """Split a flat vector into a pytree with ``like``'s structure, shapes and dtypes."""
-    leaves, treedef = jax.tree.flatten(like)
-    out, start = [], 0
-    for leaf in leaves:
-        size = math.prod(jnp.shape(leaf))
-        out.append(flat[start : start + size].reshape(jnp.shape(leaf)).astype(leaf.dtype))
-        start += size
-    return jax.tree.unflatten(treedef, out)
+def _leaf_index(shape: tuple[int, ...], offset: int = 0) -> jax.Array:
+    """uint32 row-major index of every entry of an array of ``shape``, plus ``offset``.
 
-
-def _random_like(key: jax.Array, like: PyTree, kind: str = "normal") -> tuple[PyTree, jax.Array]:
-    """A random pytree like ``like`` and the flat vector it was cut from.
-
-    One draw for the whole tree rather than one per leaf: the random-number generator is
-    the most expensive part of these loops to compile, and one instance compiles once.
+    Built from per-dimension iotas, so a sharded leaf computes its own entries' indices.
     """
-    n, dtype = tree_size(like), _real_dtype(like)
-    if kind == "normal":
-        flat = jax.random.normal(key, (n,), dtype)
-    else:
-        flat = jax.random.rademacher(key, (n,), dtype)
-    return _unflatten_like(flat, like), flat
+    idx = jnp.full(shape, offset, jnp.uint32)
+    stride = 1
+    for d in reversed(range(len(shape))):
+        idx = idx + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride)
+        stride *= shape[d]
+    return idx
+
+
+def _mix32(h: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finalizer: a bijection in which every output bit depends on
+    every input bit."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _random_like(key: jax.Array, like: PyTree, kind: str = "normal") -> tuple[PyTree, PyTree]:
+    """A random pytree like ``like``, and the seed its fresh directions come from (itself).
+
+    Entry by entry where each leaf lives: one threefry draw gives two 32-bit seeds per leaf
+    and each entry is a hash of its index within the leaf and those seeds (Rademacher from
+    the top bit, normal by the inverse CDF of 24 bits). So parameters sharded FSDP-style
+    are never gathered into one vector as long as all of them (a flat draw cut into leaves
+    was), and compiling stays cheap: one threefry per tree, where one per leaf took ~10x
+    longer to compile than the whole flat draw on a 50-leaf tree.
+    """
+    leaves, treedef = jax.tree.flatten(like)
+    dtype = _real_dtype(like)
+    seeds = jax.random.bits(key, (max(len(leaves), 1), 2), jnp.uint32)
+    out = []
+    for i, leaf in enumerate(leaves):
+        h = _mix32(_mix32(_leaf_index(jnp.shape(leaf)) ^ seeds[i, 0]) + seeds[i, 1])
+        if kind == "normal":
+            u = ((h >> 8).astype(dtype) + 0.5) * (2.0**-24)  # in (0, 1), never 0 or 1
+            z = math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0)
+        else:
+            z = jnp.where((h >> 31) == 1, 1.0, -1.0).astype(dtype)
+        out.append(z.astype(leaf.dtype))
+    tree = jax.tree.unflatten(treedef, out)
+    return tree, tree
+
+
+def _fresh_direction(seed: PyTree, step: jax.Array) -> PyTree:
+    """A new direction for step ``step``, entry by entry: ``seed`` times a hashed uniform.
+
+    Each entry is ``seed[e] * (u(e, step) - 1/2)`` with ``u`` a hash of the entry's global
+    index and the step, so directions of different steps are independent pseudo-random
+    vectors (linearly independent of any basis almost surely). Elementwise on iotas of
+    each leaf's shape: no random-number generator compiled into the loop body, and nothing
+    gathered across the devices a sharded leaf lives on.
+    """
+    salt = jnp.asarray(step).astype(jnp.uint32) * jnp.uint32(0x9E3779B9)
+    out, offset = [], 0
+    for leaf in jax.tree.leaves(seed):
+        h = _mix32(_mix32(_leaf_index(jnp.shape(leaf), offset) ^ salt) + salt)
+        u = (h >> 8).astype(leaf.dtype) * (2.0**-24) - 0.5
+        out.append(leaf * u)
+        offset += math.prod(jnp.shape(leaf))
+    return jax.tree.unflatten(jax.tree.structure(seed), out)
 
 
 def _normalize(v: PyTree) -> tuple[PyTree, jax.Array]:
@@ -135,7 +177,7 @@ def _masked_pass(V: PyTree, mask: jax.Array, u: PyTree) -> tuple[PyTree, jax.Arr
     return tree_sub(u, _basis_combine(h, V)), h
 
 
-def _extend(matvec, V, T, j0, anorm, seed, shift, like):
+def _extend(matvec, V, T, j0, anorm, seed, shift):
     """Lanczos steps ``j0, ..., m - 1`` that extend the orthonormal rows ``V[:j0 + 1]``.
 
     ``V`` has ``m + 1`` rows and ``T`` is ``m x m``: on entry ``T[:j0, :j0 + 1]`` holds the
@@ -159,10 +201,10 @@ def _extend(matvec, V, T, j0, anorm, seed, shift, like):
     step takes instead a fresh direction orthogonal to the basis and records ``beta = 0``:
     ``T`` becomes block diagonal and its eigenvalues stay genuine eigenvalues of ``A`` --
     repeated ones appear with their true multiplicity instead of being lost or duplicated.
-    The fresh directions are cyclic shifts of the flat random vector ``seed`` (shift
-    ``shift + j + 1`` at step ``j``): the shifts of a random vector are linearly
-    independent almost surely (a random circulant matrix is invertible), and shifting
-    avoids compiling a random-number generator into the loop body.
+    The fresh direction of step ``j`` is ``_fresh_direction(seed, shift + j + 1)``, the
+    random pytree ``seed`` times an elementwise hash of the entry and the step: independent
+    of the basis almost surely, with no random-number generator in the loop body and no
+    flat vector (a sharded leaf stays where it lives).
 
     Returns ``(V, T, anorm, beta, fresh)``: ``beta`` as computed at the last step (it
     bounds the Ritz residuals even when a fresh direction replaced it) and whether ``V[m]``
@@ -188,7 +230,7 @@ def _extend(matvec, V, T, j0, anorm, seed, shift, like):
             _basis_get(V, jp),
         )
         mask = (rows <= j).astype(dtype)
-        fresh = _unflatten_like(jnp.roll(seed, shift + j + 1), like)
+        fresh = _fresh_direction(seed, shift + j + 1)
 
         # One pass per trip; `phase` 0 works on `A v`, phase 1 (after a breakdown) on the
         # fresh direction, which always gets two passes. One loop, one compiled pass.
@@ -245,7 +287,7 @@ def _lanczos(matvec: Callable, v0: PyTree, m: int, seed: jax.Array):
     V = jax.tree.map(lambda x: jnp.zeros((m + 1, *jnp.shape(x)), x.dtype).at[0].set(x), v0)
     T = jnp.zeros((m, m), dtype)
     zero = jnp.zeros((), dtype)
-    V, T, _, beta, _ = _extend(matvec, V, T, 0, zero, seed, 0, v0)
+    V, T, _, beta, _ = _extend(matvec, V, T, 0, zero, seed, 0)
     betas = jnp.concatenate([jnp.diagonal(T, 1), beta[None]])
     return jnp.diagonal(T), betas, jax.tree.map(lambda Vl: Vl[:m], V)
 
@@ -331,6 +373,10 @@ def _thick_restart(matvec, v0, seed, *, m, want, tol, max_matvecs, single):
     dtype = _real_dtype(v0)
     eps23 = float(np.finfo(np.dtype(dtype)).eps) ** (2.0 / 3.0)
     nw = want[0] + want[1]
+    # A basis no larger than the wanted pairs leaves no room to grow after a restart: the
+    # next cycle would take no step, see no residual (beta = 0) and call wrong Ritz values
+    # converged. One cycle is all such a basis can do.
+    single = single or m <= nw
     cand, rank, end = _candidates(m, want)
     # The wanted pairs, ascending, among the candidates.
     out = np.concatenate([np.arange(want[0]), np.arange(nw - 1, want[0] - 1, -1)]).astype(int)
@@ -344,7 +390,7 @@ def _thick_restart(matvec, v0, seed, *, m, want, tol, max_matvecs, single):
 
     def cycle(c):
         V, T, j0, nmv, cycles, anorm = c[:6]
-        V, T, anorm, beta, fresh = _extend(matvec, V, T, j0, anorm, seed, nmv, v0)
+        V, T, anorm, beta, fresh = _extend(matvec, V, T, j0, anorm, seed, nmv)
         nmv = nmv + (m - j0)
         theta, S = jnp.linalg.eigh(T)
         floor = eps23 * jnp.max(jnp.abs(theta))
@@ -398,3 +444,12 @@ def _all_finite(*arrays: jax.Array) -> jax.Array:
 
 def _probe_keys(key: jax.Array, num: int) -> jax.Array:
     return jax.random.split(key, num)
+
+
+def _mean_and_stderr(samples: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The mean of i.i.d. samples and its standard error (``inf`` below two samples)."""
+    num = samples.shape[0]
+    mean = jnp.mean(samples)
+    if num < 2:
+        return mean, jnp.full((), jnp.inf, samples.dtype)
+    return mean, jnp.std(samples, ddof=1) / math.sqrt(num)

@@ -38,7 +38,7 @@ from jaxcurv._checks import check_callable, check_int, check_key
 from jaxcurv._compile import compiled_call
 from jaxcurv._lanczos import _probe_keys, _random_like
 from jaxcurv.eigensolvers import EigenResult, eigenvalues
-from jaxcurv.products import CurvatureOperator
+from jaxcurv.operators import CurvatureOperator
 from jaxcurv.selection import selection
 from jaxcurv.trace_estimators import TraceEstimate
 from jaxcurv.tree import tree_size

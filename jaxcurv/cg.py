@@ -25,28 +25,25 @@ Differences from ``jax.scipy.sparse.linalg.cg`` (same argument names and toleran
 
 from __future__ import annotations
 
-import enum
-import fractions
-import functools
-import math
-import operator
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcurv._compile import compiled_call
+from jaxcurv._cg_loop import _coarsest_eps, _implicit_solve, _like, _Problem, _run
+from jaxcurv._checks import check_int
+from jaxcurv._compile import compiled_call, is_traced
 from jaxcurv._precision import _has_low_precision, _is_low_precision, _scaled_product, _to_working
 from jaxcurv._symmetry import check_symmetric_matrix
+from jaxcurv.cg_status import CGInfo, CGStatus, cg_record_steps, cg_status_message
 from jaxcurv.products import CurvatureOperator, as_matvec
 from jaxcurv.tree import (
     tree_all_finite,
     tree_axpy,
     tree_check_like,
     tree_size,
-    tree_vdot,
     tree_where,
     tree_zeros_like,
 )
@@ -67,126 +64,6 @@ _SYMMETRIC_FIX = (
     "pass its symmetric part `(A + A.T) / 2`; for a non-symmetric system use "
     "`jnp.linalg.solve` or `jax.scipy.sparse.linalg.gmres`."
 )
-# Internal "still iterating" status; never returned.
-_RUNNING = -1
-
-
-class _Message:
-    """``CGStatus.X.message`` is X's text; ``CGStatus.message(code)`` looks a code up."""
-
-    def __get__(self, member, owner=None):
-        if member is None:
-            return cg_status_message
-        return _MESSAGES[member]
-
-
-class CGStatus(enum.IntEnum):
-    """Why :func:`cg` stopped.
-
-    ``CGStatus.NONFINITE.message``, ``CGStatus.message(3)`` and ``info.message`` say what
-    happened and what to try.
-    """
-
-    CONVERGED = 0
-    MAX_STEPS = 1
-    NEGATIVE_CURVATURE = 2
-    NONFINITE = 3
-    PROGRESS_STALLED = 4
-
-    message = _Message()
-
-
-_MESSAGES = {
-    CGStatus.CONVERGED: (
-        "CG converged: the residual norm fell to max(tol * ||b||, atol) or below."
-    ),
-    CGStatus.MAX_STEPS: (
-        "CG stopped after `maxiter` steps before reaching the tolerance. Try a larger "
-        "`maxiter`, a preconditioner `M` (e.g. the inverse diagonal), more `damping`, or a "
-        "looser `tol`/`atol`."
-    ),
-    CGStatus.NEGATIVE_CURVATURE: (
-        "CG met a direction p with p^T (A + damping I) p <= 0 (numerically), so the matrix "
-        "is not positive definite there; it returned the last iterate before that "
-        "direction (x0 + M r0 if it happened at the first step, a descent direction of the "
-        "quadratic model). For a Hessian, raise `damping` or use the positive semi-definite "
-        "Gauss-Newton matrix (`jaxcurv.ggn_operator`)."
-    ),
-    CGStatus.NONFINITE: (
-        "CG met a NaN or inf (in a product, a step or the preconditioner) and returned the "
-        "last finite iterate. Check `A`, `b` and `M` for non-finite values, rescale the "
-        "problem, add `damping`, or compute in float64."
-    ),
-    CGStatus.PROGRESS_STALLED: (
-        "CG stopped by Martens' relative-progress rule: over the last k steps the quadratic "
-        "model improved by less than a fraction k * martens_eps of its value. This is the "
-        "intended exit inside Hessian-free optimization; lower `martens_eps` to run longer."
-    ),
-}
-
-
-def cg_status_message(status: Any) -> str:
-    """The message of a status code (an int, a ``CGStatus`` or a concrete scalar array).
-
-    Host-side only: under ``jax.jit`` the status is a tracer; return it and read the
-    message outside.
-    """
-    if isinstance(status, jax.core.Tracer):
-        raise TypeError(
-            "`cg_status_message(status)` needs a concrete status, got a tracer; return "
-            "`info` from the jitted function and read `info.message` outside it."
-        )
-    arr = np.asarray(status)
-    if arr.shape != ():
-        raise ValueError(
-            f"`cg_status_message(status)` takes one status, got shape {arr.shape}; for a "
-            "batch use `[cg_status_message(s) for s in np.ravel(info.status)]`."
-        )
-    try:
-        return CGStatus(int(arr)).message
-    except ValueError:
-        raise ValueError(
-            f"`cg_status_message(status)` got {int(arr)}, which is not a CGStatus value "
-            f"({', '.join(f'{s.name}={int(s)}' for s in CGStatus)})."
-        ) from None
-
-
-class CGInfo(NamedTuple):
-    """Diagnostics of a :func:`cg` solve. Scalars are 0-d arrays (batched under vmap)."""
-
-    num_steps: jax.Array  # int32 (): CG updates applied to reach the returned x
-    residual_norm: jax.Array  # (): ||b - (A + damping I) x|| (recurrence residual)
-    status: jax.Array  # int32 (): a CGStatus value
-    quadratic_value: jax.Array  # (): phi(x) = x^T (A + damping I) x / 2 - b^T x
-    curvature: jax.Array  # (): p^T (A + damping I) p of the last direction; 0 if none
-    iterates: PyTree | None = None  # record_iterates: leaves stacked (R, *leaf.shape)
-    iterate_steps: jax.Array | None = None  # int32 (R,): step of each slot, -1 = empty
-    iterate_values: jax.Array | None = None  # (R,): quadratic model phi at each slot's iterate
-
-    @property
-    def converged(self) -> jax.Array:
-        """Boolean array: the residual tolerance was met."""
-        return self.status == CGStatus.CONVERGED
-
-    @property
-    def message(self) -> str:
-        """What happened and what to try (host-side; see :func:`cg_status_message`)."""
-        return cg_status_message(self.status)
-
-
-def cg_record_steps(maxiter: int) -> tuple[int, ...]:
-    """The steps ``ceil(5 * 1.3**j) <= maxiter`` whose iterates ``record_iterates`` keeps.
-
-    Computed in exact rational arithmetic (no float rounding at the ceiling). The iterate
-    buffer has one more slot, for the returned iterate.
-    """
-    steps, j = [], 0
-    while True:
-        s = math.ceil(fractions.Fraction(5) * fractions.Fraction(13, 10) ** j)
-        if s > maxiter:
-            return tuple(steps)
-        steps.append(s)
-        j += 1
 
 
 def _is_concrete(v: Any) -> bool:
@@ -198,17 +75,14 @@ def _check_args(tol, atol, maxiter, stop_rule, martens_eps, size) -> int:
         raise ValueError(f"`cg(stop_rule=...)` must be one of {_STOP_RULES}, got {stop_rule!r}.")
     if maxiter is None:
         maxiter = 10 * max(size, 1)
-    if isinstance(maxiter, bool):
-        raise TypeError(f"`cg(maxiter=...)` must be a positive int, got {maxiter!r}.")
-    try:
-        maxiter = operator.index(maxiter)
-    except TypeError:
-        raise TypeError(
-            f"`cg(maxiter=...)` must be a positive Python int (it sizes the loop's "
-            f"buffers, so it is static), got {type(maxiter).__name__}: {maxiter!r}."
-        ) from None
-    if maxiter <= 0:
-        raise ValueError(f"`cg(maxiter=...)` must be positive, got {maxiter}.")
+    maxiter = check_int(
+        "cg(maxiter=...)",
+        maxiter,
+        minimum=1,
+        requirement="positive",
+        fix="`maxiter` must be a positive Python int: it sizes the loop's buffers, so it is "
+        "static.",
+    )
     for name, value in (("tol", tol), ("atol", atol)):
         if _is_concrete(value) and not np.all(np.asarray(value) >= 0):
             raise ValueError(
@@ -237,22 +111,6 @@ def _check_floating(b: PyTree) -> None:
             )
 
 
-def _like(tree: PyTree, like: PyTree) -> PyTree:
-    """Cast ``tree``'s leaves to ``like``'s dtypes so the loop carry keeps its types."""
-    return jax.tree.map(lambda t, lk: jnp.asarray(t).astype(jnp.result_type(lk)), tree, like)
-
-
-def _coarsest_eps(*trees: PyTree) -> float:
-    """The largest machine epsilon among the leaves' dtypes (their real parts)."""
-    return max(
-        float(jnp.finfo(jnp.result_type(leaf)).eps) for t in trees for leaf in jax.tree.leaves(t)
-    )
-
-
-def _vdot_real(a: PyTree, b: PyTree) -> jax.Array:
-    return jnp.real(tree_vdot(a, b))
-
-
 def _preconditioner(M: Any, b: PyTree) -> tuple[Callable[[PyTree], PyTree] | None, bool]:
     """``(r -> M r, dense)``: a dense ``M`` is cast to at least float32 (exactly)."""
     if M is None:
@@ -275,23 +133,6 @@ def _preconditioner(M: Any, b: PyTree) -> tuple[Callable[[PyTree], PyTree] | Non
         f"`cg(M=...)` must be None, a callable `r -> M r` or a square matrix, got "
         f"{type(M).__name__}."
     )
-
-
-class _State(NamedTuple):
-    i: jax.Array  # int32: CG updates applied so far
-    x: PyTree
-    r: PyTree  # recurrence residual b - (A + damping I) x
-    p: PyTree  # search direction
-    rz: jax.Array  # r^T M r
-    rr: jax.Array  # r^T r
-    pmp: jax.Array  # p^T M^{-1} p (p^T p without a preconditioner)
-    status: jax.Array  # int32, _RUNNING while iterating
-    curvature: jax.Array
-    max_rayleigh: jax.Array  # largest p^T A p / p^T M^{-1} p seen
-    phi: jax.Array  # quadratic model at x
-    phi_hist: jax.Array | None  # ring buffer of past phi (martens rule only)
-    rec: PyTree | None  # recorded iterates (record_iterates only)
-    rec_phi: jax.Array | None  # phi at the recorded iterates (record_iterates only)
 
 
 def cg(
@@ -351,6 +192,19 @@ def cg(
     products: with a float16 operator expect a relative error of about ``cond(A)`` times
     float16's ``eps``, whatever ``tol``.
 
+    Differentiable: ``jax.grad``, ``jax.jvp`` and ``jax.vmap`` of them see the derivative
+    of the exact solution, :math:`dx = (A + \lambda I)^{-1} (db - dA\, x - d\lambda\,
+    x)`, by implicit differentiation (``jax.lax.custom_linear_solve``), with respect to
+    ``b``, ``damping`` and whatever ``A`` holds or closes over (a dense matrix, ``lambda v:
+    A(theta) @ v``, an operator built from parameters). Reverse mode solves the cotangent
+    system by CG with the same ``A``, ``damping``, ``M``, ``tol``, ``atol`` and ``maxiter``,
+    from zero and without Martens' rule; forward mode solves each tangent by this same
+    call. ``x0``, ``M`` and ``info`` (``iterates`` included) carry no derivative. It is the
+    derivative of the solution only where ``info.converged`` on a positive-definite system;
+    a truncated or negative-curvature exit gets the exact solution's formula at its ``x``,
+    and the cotangent solve's own diagnostics are not reported. A top-level call on
+    concrete values, where nothing can be differentiated, runs the plain loop.
+
     Args:
       A: a ``CurvatureOperator`` (``jaxcurv.hessian_operator`` / ``ggn_operator``), a
         dense symmetric ``(n, n)`` matrix (then ``b`` is a vector of shape ``(n,)``), or a
@@ -373,7 +227,9 @@ def cg(
       martens_eps: :math:`\epsilon` of the Martens rule.
 
     Returns:
-      ``(x, info)``: ``x`` a pytree like ``b``; ``info`` a :class:`CGInfo`. With
+      ``(x, info)``: ``x`` a pytree like ``b``; ``info`` a :class:`CGInfo`, with
+      ``info.num_matvecs`` the products with ``A`` spent (one per step, plus one for
+      ``b - A x0`` when ``x0`` is given). With
       ``record_iterates=True``, ``info.iterates`` stacks ``R = len(cg_record_steps(maxiter))
       + 1`` iterates per leaf (shape ``(R, *leaf.shape)``; the last slot is the returned
       ``x``), ``info.iterate_steps`` gives each slot's step, ``-1`` for slots past the
@@ -414,10 +270,32 @@ def cg(
         record_iterates=record_iterates,
         martens_eps=martens_eps,
     )
+    # Implicit differentiation only where a derivative can be asked for: a traced value
+    # among the arguments or in what A or M close over. A top-level call on concrete
+    # values runs the plain loop, whose jaxpr (the compile cache's key) is 4x shorter.
+    options["differentiable"] = (
+        is_traced((b, x0, tol, atol, damping, martens_eps))
+        or _closes_over_tracers(A, b)
+        or _closes_over_tracers(M, b)
+    )
     # `A` and `M` are closed over: their concrete arrays become hoisted constants, so
     # checks that need values (symmetry) still see them and no closure keys the cache.
     # `b` and `x0` are arguments, so under the user's jit the call is inlined at once.
     return compiled_call(lambda b, x0: _cg_impl(A, b, x0, M=M, **options), b, x0)
+
+
+def _closes_over_tracers(f: Any, b: PyTree) -> bool:
+    """Whether the operator or preconditioner ``f`` holds or reads a traced value."""
+    if f is None or isinstance(f, np.ndarray):
+        return False
+    if isinstance(f, jax.Array):
+        return is_traced(f)
+    if isinstance(f, CurvatureOperator):
+        f, b = f.mv, f.x
+    try:
+        return is_traced(jax.make_jaxpr(f)(b).consts)
+    except Exception:  # a wrong `A` or `M`: `_cg_impl` says what is wrong with it
+        return False
 
 
 def _cg_impl(
@@ -425,6 +303,7 @@ def _cg_impl(
     b: PyTree,
     x0: PyTree | None = None,
     *,
+    differentiable: bool = True,
     tol: jax.typing.ArrayLike = 1e-5,
     atol: jax.typing.ArrayLike = 0.0,
     maxiter: int | None = None,
@@ -499,14 +378,15 @@ def _cg_impl(
         # A non-finite start is reported, and zeros are returned in its place.
         x0 = tree_where(x_finite, x0, tree_zeros_like(bw))
 
-    bb = _vdot_real(bw, bw)
     rec_steps = np.asarray(cg_record_steps(maxiter), np.int32)
     problem = _Problem(
         apply_a=apply_a,
         apply_m=apply_m,
         preconditioned=precond is not None,
         out_like=b if low else None,
-        thresh2=jnp.maximum(jnp.asarray(tol, real) ** 2 * bb, jnp.asarray(atol, real) ** 2),
+        tol2=jnp.asarray(tol, real) ** 2,
+        atol2=jnp.asarray(atol, real) ** 2,
+        thresh2=None,
         # Curvature below the rounding of the products is noise: the coarsest precision of
         # the products (A's domain) and of the iteration sets the threshold.
         tiny=jnp.asarray(_coarsest_eps(domain, bw), real),
@@ -514,211 +394,8 @@ def _cg_impl(
         martens_eps=jnp.asarray(martens_eps, real) if martens else None,
         rec_steps=rec_steps if record_iterates else None,
     )
-    state = _init(problem, bw, x0, x_finite)
-    state = jax.lax.while_loop(
-        lambda s: s.status == _RUNNING, functools.partial(_step, problem), state
-    )
-    return _finish(problem, state)
-
-
-class _Problem(NamedTuple):
-    """What every CG step reads besides the state; fixed for one solve (not a pytree leaf)."""
-
-    apply_a: Callable[[PyTree], PyTree]  # v -> (A + damping I) v, working precision
-    apply_m: Callable[[PyTree], PyTree]  # r -> M r; the identity without `M`
-    preconditioned: bool  # `M` given: r^T M r is not r^T r
-    out_like: PyTree | None  # float16/bfloat16 `b`: the iterate must survive a cast to it
-    thresh2: jax.Array  # (): max(tol^2 ||b||^2, atol^2), the squared residual target
-    tiny: jax.Array  # (): relative curvature below which p^T A p is rounding noise
-    maxiter: int
-    martens_eps: jax.Array | None  # (): Martens' progress fraction (martens rule only)
-    rec_steps: np.ndarray | None  # int32 (R - 1,): steps to record (record_iterates only)
-
-
-def _init(problem: _Problem, bw: PyTree, x0: PyTree | None, x_finite: jax.Array) -> _State:
-    """The state before the first step: residual ``r0 = b - A x0``, direction ``p0 = M r0``.
-
-    ``bw`` is ``b`` in the working precision and ``x0`` (``None``: zeros) is already cast
-    to it and finite; ``x_finite`` says whether the caller's ``x0`` was.
-    """
-    real = problem.tiny.dtype
-    if x0 is None:
-        x, r = tree_zeros_like(bw), bw
-        phi0 = jnp.zeros((), real)
+    if differentiable:
+        x, info = _implicit_solve(problem, bw, x0, x_finite)
     else:
-        x = x0
-        r = jax.tree.map(jnp.subtract, bw, problem.apply_a(x))
-        # phi(x0) = -x0^T (r0 + b) / 2 with r0 = b - A x0 from a real product.
-        phi0 = -0.5 * _vdot_real(x, jax.tree.map(jnp.add, r, bw))
-    z = problem.apply_m(r)
-    rr = _vdot_real(r, r)
-    rz = _vdot_real(r, z) if problem.preconditioned else rr
-    finite0 = x_finite & jnp.isfinite(rr) & jnp.isfinite(rz)
-    status0 = jnp.where(
-        ~finite0, CGStatus.NONFINITE, jnp.where(rr <= problem.thresh2, CGStatus.CONVERGED, _RUNNING)
-    ).astype(jnp.int32)
-
-    phi_hist = None
-    if problem.martens_eps is not None:
-        hist_len = max(10, math.ceil(0.1 * problem.maxiter)) + 1  # holds phi_{i-k}, ..., phi_i
-        phi_hist = jnp.zeros((hist_len,), real).at[0].set(phi0)
-    rec = rec_phi = None
-    if problem.rec_steps is not None:
-        n_rec = problem.rec_steps.size + 1
-        rec = jax.tree.map(lambda leaf: jnp.zeros((n_rec, *jnp.shape(leaf)), leaf.dtype), bw)
-        rec_phi = jnp.zeros((n_rec,), real)
-    return _State(
-        i=jnp.zeros((), jnp.int32),
-        x=x,
-        r=r,
-        p=z,
-        rz=rz,
-        rr=rr,
-        pmp=rz,
-        status=status0,
-        curvature=jnp.zeros((), real),
-        max_rayleigh=jnp.zeros((), real),
-        phi=phi0,
-        phi_hist=phi_hist,
-        rec=rec,
-        rec_phi=rec_phi,
-    )
-
-
-def _step(problem: _Problem, s: _State) -> _State:
-    """One Hestenes-Stiefel update ``x += alpha p``, ``r -= alpha A p``, ``p = M r + beta p``,
-    and the stop tests, in order: non-finite, negative curvature, converged, stalled
-    (Martens), ``maxiter``. A step that would leave ``x`` non-finite, or (after the first)
-    meets negative curvature, keeps ``x``; ``s.status`` leaves ``_RUNNING`` to stop."""
-    ap = problem.apply_a(s.p)
-    pap = _vdot_real(s.p, ap)
-    first = s.i == 0
-    # Numerically zero curvature counts as non-positive: below eps times the largest
-    # Rayleigh quotient seen so far (a lower bound on ||M^{1/2} A M^{1/2}||), the sign
-    # of p^T A p is rounding noise, and a singular PSD matrix would otherwise take a
-    # huge step along its null space instead of stopping.
-    max_rayleigh = jnp.maximum(s.max_rayleigh, pap / s.pmp)
-    neg = pap <= problem.tiny * s.pmp * max_rayleigh
-    alpha = s.rz / jnp.where(neg, 1, pap)
-    # At a first-step negative-curvature exit take x0 + p0 (a descent direction).
-    step = jnp.where(neg, jnp.where(first, 1, 0), alpha)
-    # Scale by a zero step rather than select whole trees: p is finite whenever the
-    # loop runs (every quantity below is checked), so x + 0 * p == x exactly.
-    r_new = tree_axpy(-step, ap, s.r)
-    z_new = problem.apply_m(r_new)
-    rr_new = _vdot_real(r_new, r_new)
-    rz_new = _vdot_real(r_new, z_new) if problem.preconditioned else rr_new
-    beta = rz_new / s.rz
-    # phi(x + t p) = phi(x) - t r^T p + t^2 p^T A p / 2, and r^T p = r^T z in CG: the
-    # model value comes free of products (as accurate as -x^T (r + b) / 2 would be).
-    phi_step = s.phi + step * (0.5 * step * pap - s.rz)
-    good = (
-        jnp.isfinite(pap)
-        & jnp.isfinite(step)
-        & jnp.isfinite(rr_new)
-        & jnp.isfinite(rz_new)
-        & jnp.isfinite(beta)
-        & jnp.isfinite(phi_step)
-    )
-    if problem.out_like is not None:
-        # The iterate must survive the cast back to b's dtype (float16 ends at 65504).
-        good = good & tree_all_finite(_like(tree_axpy(step, s.p, s.x), problem.out_like))
-    moved = good & (~neg | first)
-    x_new = tree_axpy(jnp.where(moved, step, 0), s.p, s.x)
-    i_new = s.i + moved.astype(jnp.int32)
-    phi_new = jnp.where(moved, phi_step, s.phi)
-    hist, stalled = s.phi_hist, jnp.asarray(False)
-    if problem.martens_eps is not None:
-        hist_len = s.phi_hist.shape[0]
-        k = jnp.maximum(10, (i_new + 9) // 10)
-        phi_old = s.phi_hist[(i_new - k) % hist_len]
-        progress = (phi_new - phi_old) / phi_new
-        stalled = (i_new > k) & (phi_new < 0) & (progress < k * problem.martens_eps)
-        hist = s.phi_hist.at[i_new % hist_len].set(phi_new)  # unmoved: rewrites phi_i
-
-    status = jnp.select(
-        [~good, neg, rr_new <= problem.thresh2, stalled, i_new >= problem.maxiter],
-        [
-            CGStatus.NONFINITE,
-            CGStatus.NEGATIVE_CURVATURE,
-            CGStatus.CONVERGED,
-            CGStatus.PROGRESS_STALLED,
-            CGStatus.MAX_STEPS,
-        ],
-        _RUNNING,
-    ).astype(jnp.int32)
-    rec, rec_phi = _record(problem, s, x_new, phi_new, i_new, moved & ~neg)
-
-    # Order x's update before p's: both read p, and with p_new free to come first XLA
-    # keeps p alive by copying it every step (one more pass over N). Reading one entry
-    # of each x_new leaf into beta (times zero: x_new is finite) makes p_new depend on
-    # x_new, so p_new can take p's buffer in place.
-    tie = [jnp.ravel(leaf)[0] for leaf in jax.tree.leaves(x_new) if jnp.size(leaf)]
-    beta_tied = beta + 0 * sum(jnp.real(t).astype(beta.dtype) for t in tie)
-    return _State(
-        i=i_new,
-        x=x_new,
-        r=r_new,
-        p=tree_axpy(beta_tied, s.p, z_new),
-        rz=rz_new,
-        rr=jnp.where(moved, rr_new, s.rr),
-        # p^T M^{-1} p by recurrence (r_{i+1} is orthogonal to p_i): no extra product.
-        pmp=rz_new + beta**2 * s.pmp,
-        status=status,
-        curvature=pap,
-        max_rayleigh=max_rayleigh,
-        phi=phi_new,
-        phi_hist=hist,
-        rec=rec,
-        rec_phi=rec_phi,
-    )
-
-
-def _record(problem, s, x_new, phi_new, i_new, advanced):
-    """``(rec, rec_phi)`` with ``x_new`` written to its slot when ``i_new`` is recorded."""
-    if problem.rec_steps is None or not problem.rec_steps.size:
-        return s.rec, s.rec_phi
-    hit = jnp.asarray(problem.rec_steps) == i_new
-    slot = jnp.argmax(hit)
-
-    def write(bufs):
-        return jax.tree.map(
-            lambda buf, leaf: jax.lax.dynamic_update_index_in_dim(buf, leaf, slot, 0),
-            bufs,
-            x_new,
-        )
-
-    # Only at recorded steps (a few in a hundred): an unconditional write of x_new
-    # is one more pass over N per step, ~20% of a step on a cheap operator. The
-    # conditional updates the buffer in place.
-    record = advanced & hit.any()
-    rec = jax.lax.cond(record, write, lambda bufs: bufs, s.rec)
-    rec_phi = jnp.where(record, s.rec_phi.at[slot].set(phi_new), s.rec_phi)
-    return rec, rec_phi
-
-
-def _finish(problem: _Problem, s: _State) -> tuple[PyTree, CGInfo]:
-    """``(x, CGInfo)`` from the final state: ``x`` back in ``b``'s dtypes, the recorded
-    iterates completed by the final one."""
-    low = problem.out_like is not None
-    iterates = iterate_steps = iterate_values = None
-    if problem.rec_steps is not None:
-        rec_steps, n_rec = problem.rec_steps, problem.rec_steps.size + 1
-        iterates = jax.tree.map(lambda buf, leaf: buf.at[n_rec - 1].set(leaf), s.rec, s.x)
-        if low:
-            iterates = _like(iterates, problem.out_like)
-        iterate_steps = jnp.concatenate(
-            [jnp.where(jnp.asarray(rec_steps) <= s.i, rec_steps, -1), s.i[None]]
-        ).astype(jnp.int32)
-        iterate_values = s.rec_phi.at[n_rec - 1].set(s.phi)
-    info = CGInfo(
-        num_steps=s.i,
-        residual_norm=jnp.sqrt(s.rr),
-        status=s.status,
-        quadratic_value=s.phi,
-        curvature=s.curvature,
-        iterates=iterates,
-        iterate_steps=iterate_steps,
-        iterate_values=iterate_values,
-    )
-    return (_like(s.x, problem.out_like) if low else s.x), info
+        x, info = _run(problem, bw, x0, x_finite)
+    return (_like(x, b) if low else x), info

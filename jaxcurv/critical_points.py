@@ -10,7 +10,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxcurv._checks import check_bounded_int, check_real_inputs
+from jaxcurv._checks import (
+    check_bounded_int,
+    check_key,
+    check_non_negative,
+    check_option,
+    check_real_inputs,
+    deprecated_keywords,
+    renamed_keyword,
+)
+from jaxcurv._dispatch import DENSE_THRESHOLD
 from jaxcurv._precision import _to_working, _working_dtype
 from jaxcurv.eigensolvers import eigenvalues
 from jaxcurv.products import CurvatureOperator, hessian_operator
@@ -21,7 +30,7 @@ from jaxcurv.tree import (
 
 PyTree = Any
 
-__all__ = ["CriticalPoint", "classify_critical_point"]
+__all__ = ["CriticalPoint", "classify_critical_point", "critical_point_of_spectrum"]
 
 
 class CriticalPoint(NamedTuple):
@@ -39,6 +48,8 @@ class CriticalPoint(NamedTuple):
         known only when every eigenvalue has one sign (else ``None``).
       method: ``"dense"`` or ``"lanczos"``.
       reason: a sentence saying why ``kind`` was chosen.
+      num_matvecs: Hessian-vector products spent on the eigenvalues (``N`` to form the
+        Hessian on the dense path); the gradient and value come with the linearization.
     """
 
     kind: str
@@ -50,6 +61,7 @@ class CriticalPoint(NamedTuple):
     num_zero: int | None
     method: str
     reason: str
+    num_matvecs: jax.Array | None = None
 
 
 def _fmt(x: float) -> str:
@@ -115,6 +127,7 @@ def _curvature_kind(lam: np.ndarray, zero_tol: float) -> tuple[str, str, int, in
     )  # fmt: skip
 
 
+@deprecated_keywords(num_iters="maxiter")
 def classify_critical_point(
     fun: Callable,
     x: PyTree,
@@ -124,8 +137,10 @@ def classify_critical_point(
     eig_tol: float | None = None,
     k: int = 3,
     key: jax.Array | None = None,
+    maxiter: int | None = None,
+    method: str = "auto",
+    dense_threshold: int = DENSE_THRESHOLD,
     num_iters: int | None = None,
-    dense_threshold: int = 1024,
 ) -> CriticalPoint:
     r"""Classify ``x`` as a minimum, maximum, saddle or degenerate point of ``fun``.
 
@@ -183,27 +198,34 @@ def classify_critical_point(
       grad_atol: absolute gradient tolerance, in the units of the gradient; default 0.
       eig_tol: relative eigenvalue tolerance; default ``sqrt(eps)``.
       k: eigenvalues from each end on the Lanczos path.
-      key: PRNG key for Lanczos; ``None`` uses ``jax.random.key(0)``.
-      num_iters: ``None`` runs thick-restart Lanczos until the Ritz residuals meet
-        ``eigenvalues``' default ``tol``; an int runs one pass of that many Lanczos steps
-        (see ``eigenvalues``).
-      dense_threshold: largest ``N`` for which the Hessian is formed and fully diagonalized.
+      key: PRNG key for Lanczos's start vector; ``None`` uses ``jax.random.key(0)``.
+      maxiter: the Lanczos budget, as ``eigenvalues(maxiter=...)``: the most products for
+        thick restart, the steps of the one pass for ``method="lanczos"``.
+      method: the Lanczos path's eigen-solver, as ``eigenvalues(method=...)``: ``"auto"``
+        (thick restart until the Ritz residuals meet ``eigenvalues``' default ``tol``),
+        ``"thick-restart"`` or ``"lanczos"`` (one pass of ``maxiter`` steps).
+      dense_threshold: largest ``N`` for which the Hessian is formed and fully
+        diagonalized; default ``DENSE_THRESHOLD`` (512), shared by every function.
+      num_iters: deprecated (``DeprecationWarning``): ``num_iters=m`` is
+        ``method="lanczos", maxiter=m`` with ``method="auto"``, else ``maxiter=m``.
 
     Returns:
       A ``CriticalPoint`` with ``kind``, ``eigenvalues``, ``gradient_norm``, ``value``, the
-      sign counts, ``method`` and a human-readable ``reason``.
+      sign counts, ``method``, a human-readable ``reason`` and ``num_matvecs``.
 
     Raises:
       ValueError: non-scalar ``fun``, an ``x`` without arrays, negative tolerances, ``k``
-        out of range. TypeError: integer or non-array leaves in ``x``.
+        or ``dense_threshold`` out of range, an unknown ``method``. TypeError: integer or
+        non-array leaves in ``x``, non-integer counts, non-number tolerances, a bad
+        ``key``, both ``maxiter`` and ``num_iters``.
 
     Example (the seed's :math:`x^2 + 3xy + y^2`: Hessian eigenvalues 5 and -1 at 0):
       >>> import jax.numpy as jnp
       >>> import jaxcurv
       >>> f = lambda p: p[0] ** 2 + 3 * p[0] * p[1] + p[1] ** 2
       >>> cp = jaxcurv.classify_critical_point(f, jnp.zeros(2))
-      >>> cp.kind, cp.eigenvalues.round(4).tolist()
-      ('saddle', [-1.0, 5.0])
+      >>> cp.kind, cp.eigenvalues.round(4).tolist(), int(cp.num_matvecs)  # dense: N products
+      ('saddle', [-1.0, 5.0], 2)
       >>> g = lambda p: jnp.sum((p - 1.0) ** 2) + 1e6  # an offset does not make 0 critical
       >>> jaxcurv.classify_critical_point(g, jnp.zeros(3)).kind
       'not critical'
@@ -215,6 +237,15 @@ def classify_critical_point(
       conditions).
     """
     check_real_inputs("classify_critical_point", x, "point `x`")
+    method = check_option(
+        "classify_critical_point(method=...)", method, ("auto", "thick-restart", "lanczos")
+    )
+    new = "maxiter"
+    if num_iters is not None and method == "auto":
+        method, new = "lanczos", "method='lanczos', maxiter"  # what num_iters= chose alone
+    maxiter = renamed_keyword("classify_critical_point", "num_iters", num_iters, new, maxiter)
+    if key is not None:
+        key = check_key("classify_critical_point", key)
     op = hessian_operator(fun, x, *args)
     n, dtype = op.size, op.dtype
     default_tol = float(np.sqrt(np.finfo(dtype).eps))
@@ -226,10 +257,7 @@ def classify_critical_point(
         ("grad_atol", grad_atol, "Pass 0 to rely on `grad_tol` alone."),
         ("eig_tol", eig_tol, default),
     ):
-        if not tol >= 0:
-            raise ValueError(
-                f"`classify_critical_point({name}=...)` must be >= 0, got {tol!r}. {fix}"
-            )
+        check_non_negative(f"classify_critical_point({name}=...)", tol, requirement=">= 0", fix=fix)
 
     dense_threshold = check_bounded_int(
         "classify_critical_point(dense_threshold=...)",
@@ -247,17 +275,69 @@ def classify_critical_point(
             fix=f"Lanczos takes k eigenvalues from each end of a spectrum of N={n}.",
         )
 
-    value = op.value
-    gradient_norm = tree_norm(_to_working(op.grad))
     if dense:
         evals = jnp.linalg.eigvalsh(_symmetric_dense(op))
         method, residual_text = "dense", ""
+        num_matvecs = jnp.asarray(n, jnp.int32)  # to_dense: one product per column
     else:
-        found = eigenvalues(op, k, which="both", key=key, num_iters=num_iters, dense_threshold=0)
-        evals = found.eigenvalues
+        found = eigenvalues(
+            op, k, which="both", key=key, maxiter=maxiter, method=method, dense_threshold=0
+        )
+        evals, num_matvecs = found.eigenvalues, found.num_matvecs
         method = "lanczos"
         residual_text = f", largest Ritz residual {_fmt(float(jnp.max(found.residual_norms)))}"
 
+    return critical_point_of_spectrum(
+        op, x, evals, method=method, num_matvecs=num_matvecs, residual_text=residual_text,
+        grad_tol=grad_tol, grad_atol=grad_atol, eig_tol=eig_tol,
+    )  # fmt: skip
+
+
+def critical_point_of_spectrum(
+    op: CurvatureOperator,
+    x: PyTree,
+    evals: jax.Array,
+    *,
+    method: str,
+    num_matvecs: jax.Array,
+    residual_text: str = "",
+    grad_tol: float | None = None,
+    grad_atol: float = 0.0,
+    eig_tol: float | None = None,
+) -> CriticalPoint:
+    """:func:`classify_critical_point`'s rule on eigenvalues already at hand.
+
+    The one place the rule lives: ``classify_critical_point`` calls it on the spectrum it
+    computes, ``analyze_landscape`` on the one it reports, so the two never disagree.
+
+    Args:
+      op: the Hessian operator at ``x`` (its ``value``, ``grad``, ``size``, ``dtype``).
+      x: the point, for the gradient test's scale ``max(1, ||x||)``.
+      evals: ascending eigenvalues: all ``N`` (``method="dense"``: exact sign counts) or
+        both ends (``method="lanczos"``: counts known only when one sign covers them).
+      method: ``"dense"`` or ``"lanczos"``.
+      num_matvecs: the products the eigenvalues cost, reported as they are.
+      residual_text: evidence appended to the eigenvalue range (e.g. the Ritz residual).
+      grad_tol, grad_atol, eig_tol: as in :func:`classify_critical_point` (``None``:
+        ``sqrt(eps)`` of the operator's dtype).
+
+    Returns:
+      A :class:`CriticalPoint`.
+
+    Example (the seed's Hessian, eigenvalues -1 and 5, at its critical point):
+      >>> import jax.numpy as jnp, jaxcurv
+      >>> f = lambda p: p[0] ** 2 + 3 * p[0] * p[1] + p[1] ** 2
+      >>> op = jaxcurv.hessian_operator(f, jnp.zeros(2))
+      >>> critical_point_of_spectrum(op, jnp.zeros(2), jnp.array([-1.0, 5.0]), method="dense",
+      ...                            num_matvecs=jnp.asarray(2)).kind
+      'saddle'
+    """
+    n, value = op.size, op.value
+    default_tol = float(np.sqrt(np.finfo(op.dtype).eps))
+    grad_tol = default_tol if grad_tol is None else grad_tol
+    eig_tol = default_tol if eig_tol is None else eig_tol
+    dense = method == "dense"
+    gradient_norm = tree_norm(_to_working(op.grad))
     lam = np.asarray(evals, dtype=np.float64)
     g, f = float(gradient_norm), float(value)
     nonfinite = _nonfinite_reason(bool(tree_all_finite(x)), f, g, lam)
@@ -308,6 +388,7 @@ def classify_critical_point(
         num_zero=n_zero,
         method=method,
         reason=reason,
+        num_matvecs=num_matvecs,
     )
 
 

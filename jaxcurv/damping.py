@@ -21,9 +21,24 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "DAMPING_DECREASE",
+    "DAMPING_INCREASE",
+    "MAX_DAMPING",
+    "MIN_DAMPING",
+    "RHO_HIGH",
+    "RHO_LOW",
     "levenberg_marquardt_damping",
     "reduction_ratio",
 ]
+
+# Martens' constants (2010, §4.1), the one source of the defaults: `hessian_free` takes its
+# own from here.
+DAMPING_INCREASE = 1.5
+DAMPING_DECREASE = 2.0 / 3.0
+RHO_LOW = 0.25
+RHO_HIGH = 0.75
+MIN_DAMPING = 1e-8
+MAX_DAMPING = 1e10
 
 
 def reduction_ratio(
@@ -79,12 +94,12 @@ def levenberg_marquardt_damping(
     rho: jax.typing.ArrayLike,
     accepted: jax.typing.ArrayLike = True,
     *,
-    increase: float = 1.5,
-    decrease: float = 2.0 / 3.0,
-    rho_low: float = 0.25,
-    rho_high: float = 0.75,
-    min_damping: float = 1e-8,
-    max_damping: float = 1e10,
+    increase: float = DAMPING_INCREASE,
+    decrease: float = DAMPING_DECREASE,
+    rho_low: float = RHO_LOW,
+    rho_high: float = RHO_HIGH,
+    min_damping: float = MIN_DAMPING,
+    max_damping: float = MAX_DAMPING,
     informative: jax.typing.ArrayLike = True,
 ) -> jax.Array:
     r"""The damping for the next step, from the reduction ratio of this one.

@@ -27,13 +27,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxcurv.cg import CGInfo, cg
+from jaxcurv.kfac import kfac_preconditioner
 from jaxcurv.model_and_loss import ModelAndLoss, batch_size, take_batch
+from jaxcurv.preconditioner import martens_diagonal, martens_preconditioner
 from jaxcurv.products import CurvatureOperator, ggn_operator, hessian_operator
 from jaxcurv.tree import tree_scale, tree_vdot
 
 PyTree = Any
 
 __all__ = [
+    "cg_preconditioner",
     "curvature_operator",
     "damped_newton_direction",
 ]
@@ -50,7 +53,9 @@ def curvature_operator(
     """The curvature ``B`` of the quadratic model at ``params``, linearized once for CG.
 
     Args:
-      value_fn: the objective; a :class:`~jaxcurv.ModelAndLoss` for ``curvature="ggn"``.
+      value_fn: the objective, returning the scalar loss; a :class:`~jaxcurv.ModelAndLoss`
+        for ``curvature="ggn"`` (there, with aux or not: curvature is of the outputs and
+        the loss alone).
       params: the point.
       extra_args: the batch, as keywords of ``value_fn``.
       curvature: ``"ggn"`` (Gauss-Newton ``J^T H_loss J``, positive semi-definite) or
@@ -99,8 +104,72 @@ def curvature_operator(
                 "`curvature_operator(curvature='ggn')` needs the model and the loss apart, "
                 f"got {type(value_fn).__name__}. Pass `ModelAndLoss(model_fn, loss_fn)`."
             )
-        return ggn_operator(value_fn.model_fn, value_fn.loss_fn, params, **curv_args)
+        # The objective's own routing (explicit keys, aux dropped), not a fresh one's.
+        return ggn_operator(*value_fn.without_aux().bind(**curv_args), params)
     return hessian_operator(lambda p: value_fn(p, **curv_args), params)
+
+
+def cg_preconditioner(
+    choice: str | Callable | None,
+    value_fn: Callable[..., jax.Array],
+    params: PyTree,
+    extra_args: dict[str, Any],
+    damping: jax.typing.ArrayLike,
+    *,
+    exponent: float = 0.75,
+    chunk_size: int = 32,
+) -> Callable[[PyTree], PyTree] | None:
+    r"""The preconditioner ``M`` of the CG solve at ``params`` (``None``: none).
+
+    Args:
+      choice: ``None``; ``"martens"``, Martens' diagonal
+        :math:`(\mathrm{mean}_i\, g_i^2 + \lambda)^{\mathrm{exponent}}` from per-example
+        gradients (:func:`jaxcurv.preconditioner.martens_diagonal`); ``"kfac"``, the
+        K-FAC preconditioner of the damped Gauss-Newton system with the empirical-Fisher
+        output factor (:func:`jaxcurv.kfac_preconditioner`, ``kind="empirical"``; needs a
+        :class:`~jaxcurv.ModelAndLoss`); or a callable ``(params, damping, **extra_args)
+        -> M``, ``M`` symmetric positive definite on pytrees like ``params``.
+      value_fn: the objective.
+      params: the point.
+      extra_args: the batch, as keywords of ``value_fn``.
+      damping: :math:`\lambda`, the damping of the solve.
+      exponent: Martens' exponent.
+      chunk_size: per-example gradients computed this many at a time (Martens, and
+        K-FAC's vectorised backward passes).
+
+    Returns:
+      ``M: r -> M r``, or ``None`` for ``choice=None``.
+
+    Raises:
+      TypeError: ``"kfac"`` with a ``value_fn`` that is no ``ModelAndLoss``.
+
+    Example (a callable: ``M = I / (1 + lambda)``):
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv.descent import cg_preconditioner
+      >>> build = lambda params, damping, **batch: (lambda r: r / (1 + damping))
+      >>> M = cg_preconditioner(build, lambda w: jnp.sum(w**2), jnp.ones(2), {}, 1.0)
+      >>> M(jnp.array([2.0, 4.0]))
+      Array([1., 2.], dtype=float32)
+    """
+    if choice is None:
+        return None
+    if callable(choice):
+        return choice(params, damping, **extra_args)
+    if choice == "martens":
+        diag = martens_diagonal(
+            value_fn, params, extra_args, damping, exponent=exponent, chunk_size=chunk_size
+        )
+        return martens_preconditioner(diag)
+    if not isinstance(value_fn, ModelAndLoss):
+        raise TypeError(
+            "`hessian_free(preconditioner='kfac')` needs the model and the loss apart (its "
+            f"factors are of the model's dense layers), got a plain `value_fn` "
+            f"({type(value_fn).__name__}). Pass `value_fn=ModelAndLoss(model_fn, loss_fn)`, "
+            "or use `preconditioner='martens'`."
+        )
+    return kfac_preconditioner(
+        value_fn, params, damping=damping, kind="empirical", chunk_size=chunk_size, **extra_args
+    )
 
 
 def damped_newton_direction(

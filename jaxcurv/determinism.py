@@ -26,6 +26,7 @@ from jaxcurv._checks import (
     check_callable,
     check_instance,
     check_int,
+    check_key,
     check_non_negative,
     check_real_inputs,
 )
@@ -151,7 +152,8 @@ def check_determinism(
       value_fn: the objective, ``value_fn(params, *args, **extra_args) -> scalar``.
       params: the point, a pytree of real floating-point arrays.
       *args: further positional arguments of ``value_fn`` (data, targets).
-      key: PRNG key for the direction ``v`` (``jax.random.key(0)`` when None).
+      key: PRNG key for the direction ``v``; ``None`` uses ``jax.random.key(0)``. The
+        verdict does not depend on it: any direction shows a non-deterministic product.
       num_repeats: how many runs, at least 2.
       extra_args: keyword arguments of ``value_fn`` (the ``**extra_args`` of
         ``hessian_free(...).update``), e.g. ``{"x": inputs, "y": targets}``.
@@ -165,8 +167,8 @@ def check_determinism(
 
     Raises:
       TypeError: ``value_fn`` not callable, non-float ``params``, ``num_repeats`` not an
-        int, ``atol``/``rtol`` not a number, ``extra_args`` not a mapping, or a traced
-        ``params`` (called inside ``jit``).
+        int, a bad ``key``, ``atol``/``rtol`` not a number, ``extra_args`` not a mapping,
+        or a traced ``params`` (called inside ``jit``).
       ValueError: ``num_repeats < 2``, negative or non-finite ``atol``/``rtol``, a
         non-scalar ``value_fn``.
 
@@ -224,8 +226,7 @@ def check_determinism(
             f"{getattr(out, 'shape', type(out).__name__)} "
             f"{getattr(out, 'dtype', '')}. Reduce it with `jnp.mean` or `jnp.sum`."
         )
-    if key is None:
-        key = jax.random.key(0)
+    key = jax.random.key(0) if key is None else check_key("check_determinism", key)
     with_ggn = isinstance(value_fn, ModelAndLoss) and not args
     v = tree_random_normal(key, params)
 

@@ -1,4 +1,7 @@
-"""Extreme eigenvalues: thick-restart Lanczos, one Lanczos pass, dense ``eigh``, power iteration."""
+"""Extreme eigenvalues: thick-restart Lanczos, one Lanczos pass, dense ``eigh``.
+
+``power_iteration`` lives in ``power_method`` and is re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxcurv._checks import check_bounded_int, check_key, check_option
-from jaxcurv._dispatch import _domain, _run
+from jaxcurv._checks import (
+    check_bounded_int,
+    check_key,
+    check_non_negative,
+    check_option,
+    deprecated_keywords,
+    renamed_keyword,
+)
+from jaxcurv._dispatch import DENSE_THRESHOLD, _domain, _hold_fixed, _run
+from jaxcurv._hellmann_feynman import _hellmann_feynman
 from jaxcurv._lanczos import (
     _HIGHEST,
     _all_finite,
@@ -25,14 +36,9 @@ from jaxcurv._lanczos import (
     _tridiagonal_eigh,
 )
 from jaxcurv._precision import _working_dtype
+from jaxcurv.power_method import PowerIterationResult, power_iteration
 from jaxcurv.products import CurvatureOperator
-from jaxcurv.tree import (
-    tree_norm,
-    tree_scale,
-    tree_size,
-    tree_sub,
-    tree_vdot,
-)
+from jaxcurv.tree import tree_size
 
 PyTree = Any
 
@@ -62,7 +68,7 @@ class EigenResult(NamedTuple):
       converged: scalar bool, every pair met ``residual_norms <= tol * max(|lambda|,
         eps^(2/3) ||T||)``; on the dense path (``eigh`` is backward stable), true unless a
         NaN or inf is in the matrix. Never true when an eigenvalue or residual is not
-        finite. Thick restart stops there; when it ran out of ``num_iters`` first (or met a
+        finite. Thick restart stops there; when it ran out of ``maxiter`` first (or met a
         NaN) this is false and the pairs are the best so far.
       num_restarts: thick restarts performed (``0`` for one pass of Lanczos and dense).
     """
@@ -73,27 +79,6 @@ class EigenResult(NamedTuple):
     num_matvecs: jax.Array
     converged: jax.Array
     num_restarts: jax.Array
-
-
-class PowerIterationResult(NamedTuple):
-    """The eigenvalue of largest magnitude.
-
-    Attributes:
-      eigenvalue: scalar, signed (the Rayleigh quotient of ``eigenvector``).
-      eigenvector: unit pytree like the domain.
-      residual_norm: ``||A v - lambda v||``.
-      num_matvecs: products with ``A`` spent (scalar int).
-      converged: ``residual_norm <= tol * |eigenvalue|`` was reached within ``num_iters``
-        (or ``A v = 0``), with both finite. False when the two extreme eigenvalues have
-        nearly equal magnitude (``+-lambda``): power iteration cannot separate them; use
-        ``eigenvalues(..., which="both")``. A NaN or inf stops the iteration, unconverged.
-    """
-
-    eigenvalue: jax.Array
-    eigenvector: PyTree
-    residual_norm: jax.Array
-    num_matvecs: jax.Array
-    converged: jax.Array
 
 
 def _dense_matrix(A: Any, matvec: Callable, example: PyTree) -> jax.Array:
@@ -164,19 +149,21 @@ def _eigenvalues_impl(A, matvec, example, key, tol, budget, *, k, which, dense, 
     return EigenResult(lam, vecs, res, none + m, converged, none)
 
 
+@deprecated_keywords(num_iters="maxiter")
 def eigenvalues(
     A: Any,
     k: int,
     *,
     which: str = "largest",
     key: jax.Array | None = None,
-    num_iters: int | None = None,
+    maxiter: int | None = None,
     example: PyTree | None = None,
     return_eigenvectors: bool = False,
-    dense_threshold: int = 256,
+    dense_threshold: int = DENSE_THRESHOLD,
     method: str = "auto",
     tol: float | None = None,
     max_basis: int | None = None,
+    num_iters: int | None = None,
 ) -> EigenResult:
     r"""Extreme eigenvalues of a symmetric operator by Lanczos with full reorthogonalization.
 
@@ -189,26 +176,26 @@ def eigenvalues(
 
     Two ways to run it (``method``):
 
-    * ``"thick-restart"`` (what ``"auto"`` picks unless ``num_iters`` is given without
-      ``max_basis``): the basis has a fixed size of ``max_basis`` vectors. When it is
+    * ``"thick-restart"`` (what ``"auto"`` picks): the basis has a fixed size of
+      ``max_basis`` vectors. When it is
       full, the small projected matrix is diagonalized, the wanted Ritz vectors and a few
       next to them are kept and the rest dropped, and the Krylov space grows again from
       there (Wu and Simon 2000; the same iteration as ARPACK's implicitly restarted
       Lanczos, behind ``scipy``'s ``eigsh``).
       It stops when every wanted pair has a residual estimate :math:`|\beta_m s_{mj}| \le`
-      ``tol`` :math:`\cdot |\theta_j|` (``eigsh``'s test) or after ``num_iters`` products.
+      ``tol`` :math:`\cdot |\theta_j|` (``eigsh``'s test) or after ``maxiter`` products.
       Memory is ``max_basis + 1`` vectors and reorthogonalization costs :math:`O(m N)` per
       product with a small ``m``, so it is the method of choice for large ``N`` and for
       high accuracy. A Krylov space holds every restarted subspace built from as many
       products, so it needs somewhat more products than one long pass would (1.2-1.6x in
       the tests) but a basis several times smaller, and each product costs far less.
-    * ``"lanczos"`` (what ``"auto"`` picks when ``num_iters`` is given without
-      ``max_basis``): one pass of exactly ``num_iters`` steps, keeping all of them;
+    * ``"lanczos"``: one pass of exactly ``maxiter`` steps, keeping all of them;
       :math:`O(m N)` memory and :math:`O(m^2 N)` reorthogonalization in total. Cheapest for
       a low accuracy with a small ``m``; spectral_density uses it.
 
-    When ``N <= dense_threshold`` the matrix is formed (``op.to_dense()`` for an operator,
-    ``N`` products for a callable) and diagonalized exactly instead.
+    When ``N <= dense_threshold`` (default ``jaxcurv``'s one ``DENSE_THRESHOLD``, 512) the
+    matrix is formed (``op.to_dense()`` for an operator, ``N`` products for a callable)
+    and diagonalized exactly instead.
 
     A float16 or bfloat16 domain is computed in float32 and the results (eigenvalues,
     residuals, eigenvectors) are float32: a dense matrix is cast to float32 exactly, so
@@ -216,18 +203,28 @@ def eigenvalues(
     in its dtype and carry its rounding, about ``eps(dtype) ||A||``, which the reported
     residuals (from the recurrences) do not see -- the default ``tol`` stays above it.
 
+    Differentiable: ``jax.grad`` / ``jax.jvp`` of the returned ``eigenvalues`` with respect
+    to whatever ``A`` holds or closes over (``hessian_operator(loss, params)``, ``lambda v:
+    A(theta) @ v``, a dense matrix) is Hellmann-Feynman's :math:`d\lambda_j = v_j^\top
+    dA\, v_j`, exact for simple eigenvalues, so sharpness can be a regularizer:
+    ``jax.grad(lambda p: loss(p) + c * eigenvalues(hessian_operator(loss, p),
+    1).eigenvalues[0])``. It costs one product per eigenvalue, only when differentiated;
+    the iteration itself is never differentiated. First derivatives only; eigenvectors and
+    residuals carry no derivative.
+
     Args:
       A: a ``jaxcurv`` operator (``hessian_operator``, ``ggn_operator``), a dense symmetric
         ``N x N`` matrix, or a callable ``v -> A v`` on pytrees (with ``example``).
       k: how many eigenvalues (from each end for ``which="both"``).
       which: ``"largest"`` or ``"smallest"`` (algebraic, not by magnitude), or ``"both"``:
         the ``k`` smallest and the ``k`` largest.
-      key: PRNG key for the starting vector; ``None`` uses ``jax.random.key(0)``.
-      num_iters: products with ``A``. For ``"lanczos"``, the number of steps ``m``, between
-        the number ``k'`` of wanted eigenvalues and ``N``; default ``min(N, max(3 k', k' +
-        40))``. For ``"thick-restart"``, the most products to spend (at least ``k'``); the
-        run stops after the last whole restart cycle that fits; default ``100 *
-        max_basis``.
+      key: PRNG key for the starting vector; ``None`` uses ``jax.random.key(0)``. It only
+        picks where the iteration starts: converged results agree to ``tol`` for any key.
+      maxiter: the budget of products with ``A`` (it never changes the method). For
+        ``"lanczos"``, the number of steps ``m`` of the one pass, between the number ``k'``
+        of wanted eigenvalues and ``N``; default ``min(N, max(3 k', k' + 40))``. For
+        ``"thick-restart"``, the most products to spend (at least ``k'``); the run stops
+        after the last whole restart cycle that fits; default ``100 * max_basis``.
       example: pytree shaped like the domain; required when ``A`` is a bare callable.
       return_eigenvectors: also return the eigenvectors (Ritz vectors), stacked pytrees.
       dense_threshold: use a dense ``eigh`` when ``N`` is at most this. ``0`` forces
@@ -243,6 +240,10 @@ def eigenvalues(
       max_basis: ``"thick-restart"``'s basis size ``m`` (more than ``k'``; clipped to
         ``N``); default ``max(2 k' + 1, 20)``, as ``eigsh``'s ``ncv``. Larger means fewer
         restarts and more work and memory per product.
+      num_iters: deprecated spelling (``DeprecationWarning``) of the budget. Alone (with
+        ``method="auto"`` and no ``max_basis``) it also chose one Lanczos pass, and still
+        does: ``num_iters=m`` is ``method="lanczos", maxiter=m``; with ``method`` or
+        ``max_basis`` given it is ``maxiter=m``.
 
     Returns:
       An ``EigenResult``: ``eigenvalues`` ascending, optional ``eigenvectors``,
@@ -250,11 +251,12 @@ def eigenvalues(
       ``num_restarts``.
 
     Raises:
-      ValueError: bad ``which`` or ``method``, ``k``, ``num_iters``, ``max_basis`` or
-        ``tol`` out of range, bare callable without ``example``, a dense ``A`` that is not
-        symmetric beyond rounding (checked when ``A`` is concrete, not under the caller's
-        ``jit``). TypeError: non-integer ``k``/``num_iters``/``max_basis``, a bad ``key``,
-        an integer domain.
+      ValueError: bad ``which`` or ``method``, ``k``, ``maxiter``, ``max_basis``,
+        ``dense_threshold`` or ``tol`` out of range, bare callable without ``example``, a
+        dense ``A`` that is not symmetric beyond rounding (checked when ``A`` is concrete,
+        not under the caller's ``jit``). TypeError: non-integer ``k``/``maxiter``/
+        ``max_basis``/``dense_threshold``, a non-number ``tol``, a bad ``key``, an integer
+        domain, both ``maxiter`` and ``num_iters``.
 
     Example (the seed's Hessian of :math:`x^2 + 3xy + y^2`, eigenvalues -1 and 5):
       >>> import jax.numpy as jnp
@@ -263,7 +265,7 @@ def eigenvalues(
       >>> jaxcurv.eigenvalues(H, 1, which="both").eigenvalues.round(4).tolist()
       [-1.0, 5.0]
       >>> d = jnp.linspace(0.0, 1.0, 300).at[-2:].set(jnp.array([5.0, 10.0]))
-      >>> r = jaxcurv.eigenvalues(jnp.diag(d), 2)  # thick restart: N = 300 > dense_threshold
+      >>> r = jaxcurv.eigenvalues(jnp.diag(d), 2, dense_threshold=0)  # thick restart
       >>> r.eigenvalues.round(4).tolist(), bool(r.converged), int(r.num_matvecs) <= 40
       ([5.0, 10.0], True, True)
 
@@ -292,30 +294,32 @@ def eigenvalues(
         + (" and which='both' takes k from each end." if which == "both" else "."),
     )
     wanted = 2 * k if which == "both" else k
+    new = "maxiter"
+    if num_iters is not None and method == "auto" and max_basis is None:
+        # What the deprecated budget did on its own: one pass of exactly that many steps.
+        method, new = "lanczos", "method='lanczos', maxiter"
+    maxiter = renamed_keyword("eigenvalues", "num_iters", num_iters, new, maxiter)
     if method == "auto":
-        method = "lanczos" if num_iters is not None and max_basis is None else "thick-restart"
+        method = "thick-restart"
     if tol is None:
         # From the precision of the products: a float16/bfloat16 operator's are rounded to
         # its dtype, so residuals below ~eps(dtype) ||A|| are not real even though the
         # recurrences report them; a dense float16/bfloat16 matrix is exact in float32.
         finfo = jnp.finfo(_real_dtype(example) if isinstance(A, jax.Array) else dtype)
         tol = {64: 1e-8, 32: 1e-5}.get(finfo.bits, float(np.sqrt(finfo.eps)))
-    if not tol >= 0:
-        raise ValueError(
-            f"`eigenvalues(tol=...)` must be a non-negative relative residual, got {tol!r}."
-        )
+    check_non_negative("eigenvalues(tol=...)", tol, requirement="a non-negative relative residual")
     if method == "lanczos":
         if max_basis is not None:
             raise ValueError(
                 f"`eigenvalues(max_basis=...)` applies to method='thick-restart' only, got "
-                f"max_basis={max_basis!r} with method='lanczos' (num_iters given). Drop it, or "
-                "pass method='thick-restart' (num_iters then caps the products)."
+                f"max_basis={max_basis!r} with method='lanczos'. Drop it, or pass "
+                "method='thick-restart' (maxiter then caps the products)."
             )
-        if num_iters is None:
-            num_iters = min(n, max(3 * wanted, wanted + 40))
+        if maxiter is None:
+            maxiter = min(n, max(3 * wanted, wanted + 40))
         m = check_bounded_int(
-            "eigenvalues(num_iters=...)",
-            num_iters,
+            "eigenvalues(maxiter=...)",
+            maxiter,
             low=wanted,
             high=n,
             fix=f"Lanczos needs at least as many steps as eigenvalues wanted ({wanted}) and "
@@ -331,11 +335,11 @@ def eigenvalues(
             low=min(wanted + 1, n),
             fix=f"The basis must hold the {wanted} wanted Ritz vectors and room to grow.",
         )
-        if num_iters is None:
-            num_iters = 100 * min(max_basis, n)
+        if maxiter is None:
+            maxiter = 100 * min(max_basis, n)
         budget = check_bounded_int(
-            "eigenvalues(num_iters=...)",
-            num_iters,
+            "eigenvalues(maxiter=...)",
+            maxiter,
             low=wanted,
             fix=f"Spend at least as many products as eigenvalues wanted ({wanted}).",
         )
@@ -344,10 +348,11 @@ def eigenvalues(
         "eigenvalues(dense_threshold=...)", dense_threshold, low=0, fix="Use 0 to force Lanczos."
     )
     key = jax.random.key(0) if key is None else check_key("eigenvalues", key)
+    A_fixed, traced = _hold_fixed(A, example)
     # The tolerance and the budget are traced: changing them does not compile again.
-    return _run(
+    result = _run(
         _eigenvalues_impl,
-        A,
+        A_fixed,
         example,
         key,
         jnp.asarray(tol, _working_dtype(dtype)),
@@ -355,96 +360,12 @@ def eigenvalues(
         k=k,
         which=which,
         dense=n <= dense_threshold,
-        vectors=bool(return_eigenvectors),
+        vectors=bool(return_eigenvectors) or traced,
         method=method,
         m=m,
     )
-
-
-# ------------------------------------------------------------------- power iteration
-
-
-def _power_impl(A, matvec, example, key, *, num_iters, tol):
-    matvec, example = _matvec_checked(matvec, example)
-    dtype = _real_dtype(example)
-    v, _ = _normalize(_random_like(key, example)[0])
-
-    def step(v):
-        w = matvec(v)
-        lam = tree_vdot(v, w).astype(dtype)
-        res = tree_norm(tree_sub(w, tree_scale(v, lam))).astype(dtype)
-        return w, lam, res
-
-    def cond(state):
-        i, _, _, _, _, stop = state
-        return (i < num_iters) & ~stop
-
-    def body(state):
-        i, v = state[:2]
-        w, lam, res = step(v)
-        finite = jnp.isfinite(lam) & jnp.isfinite(res)
-        # A v = 0 (a zero operator) is an exact eigenpair too: stop there. A NaN or inf
-        # never converges, and no further product can repair it: stop there as well.
-        converged = finite & ((res <= tol * jnp.abs(lam)) | (tree_norm(w) == 0))
-        stop = converged | ~finite
-        v_next = jax.tree.map(lambda a, b: jnp.where(stop, a, b), v, _normalize(w)[0])
-        return i + 1, v_next, lam, res, converged, stop
-
-    zero, no = jnp.zeros((), dtype), jnp.asarray(False)
-    init = (jnp.asarray(0), v, zero, jnp.full((), jnp.inf, dtype), no, no)
-    i, v, lam, res, converged, _ = jax.lax.while_loop(cond, body, init)
-    return PowerIterationResult(lam, v, res, i, converged)
-
-
-def power_iteration(
-    A: Any,
-    *,
-    key: jax.Array,
-    num_iters: int = 1000,
-    tol: float = 1e-4,
-    example: PyTree | None = None,
-) -> PowerIterationResult:
-    r"""The eigenvalue of largest magnitude by power iteration.
-
-    Repeats :math:`v \leftarrow A v / \|A v\|` and stops when the Rayleigh quotient
-    :math:`\lambda = v^\top A v` has a small relative residual,
-    :math:`\|A v - \lambda v\| \le \mathrm{tol}\, |\lambda|` (the eigenvalue itself is then
-    accurate to about :math:`\mathrm{tol}^2 |\lambda|` relative to the spectral gap). It
-    keeps a single vector, so it is the cheapest estimate of :math:`\|A\|_2` (e.g. the
-    sharpness of a loss), but converges at the rate :math:`|\lambda_2 / \lambda_1|`; for
-    several eigenvalues or close ones use ``eigenvalues``.
-
-    Args:
-      A: operator, dense symmetric matrix or callable (with ``example``).
-      key: PRNG key for the starting vector.
-      num_iters: the most products with ``A``.
-      tol: relative residual at which to stop.
-      example: pytree shaped like the domain; required for a bare callable.
-
-    Returns:
-      A ``PowerIterationResult`` (``eigenvalue``, ``eigenvector``, ``residual_norm``,
-      ``num_matvecs``, ``converged``); float32 for a float16/bfloat16 domain.
-
-    Raises:
-      ValueError: ``num_iters < 1``, ``tol < 0``, a non-symmetric dense ``A``. TypeError: a
-        bad ``key``.
-
-    Example:
-      >>> import jax, jax.numpy as jnp
-      >>> import jaxcurv
-      >>> H = jnp.array([[2.0, 3.0], [3.0, 2.0]])
-      >>> r = jaxcurv.power_iteration(H, key=jax.random.key(0))
-      >>> round(float(r.eigenvalue), 4), bool(r.converged)
-      (5.0, True)
-
-    References:
-      Golub and Van Loan, "Matrix Computations", 4th ed., section 7.3.1.
-    """
-    num_iters = check_bounded_int(
-        "power_iteration(num_iters=...)", num_iters, low=1, fix="Pass a positive count."
-    )
-    if not tol >= 0:
-        raise ValueError(f"`power_iteration(tol=...)` must be non-negative, got {tol!r}.")
-    key = check_key("power_iteration", key)
-    A, example, _, _ = _domain("power_iteration", A, example)
-    return _run(_power_impl, A, example, key, num_iters=num_iters, tol=float(tol))
+    if not traced:
+        return result
+    lam = _hellmann_feynman(A, example, result.eigenvalues, result.eigenvectors)
+    vecs = result.eigenvectors if return_eigenvectors else None
+    return result._replace(eigenvalues=lam, eigenvectors=vecs)

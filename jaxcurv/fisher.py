@@ -49,8 +49,10 @@ import numpy as np
 
 from jaxcurv._checks import check_callable, check_choice, check_int, check_key, check_real_inputs
 from jaxcurv._compile import compiled_call, is_traced
+from jaxcurv.losses import softmax_hessian_vp
+from jaxcurv.micro_batch import micro_batch_operator, micro_batches
 from jaxcurv.model_and_loss import ModelAndLoss, take_batch
-from jaxcurv.products import CurvatureOperator
+from jaxcurv.operators import CurvatureOperator
 from jaxcurv.selection import Selection, restrict
 
 PyTree = Any
@@ -88,12 +90,12 @@ def _likelihood_hessian(likelihood: str, out: jax.Array, u: jax.Array) -> jax.Ar
     """The unit negative log-likelihood's Hessian in the outputs, applied to ``u``.
 
     Softmax cross-entropy's is :math:`\\mathrm{diag}(p) - p p^\\top` per position, applied in
-    closed form (never a ``C x C`` matrix); the unit-variance Gaussian's is the identity.
+    closed form by :func:`jaxcurv.losses.softmax_hessian_vp` (never a ``C x C`` matrix);
+    the unit-variance Gaussian's is the identity.
     """
     if likelihood == "gaussian":
         return u
-    p = jax.nn.softmax(out, axis=-1)
-    return p * u - p * jnp.sum(p * u, axis=-1, keepdims=True)
+    return softmax_hessian_vp(out, u)  # the one closed form, shared with the GGN
 
 
 def _draw(likelihood: str, out: jax.Array, keys: jax.Array, num_samples: int) -> jax.Array:
@@ -257,8 +259,6 @@ def _nll_scale(name, model_fn, loss_fn, sel, likelihood, x, rest, m_kw, l_kw):
 
 def _draws(model_fn, sel, likelihood, x, rest, m_kw, key, num_samples, micro_batch):
     """All examples' draws, computed one micro-batch at a time when ``micro_batch`` is set."""
-    from jaxcurv.micro_batch import micro_batches
-
     model = model_fn if sel is None else sel.on_selected(model_fn, rest)
     n = jax.eval_shape(lambda x: model(x, **m_kw), x).shape[0]
     batches = micro_batches("fisher_operator", (m_kw, jax.random.split(key, n)), micro_batch or n)
@@ -366,8 +366,6 @@ def fisher_operator(
     spec = _Fisher(model_fn, loss_fn, sel, kind, likelihood if kind == "mc" else None, num_samples)
     fixed, batch = (rest, scale), ((m_kw, l_kw), draws)
     if micro_batch is not None:
-        from jaxcurv.micro_batch import micro_batch_operator
-
         return micro_batch_operator("fisher_operator", spec, x, fixed, batch, micro_batch)
     return compiled_call(
         lambda x, fixed, batch: FisherOperator(x, *spec.parts(x, fixed, batch)), x, fixed, batch

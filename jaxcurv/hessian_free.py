@@ -7,7 +7,7 @@ runs the whole of Martens' recipe: Levenberg-Marquardt damping driven by the red
 warm-started CG with a relative-progress stop, CG-iterate backtracking, an Armijo line search,
 a diagonal preconditioner and curvature on a sub-batch. Every part can be switched off.
 
-This module holds the state, the argument checks and the factory; the update is
+This module holds the state and the factory; the update is
 orchestration over named, pure parts, each tested on its own (optimistix builds a solver
 the same way, from a descent and a search):
 
@@ -17,6 +17,7 @@ the same way, from a descent and a search):
 * CG-iterate backtracking and the Armijo line search: :mod:`jaxcurv.line_search`;
 * the reduction ratio and the Levenberg-Marquardt damping rule: :mod:`jaxcurv.damping`;
 * the model, the loss and the batch handed over: :mod:`jaxcurv.model_and_loss`.
+* the options and the update's arguments, checked: :mod:`jaxcurv.hessian_free_options`.
 
 References:
   J. Martens. "Deep learning via Hessian-free optimization." ICML 2010.
@@ -31,36 +32,43 @@ References:
 from __future__ import annotations
 
 import collections
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxcurv._checks import (
-    check_callable,
-    check_choice,
-    check_in_interval,
-    check_int,
-    check_learning_rate,
-    check_real,
     check_real_inputs,
-    check_value,
+    deprecated_keywords,
+    describe_value,
+    renamed_keyword,
 )
 from jaxcurv._compile import compiled_call
 from jaxcurv.cg import CGStatus
-from jaxcurv.damping import levenberg_marquardt_damping, reduction_ratio
-from jaxcurv.descent import curvature_operator, damped_newton_direction
+from jaxcurv.damping import (
+    DAMPING_DECREASE,
+    DAMPING_INCREASE,
+    MAX_DAMPING,
+    MIN_DAMPING,
+    RHO_HIGH,
+    RHO_LOW,
+    levenberg_marquardt_damping,
+    reduction_ratio,
+)
+from jaxcurv.descent import cg_preconditioner, curvature_operator, damped_newton_direction
+from jaxcurv.hessian_free_options import check_options, check_update_args
 from jaxcurv.line_search import armijo_condition, cg_candidates, direction_stats, search
-from jaxcurv.model_and_loss import ModelAndLoss, check_value_fn_keywords
-from jaxcurv.preconditioner import martens_diagonal, martens_preconditioner
+from jaxcurv.model_and_loss import ModelAndLoss
 
 # Tests of the statistic import it from here, where it was first written.
 from jaxcurv.preconditioner import mean_squared_example_grads as _mean_squared_example_grads  # noqa: F401
 from jaxcurv.sharding import state_shardings
-from jaxcurv.tree import tree_all_finite, tree_check_like, tree_scale, tree_where, tree_zeros_like
+from jaxcurv.tree import tree_all_finite, tree_scale, tree_where, tree_zeros_like
 
 PyTree = Any
 
@@ -70,10 +78,6 @@ __all__ = [
     "ModelAndLoss",
     "hessian_free",
 ]
-
-_CURVATURES = ("ggn", "hessian")
-_CG_STOPS = ("martens", "residual", "forcing")
-_PRECONDITIONERS = (None, "martens")
 
 
 class HessianFreeState(NamedTuple):
@@ -97,95 +101,11 @@ class HessianFreeState(NamedTuple):
     rejected: jax.Array  # bool (), the last update left params unchanged.
     num_rejected: jax.Array  # int32 (), rejected updates so far.
     num_nonfinite: jax.Array  # int32 (), updates that met a non-finite loss/gradient/direction.
-
-
-# --------------------------------------------------------------------------------------------
-# Argument checks.
-
-
-_LR_FIX = (
-    "Pass a positive finite float (1.0 is Martens' algorithm) or an optax schedule of the "
-    "update count, e.g. `optax.exponential_decay(1.0, 100, 0.5)`."
-)
-
-
-# The range of every real option (`_checks.check_in_interval` states half-lines in words).
-_RANGES = {
-    "damping": "[0, inf)",
-    "damping_increase": "(1, inf)",
-    "damping_decrease": "(0, 1)",
-    "cg_tol": "[0, inf)",
-    "martens_eps": "(0, inf)",
-    "cg_decay": "[0, 1]",
-    "line_search_c": "(0, 1)",
-    "line_search_factor": "(0, 1)",
-    "preconditioner_exponent": "(0, inf)",
-}
-
-
-def _check_options(cfg: Any) -> Any:
-    """Every option of the factory, checked as given; returns them with ints as ints.
-
-    Raises:
-      TypeError: an option of the wrong kind (a float step count, a string damping).
-      ValueError: an option out of range or an unknown choice.
-    """
-    opt = "hessian_free({}=...)".format
-    check_learning_rate(opt("learning_rate"), cfg.learning_rate, fix=_LR_FIX)
-    check_choice(opt("curvature"), cfg.curvature, _CURVATURES)
-    check_choice(opt("cg_stop"), cfg.cg_stop, _CG_STOPS)
-    check_choice(opt("preconditioner"), cfg.preconditioner, _PRECONDITIONERS)
-    for name, interval in _RANGES.items():
-        check_in_interval(opt(name), getattr(cfg, name), interval)
-    if cfg.curvature_fraction is not None:
-        fix = "Pass None for curvature on the whole batch."
-        check_in_interval(opt("curvature_fraction"), cfg.curvature_fraction, "(0, 1]", fix=fix)
-    rho = [check_real(opt(n), getattr(cfg, n)) for n in ("rho_low", "rho_high")]
-    bounds = [check_real(opt(n), getattr(cfg, n)) for n in ("min_damping", "max_damping")]
-    pair = "non-negative and below `rho_high`"
-    check_value(0 <= rho[0] < rho[1], opt("rho_low"), (cfg.rho_low, cfg.rho_high), pair)
-    pair = "non-negative and at most `max_damping`"
-    check_value(
-        0 <= bounds[0] <= bounds[1], opt("min_damping"), (cfg.min_damping, cfg.max_damping), pair
-    )
-    # Step counts size loops and buffers: Python ints, checked as such.
-    counts = {"cg_maxiter": 1, "line_search_max_steps": 0, "preconditioner_chunk_size": 1}
-    words = {1: "a positive int", 0: "a non-negative int"}
-    return cfg._replace(
-        **{
-            n: check_int(opt(n), getattr(cfg, n), minimum=low, requirement=words[low])
-            for n, low in counts.items()
-        }
-    )
-
-
-def _check_update_args(
-    cfg: Any, updates: PyTree, params: PyTree, value_fn: Any, grad: PyTree, extra_args: dict
-) -> None:
-    if params is None:
-        raise ValueError(
-            "`hessian_free(...).update` needs `params`: call "
-            "`opt.update(grads, state, params, value_fn=...)`."
-        )
-    if value_fn is None:
-        raise TypeError(
-            "`hessian_free(...).update` needs the objective: call `opt.update(grads, "
-            "state, params, value_fn=loss, **batch)` with `loss(params, **batch)` the "
-            "scalar loss (for curvature='ggn', `value_fn=ModelAndLoss(model_fn, "
-            "loss_fn)`)."
-        )
-    check_callable("value_fn", value_fn)
-    if cfg.curvature == "ggn" and not isinstance(value_fn, ModelAndLoss):
-        raise TypeError(
-            "`hessian_free(curvature='ggn')` needs the model and the loss apart, got a "
-            f"plain `value_fn` ({type(value_fn).__name__}). Pass "
-            "`value_fn=ModelAndLoss(model_fn, loss_fn)` (it is itself the loss), or use "
-            "`hessian_free(curvature='hessian')`."
-        )
-    check_value_fn_keywords(value_fn, extra_args)
-    tree_check_like("updates", updates, params, "params")
-    if grad is not None:
-        tree_check_like("grad", grad, params, "params")
+    # With `store_grad=True` (else None, so the other fields checkpoint as before), what
+    # `optax.value_and_grad_from_state` reads: the loss (inf before the first update) and
+    # the gradient at the parameters the last update returned, on that update's data.
+    value: jax.Array | None = None  # float ()
+    grad: PyTree | None = None  # like params
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,31 +139,72 @@ def _init(cfg: Any, params: PyTree) -> HessianFreeState:
         rejected=jnp.asarray(False, device=scalars),
         num_rejected=i32(0),
         num_nonfinite=i32(0),
+        value=f(jnp.inf) if cfg.store_grad else None,
+        grad=jax.tree.map(zeros, params) if cfg.store_grad else None,
     )
 
 
-def _descent(cfg, g, state, params, value_fn, extra_args):
+def _loss_only(value_fn: Callable, has_aux: bool) -> Callable:
+    """``value_fn`` returning the loss alone (its routing and signature unchanged)."""
+    if isinstance(value_fn, ModelAndLoss):
+        return value_fn.without_aux()
+    if not has_aux:
+        return value_fn
+
+    @functools.wraps(value_fn)
+    def loss(params, **extra_args):
+        out = value_fn(params, **extra_args)
+        if not (isinstance(out, tuple | list) and len(out) == 2):
+            raise TypeError(
+                "`hessian_free(has_aux=True)` needs `value_fn` to return a pair `(loss, "
+                f"aux)`, got {describe_value(out)}. Return the pair, or set `has_aux=False`."
+            )
+        return out[0]
+
+    return loss
+
+
+def _scalar_loss(value_fn: Callable, extra_args: dict, dtype: Any) -> Callable:
+    """``p -> value_fn(p, **extra_args)`` in the state's dtype, checked to be a scalar."""
+
+    def loss(p):
+        out = value_fn(p, **extra_args)
+        if isinstance(out, tuple | list) or jnp.shape(out) != ():
+            raise ValueError(
+                f"`value_fn` must return a scalar loss, got {describe_value(out)}. Reduce "
+                "it with `.mean()` or `.sum()`; if it returns `(loss, aux)`, pass "
+                "`hessian_free(has_aux=True)` (or `ModelAndLoss(..., loss_has_aux=True)`)."
+            )
+        return jnp.asarray(out, dtype)
+
+    return loss
+
+
+def _is_zero(x: Any) -> bool:
+    """``x`` is known, now, to be 0 (a traced option could be anything)."""
+    return not isinstance(x, jax.core.Tracer) and bool(np.all(np.asarray(x) == 0))
+
+
+def _descent(cfg, g, damping, cg_init, params, value_fn, extra_args):
     """``(p, info)``: CG on the damped model at ``params``, preconditioned if asked."""
     # B at params (on the sub-batch when asked), linearized once for all of CG.
     op = curvature_operator(
         value_fn, params, extra_args, curvature=cfg.curvature, fraction=cfg.curvature_fraction
     )
-    precond = None
-    if cfg.preconditioner == "martens":
-        diag = martens_diagonal(
-            value_fn,
-            params,
-            extra_args,
-            state.damping,
-            exponent=cfg.preconditioner_exponent,
-            chunk_size=cfg.preconditioner_chunk_size,
-        )
-        precond = martens_preconditioner(diag)
+    precond = cg_preconditioner(
+        cfg.preconditioner,
+        value_fn,
+        params,
+        extra_args,
+        damping,
+        exponent=cfg.preconditioner_exponent,
+        chunk_size=cfg.preconditioner_chunk_size,
+    )
     return damped_newton_direction(
         op,
         g,
-        state.damping,
-        x0=tree_scale(state.cg_init, cfg.cg_decay) if cfg.cg_decay > 0 else None,
+        damping,
+        x0=None if _is_zero(cfg.cg_decay) else tree_scale(cg_init, cfg.cg_decay),
         M=precond,
         stop=cfg.cg_stop,
         tol=cfg.cg_tol,
@@ -253,48 +214,25 @@ def _descent(cfg, g, state, params, value_fn, extra_args):
     )
 
 
-def _update(cfg, updates, state, params, value_fn, value, grad, extra_args):
-    """One update: the descent, the search, the ratio and the damping; the new state."""
-    dtype = state.damping.dtype
-    as_f = lambda v: jnp.asarray(v, dtype)
+def _search(cfg, loss, params, x, info, g, grad, f0, lr, start):
+    """``(candidates, found, sufficient)``: backtracking over the CG iterates, then Armijo.
 
-    def raw_loss(p):
-        out = value_fn(p, **extra_args)
-        if jnp.shape(out) != ():
-            raise ValueError(
-                f"`value_fn` must return a scalar loss, got shape {jnp.shape(out)}. "
-                f"Reduce it with `.mean()` or `.sum()`."
-            )
-        return as_f(out)
+    The learning rate scales every trial point, not only the step finally returned: the
+    line search, the acceptance test, rho and `new_loss` then all judge the step taken,
+    `lr * alpha * p`. (Scaling after the search would report the loss at `params + alpha
+    p` for parameters that moved elsewhere; re-evaluating at the end would cost a forward
+    pass and still leave rho judging another step.) With lr = 1 this is Martens' algorithm.
+    """
+    dtype = f0.dtype
 
     def trial_loss(d, a):
         # The same product `lr * a` scales the returned step: `new_loss` is the loss at
         # exactly the parameters the caller gets. Non-finite trial losses compare as +inf:
         # never "better", never accepted.
         step = tree_scale(d, lr * a)
-        v = raw_loss(jax.tree.map(lambda t, s: t + s.astype(t.dtype), params, step))
+        v = loss(jax.tree.map(lambda t, s: t + s.astype(t.dtype), params, step))
         return jnp.where(jnp.isfinite(v), v, jnp.inf)
 
-    if value is not None and jnp.shape(value) != ():
-        raise ValueError(f"`value` must be a scalar, got shape {jnp.shape(value)}.")
-    f0 = raw_loss(params) if value is None else as_f(value)
-    g, lam = updates, state.damping
-
-    x, info = _descent(cfg, g, state, params, value_fn, extra_args)
-
-    # The learning rate scales every trial point, not only the step finally returned: the
-    # line search, the acceptance test, rho and `new_loss` then all judge the step taken,
-    # `lr * alpha * p`. (Scaling after the search would report the loss at `params + alpha
-    # p` for parameters that moved elsewhere; re-evaluating at the end would cost a forward
-    # pass and still leave rho judging another step.) With lr = 1 this is Martens'
-    # algorithm. A rate that is not positive and finite at run time (a schedule's 0, NaN)
-    # rejects the update unsearched: no uphill step, no non-finite value.
-    rate = cfg.learning_rate
-    lr = as_f(rate(state.count) if callable(rate) else rate)
-    lr_ok = jnp.isfinite(lr) & (lr > 0)
-    start_finite = jnp.isfinite(f0) & tree_all_finite(g)
-
-    # The search: back over the recorded CG iterates, then Armijo on the chosen one.
     candidates = cg_candidates(x, info, cfg.cg_backtracking)
     sufficient = lambda a, f, slope: armijo_condition(f0, f, lr * a, slope, cfg.line_search_c)
     found = search(
@@ -303,10 +241,78 @@ def _update(cfg, updates, state, params, value_fn, value, grad, extra_args):
         lambda d: direction_stats(d, g, grad, dtype),
         sufficient,
         dtype=dtype,
-        start=start_finite & lr_ok,
+        start=start,
         line_search=cfg.line_search,
         factor=cfg.line_search_factor,
-        max_steps=cfg.line_search_max_steps,
+        max_steps=cfg.line_search_maxiter,
+    )
+    return candidates, found, sufficient
+
+
+def _next_damping(cfg, lam, rho, accepted, lr_ok):
+    if not cfg.adapt_damping:
+        return lam
+    return levenberg_marquardt_damping(
+        lam,
+        rho,
+        accepted,
+        increase=cfg.damping_increase,
+        decrease=cfg.damping_decrease,
+        rho_low=cfg.rho_low,
+        rho_high=cfg.rho_high,
+        min_damping=cfg.min_damping,
+        max_damping=cfg.max_damping,
+        # An unusable rate says nothing about the quadratic model: damping stays.
+        informative=lr_ok,
+    )
+
+
+def _next_warm_start(accepted, lr_ok, x, cg_init):
+    # Martens warm-starts from the final CG solution, not the backtracked iterate (CG
+    # returns only finite iterates). After a rejected step the next solve starts from
+    # zero: the rejected direction is what failed, and starting from it again repeats
+    # the failure at every damping on the way up (measured on Rosenbrock: 29 rejected
+    # updates in a row instead of 1). An update voided by its rate judged no direction:
+    # it keeps the previous warm start.
+    new_init = tree_where(accepted, x, tree_zeros_like(x))
+    new_init = jax.tree.map(lambda a, t: a.astype(t.dtype), new_init, cg_init)
+    return tree_where(lr_ok, new_init, cg_init)
+
+
+def _stored_grad(loss, params, new_updates, accepted, incoming):
+    """The gradient at the returned parameters, for ``optax.value_and_grad_from_state``:
+    computed at an accepted step's point; a rejected step returns ``params`` themselves,
+    whose gradient came in (``grad``, else ``updates``)."""
+    like = lambda t: jax.tree.map(lambda a, p: jnp.asarray(a).astype(p.dtype), t, params)
+    new_params = optax.apply_updates(params, new_updates)
+    return jax.lax.cond(
+        accepted, lambda q: like(jax.grad(loss)(q)), lambda q: like(incoming), new_params
+    )
+
+
+def _update(cfg, updates, state, params, value_fn, value, grad, extra_args):
+    """One update: the descent, the search, the ratio and the damping; the new state."""
+    dtype = state.damping.dtype
+    as_f = lambda v: jnp.asarray(v, dtype)
+    plain_fn = _loss_only(value_fn, cfg.has_aux)
+    loss = _scalar_loss(plain_fn, extra_args, dtype)
+    if value is not None and jnp.shape(value) != ():
+        raise ValueError(f"`value` must be a scalar, got shape {jnp.shape(value)}.")
+    f0 = loss(params) if value is None else as_f(value)
+    g = updates
+    # Not adapted, the damping is the option's value: `optax.inject_hyperparams` may set it.
+    lam = state.damping if cfg.adapt_damping else as_f(cfg.damping)
+
+    x, info = _descent(cfg, g, lam, state.cg_init, params, plain_fn, extra_args)
+
+    # A rate that is not positive and finite at run time (a schedule's 0, NaN) rejects the
+    # update unsearched: no uphill step, no non-finite value.
+    rate = cfg.learning_rate
+    lr = as_f(rate(state.count) if callable(rate) else rate)
+    lr_ok = jnp.isfinite(lr) & (lr > 0)
+    start_finite = jnp.isfinite(f0) & tree_all_finite(g)
+    candidates, found, sufficient = _search(
+        cfg, loss, params, x, info, g, grad, f0, lr, start_finite & lr_ok
     )
     p, stats, alpha = candidates.direction(found.best), found.stats, found.alpha
     # With an unusable rate the direction was never examined (absmax stays NaN).
@@ -325,66 +331,50 @@ def _update(cfg, updates, state, params, value_fn, value, grad, extra_args):
     step = tree_scale(p, scale)
     new_updates = tree_where(accepted, step, tree_zeros_like(step))
     new_updates = jax.tree.map(lambda u, t: u.astype(t.dtype), new_updates, params)
-
-    new_lam = lam
-    if cfg.adapt_damping:
-        new_lam = levenberg_marquardt_damping(
-            lam,
-            rho,
-            accepted,
-            increase=cfg.damping_increase,
-            decrease=cfg.damping_decrease,
-            rho_low=cfg.rho_low,
-            rho_high=cfg.rho_high,
-            min_damping=cfg.min_damping,
-            max_damping=cfg.max_damping,
-            # An unusable rate says nothing about the quadratic model: damping stays.
-            informative=lr_ok,
-        )
-
-    # Martens warm-starts from the final CG solution, not the backtracked iterate (CG
-    # returns only finite iterates). After a rejected step the next solve starts from
-    # zero: the rejected direction is what failed, and starting from it again repeats
-    # the failure at every damping on the way up (measured on Rosenbrock: 29 rejected
-    # updates in a row instead of 1). An update voided by its rate judged no direction:
-    # it keeps the previous warm start.
-    new_init = tree_where(accepted, x, tree_zeros_like(x))
-    new_init = jax.tree.map(lambda a, t: a.astype(t.dtype), new_init, state.cg_init)
-    new_init = tree_where(lr_ok, new_init, state.cg_init)
+    new_loss = jnp.where(accepted, found.f_alpha, f0)
+    stored = (None, None)
+    if cfg.store_grad:
+        incoming = updates if grad is None else grad
+        stored = (new_loss, _stored_grad(loss, params, new_updates, accepted, incoming))
 
     new_state = HessianFreeState(
         count=optax.safe_increment(state.count),
-        damping=new_lam,
-        cg_init=new_init,
+        damping=as_f(_next_damping(cfg, lam, rho, accepted, lr_ok)),
+        cg_init=_next_warm_start(accepted, lr_ok, x, state.cg_init),
         rho=as_f(rho),
         loss=f0,
-        new_loss=jnp.where(accepted, found.f_alpha, f0),
+        new_loss=new_loss,
         alpha=jnp.where(accepted, alpha, 0.0).astype(dtype),
         learning_rate=lr,
         cg_steps=jnp.asarray(info.num_steps, jnp.int32),
         cg_status=jnp.asarray(info.status, jnp.int32),
         cg_backtrack_step=jnp.asarray(candidates.steps[found.best], jnp.int32),
-        fn_evals=jnp.asarray(int(value is None), jnp.int32) + found.evals,
+        fn_evals=jnp.asarray(int(value is None), jnp.int32)
+        + found.evals
+        + (accepted.astype(jnp.int32) if cfg.store_grad else 0),
         rejected=~accepted,
         num_rejected=state.num_rejected + (~accepted).astype(jnp.int32),
         num_nonfinite=state.num_nonfinite + nonfinite.astype(jnp.int32),
+        value=stored[0],
+        grad=stored[1],
     )
     return new_updates, new_state
 
 
+@deprecated_keywords(line_search_max_steps="line_search_maxiter")
 def hessian_free(
     learning_rate: float | optax.Schedule = 1.0,
     *,
     curvature: str = "ggn",
     damping: float = 1.0,
     adapt_damping: bool = True,
-    damping_increase: float = 1.5,
-    damping_decrease: float = 2.0 / 3.0,
-    rho_low: float = 0.25,
-    rho_high: float = 0.75,
-    min_damping: float = 1e-8,
-    max_damping: float = 1e10,
-    cg_maxiter: int = 250,
+    damping_increase: float = DAMPING_INCREASE,
+    damping_decrease: float = DAMPING_DECREASE,
+    rho_low: float = RHO_LOW,
+    rho_high: float = RHO_HIGH,
+    min_damping: float = MIN_DAMPING,
+    max_damping: float = MAX_DAMPING,
+    cg_maxiter: int | None = None,
     cg_tol: float = 1e-5,
     cg_stop: str = "martens",
     martens_eps: float = 5e-4,
@@ -393,11 +383,14 @@ def hessian_free(
     line_search: bool = True,
     line_search_c: float = 1e-2,
     line_search_factor: float = 0.8,
-    line_search_max_steps: int = 20,
-    preconditioner: str | None = None,
+    line_search_maxiter: int | None = None,
+    preconditioner: str | Callable | None = None,
     preconditioner_exponent: float = 0.75,
-    preconditioner_chunk_size: int = 32,
+    preconditioner_chunk_size: int | None = None,
     curvature_fraction: float | None = None,
+    has_aux: bool = False,
+    store_grad: bool = False,
+    line_search_max_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Hessian-free (truncated Newton) optimizer of Martens (2010), for optax.
 
@@ -420,7 +413,7 @@ def hessian_free(
        the stop rule ``cg_stop``, at most ``cg_maxiter`` steps, leaving early on negative
        curvature (:func:`jaxcurv.descent.damped_newton_direction`), optionally
        preconditioned by ``(mean_i grad l_i^2 + lambda)^preconditioner_exponent``
-       (:func:`jaxcurv.preconditioner.martens_diagonal`);
+       (:func:`jaxcurv.preconditioner.martens_diagonal`) or by K-FAC;
     3. CG backtracking: of the iterates recorded at steps ``ceil(5 * 1.3^j)`` and the last,
        walks back from the last while the loss at ``theta + eta p`` keeps falling, and takes
        that one (:func:`jaxcurv.line_search.backtrack_iterates`);
@@ -429,7 +422,7 @@ def hessian_free(
        Levenberg-Marquardt damping (:func:`jaxcurv.damping.levenberg_marquardt_damping`);
     5. Armijo backtracking ``f(theta + eta a p) <= f(theta) + c eta a g^T p``,
        ``a = 1, 0.8, ...`` (:func:`jaxcurv.line_search.armijo_backtrack`); a step that does
-       not lower the loss within ``line_search_max_steps`` tries is rejected: zero updates
+       not lower the loss within ``line_search_maxiter`` tries is rejected: zero updates
        (params unchanged) and ``lambda`` raised.
 
     ``state.new_loss`` is ``value_fn`` at ``optax.apply_updates(params, updates)``, the
@@ -455,9 +448,49 @@ def hessian_free(
     needs the model and the loss apart: pass ``value_fn=ModelAndLoss(model_fn, loss_fn)``.
     Keyword arguments ``value_fn`` does not accept are a ``TypeError``.
 
+    Aux outputs, model state and randomness, as Flax and Equinox training steps write
+    them (kfac-jax's ``value_func_has_aux/state/rng``, in optax's form):
+
+    * ``value_fn`` may return ``(loss, aux)``: say so with ``has_aux=True`` (a
+      :class:`ModelAndLoss` says it itself with ``model_has_aux`` / ``loss_has_aux``). The
+      optimizer uses the loss; the aux of its own evaluations is dropped.
+    * Model state (Flax ``batch_stats`` from ``apply(..., mutable=["batch_stats"])``, an
+      Equinox ``eqx.nn.State``) goes in as an extra argument and comes out in ``aux``.
+      Every evaluation of one update -- gradient, curvature, line search -- sees the same
+      input state, so the quadratic model and the search judge one function. Take the new
+      state from *your* gradient evaluation at ``params``, and keep it only if the update
+      was accepted: ``model_state = optax.tree.where(opt_state.rejected, model_state,
+      new_model_state)``. That point is the one evaluated on every update, at the
+      parameters the step starts from, on this batch; the trial points are probes, most of
+      them rejected, and a rejected update (a non-finite loss, say) must not leave its
+      statistics behind. It is also where every optax optimizer's Flax/Equinox loop takes
+      it (one step behind the parameters, as with SGD or Adam).
+    * Randomness (a dropout key) is an extra argument too: pass one ``key=`` per update,
+      the same one your gradient evaluation used (``jax.random.fold_in(key, step)``).
+      Then the gradient, the curvature products and the line search of one update see
+      the same mask -- the consistent quadratic model Martens asks for -- and the next
+      update a fresh one. (The optimizer never draws or stores keys: its state stays
+      key-free and the update pure. With ``curvature_fraction`` the sub-batch draws its
+      mask from the same key at its own shape; the preconditioner's per-example gradients
+      see the key once per example.)
+
+    ``optax.value_and_grad_from_state(value_fn)`` works with ``store_grad=True``: the state
+    then holds ``value`` and ``grad`` at the returned parameters, as optax's line searches
+    do (``value = inf`` before the first update, so the first call computes them). That
+    costs one gradient at the accepted point -- the one the next update needs anyway; the
+    search itself evaluates losses only. It is right for deterministic objectives (full
+    batch, no dropout): the stored gradient is of this update's data and key.
+
+    With ``optax.inject_hyperparams(hessian_free)(learning_rate=..., damping=...)`` the
+    real options may be traced arrays, set per update through ``state.hyperparams``: an
+    injected ``damping`` is used as is when ``adapt_damping=False`` (adapted, it is only
+    the initial value). Step counts and ``curvature_fraction`` size loops and buffers and
+    must stay static: set them through ``static_args=(...)``.
+
     Batched extra arguments (:mod:`jaxcurv.model_and_loss`): ``curvature_fraction`` and
-    ``preconditioner="martens"`` treat every array in ``extra_args`` with ``ndim >= 1`` as a
-    batch along axis 0; the sub-batch is the leading rows (shuffle batches as usual), and
+    ``preconditioner="martens"`` or ``"kfac"`` treat every array in ``extra_args`` with
+    ``ndim >= 1`` as a batch along axis 0; the sub-batch is the leading rows (shuffle
+    batches as usual), and
     per-example losses are ``value_fn`` on one example (a mean of per-example terms).
 
     Jit the training step: the update is all ``lax`` control flow and compiles once. (It is
@@ -483,7 +516,7 @@ def hessian_free(
       damping_increase, damping_decrease: factors (``> 1`` and in ``(0, 1)``).
       rho_low, rho_high: thresholds ``0 <= rho_low < rho_high``.
       min_damping, max_damping: bounds kept after every adaptation.
-      cg_maxiter: CG step cap per update.
+      cg_maxiter: CG step cap per update (``None``: 250).
       cg_tol: relative residual tolerance of CG (also active under the Martens stop).
       cg_stop: ``"martens"`` (relative progress of the quadratic, Martens §4.4),
         ``"residual"`` (``||r|| <= cg_tol ||g||``) or ``"forcing"``: the inexact-Newton
@@ -494,13 +527,27 @@ def hessian_free(
       cg_decay: warm start ``x0 = cg_decay * previous solution``; 0 starts CG from zero.
       cg_backtracking: choose among recorded CG iterates by the loss (Martens §4.6).
       line_search: Armijo backtracking; off, the full step is taken if it lowers the loss.
-      line_search_c, line_search_factor, line_search_max_steps: Armijo constant, step
-        shrink factor and number of shrinks.
-      preconditioner: ``None`` or ``"martens"`` (diagonal, from per-example gradients).
+      line_search_c, line_search_factor, line_search_maxiter: Armijo constant, step
+        shrink factor and number of shrinks (``None``: 20).
+      preconditioner: ``None``; ``"martens"`` (diagonal, from per-example gradients);
+        ``"kfac"``: :func:`jaxcurv.kfac_preconditioner` of the damped Gauss-Newton system
+        at each update (``kind="empirical"``; needs a ``ModelAndLoss`` with dense layers
+        and a positive damping); or a callable ``(params, damping, **extra_args) -> M``
+        building an SPD ``M: r -> M r`` (:func:`jaxcurv.descent.cg_preconditioner`). Not
+        the default: a preconditioner changes the CG steps, not the system solved, and
+        on the CURVES autoencoder at initialisation (``benchmarks/kfac_cg.py``, lambda =
+        1e-2, to relative residual 1e-3) CG took 141 steps with none, 481 with Martens'
+        diagonal and 335 with K-FAC.
       preconditioner_exponent: the exponent (Martens: 3/4).
-      preconditioner_chunk_size: per-example gradients computed this many at a time.
+      preconditioner_chunk_size: per-example gradients computed this many at a time
+        (``None``: 32).
       curvature_fraction: in ``(0, 1]``: curvature products on the leading fraction of the
         batch (Martens used a sub-batch); ``None`` uses the whole batch.
+      has_aux: ``value_fn`` returns ``(loss, aux)`` (see above).
+      store_grad: keep ``value`` and ``grad`` at the returned parameters in the state, for
+        ``optax.value_and_grad_from_state``.
+      line_search_max_steps: deprecated spelling of ``line_search_maxiter``
+        (a ``DeprecationWarning``; removed in the next release).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose state is a
@@ -552,7 +599,14 @@ def hessian_free(
       descent", Neural Computation, 2002.
       Nocedal & Wright, "Numerical Optimization", 2nd ed., 2006 (Ch. 3, 4, 7).
     """
-    cfg = _check_options(_Config(**locals()))  # the arguments, as given
+    line_search_maxiter = renamed_keyword(
+        "hessian_free",
+        "line_search_max_steps",
+        line_search_max_steps,
+        "line_search_maxiter",
+        line_search_maxiter,
+    )
+    cfg = check_options(_Config(**locals()))  # the arguments, as given
 
     def init_fn(params: PyTree) -> HessianFreeState:
         return _init(cfg, params)
@@ -567,7 +621,7 @@ def hessian_free(
         grad: PyTree | None = None,
         **extra_args: Any,
     ) -> tuple[PyTree, HessianFreeState]:
-        _check_update_args(cfg, updates, params, value_fn, grad, extra_args)
+        check_update_args(cfg, updates, params, value_fn, grad, extra_args)
         # The compile policy (`jaxcurv._compile`): inlined into the user's jitted step; at
         # top level compiled once per computation, whatever closure `value_fn` is, with the
         # batch an argument of the executable (Python flags such as `train=True` stay

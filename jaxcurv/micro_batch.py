@@ -32,7 +32,7 @@ import numpy as np
 
 from jaxcurv._checks import check_int, common_leading_size
 from jaxcurv._compile import compiled_call
-from jaxcurv.products import CurvatureOperator
+from jaxcurv.operators import CurvatureOperator
 from jaxcurv.tree import tree_axpy, tree_zeros_like
 
 PyTree = Any
@@ -208,6 +208,18 @@ class MicroBatchOperator(CurvatureOperator):
 
     def _mv(self, v):
         return self.batches.weighted_sum(lambda d: self.spec.product(self.x, v, self.fixed, d))
+
+    @property
+    def outputs(self):
+        # Keeping every example's outputs would cost memory in proportion to the number of
+        # examples, which is what micro-batching avoids; say so rather than a bare
+        # AttributeError (still an AttributeError, so `hasattr` stays False).
+        raise AttributeError(
+            "A micro-batched operator keeps no model outputs: they would take memory in "
+            "proportion to the number of examples. Compute them yourself, one micro-batch "
+            "at a time (e.g. `jax.lax.map(lambda x: model_fn(params, x), batches)`), or "
+            "build the operator without `micro_batch=` to get `op.outputs`."
+        )
 
     def __repr__(self) -> str:
         b = self.batches

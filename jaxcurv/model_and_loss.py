@@ -3,8 +3,11 @@
 Gauss-Newton curvature ``J^T H_loss J`` needs the network and the loss on its outputs
 apart (Schraudolph 2002); everything else needs only their composition. A
 :class:`ModelAndLoss` carries both, is itself the composed objective, and routes keyword
-data by name: ``model_fn`` gets the keywords its signature names, ``loss_fn`` those its
-signature names. The optimizer (``hessian_free(...).update(..., value_fn=ModelAndLoss(...),
+data by name: each function gets the keywords its signature names, a ``**kwargs`` function
+(Flax's ``apply``) those the other does not name, and ``model_keys=`` / ``loss_keys=`` state
+the routing where signatures cannot; positional data are split by count. Models that return
+state and losses that return metrics say so (``model_has_aux`` / ``loss_has_aux``). The
+optimizer (``hessian_free(...).update(..., value_fn=ModelAndLoss(...),
 **batch)``), the Gauss-Newton products (``ggn_vp(model_fn, loss_fn, params, v, **batch)``,
 ``ggn_operator``) and ``check_determinism`` all split data by this one rule.
 
@@ -20,14 +23,15 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from jaxcurv._checks import check_callable, common_leading_size
+from jaxcurv._checks import check_callable, check_int, common_leading_size, describe_value
 
 PyTree = Any
 
@@ -40,27 +44,75 @@ __all__ = [
 ]
 
 
+class _Signature(NamedTuple):
+    """What routing needs of a function's signature (all after its first parameter)."""
+
+    names: frozenset[str]  # the keywords it names
+    var_keyword: bool  # takes ``**kwargs`` (or has no signature to read)
+    positional: int | None  # required positional parameters; None: ``*args`` or unknown
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _signature(fn: Callable) -> _Signature:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return _Signature(frozenset(), True, None)
+    first = next((i for i, p in enumerate(params) if p.kind in _POSITIONAL), None)
+    rest = params if first is None else params[:first] + params[first + 1 :]
+    kinds = {p.kind for p in params}
+    required = sum(p.kind in _POSITIONAL and p.default is p.empty for p in rest)
+    return _Signature(
+        names=frozenset(p.name for p in rest if p.kind in _NAMED),
+        var_keyword=inspect.Parameter.VAR_KEYWORD in kinds,
+        positional=None if inspect.Parameter.VAR_POSITIONAL in kinds else required,
+    )
+
+
 def _keyword_names(fn: Callable) -> frozenset[str] | None:
     """Keywords ``fn`` accepts after its first positional argument; ``None`` means any."""
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
+    sig = _signature(fn)
+    return None if sig.var_keyword else sig.names
+
+
+def _names_tuple(name: str, keys: Any) -> tuple[str, ...] | None:
+    if keys is None:
         return None
-    names = []
-    skipped_first = False
-    for p in sig.parameters.values():
-        if p.kind is inspect.Parameter.VAR_KEYWORD:
-            return None
-        positional = p.kind in (
-            inspect.Parameter.POSITIONAL_ONLY,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    keys = (keys,) if isinstance(keys, str) else keys
+    try:
+        keys = tuple(keys)
+    except TypeError:
+        keys = None
+    if keys is None or not all(isinstance(k, str) for k in keys):
+        raise TypeError(
+            f"`ModelAndLoss({name}=...)` must be a tuple of keyword names, got "
+            f"{describe_value(keys)}. Write e.g. `{name}=('x',)`."
         )
-        if positional and not skipped_first:
-            skipped_first = True
-            continue
-        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
-            names.append(p.name)
-    return frozenset(names)
+    return keys
+
+
+def _with_aux(out: Any, flag: str, what: str) -> tuple[Any, Any]:
+    """``(value, aux)`` of a function's output under ``flag=True``; a clear error if no pair."""
+    if not (isinstance(out, tuple | list) and len(out) == 2):
+        raise TypeError(
+            f"`ModelAndLoss({flag}=True)` needs `{what}` to return a pair "
+            f"`({'outputs' if what == 'model_fn' else 'loss'}, aux)`, got "
+            f"{describe_value(out)}. Return the pair, or set `{flag}=False`."
+        )
+    return out[0], out[1]
+
+
+def _first_of(fn: Callable, flag: str, what: str) -> Callable:
+    """``fn`` with its aux dropped; ``functools.wraps`` keeps the signature routing reads."""
+
+    @functools.wraps(fn)
+    def value_only(*args, **kwargs):
+        return _with_aux(fn(*args, **kwargs), flag, what)[0]
+
+    return value_only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,22 +125,48 @@ class ModelAndLoss:
     same object is passed as ``value_fn`` to :func:`~jaxcurv.hessian_free` (and to
     ``jax.grad``).
 
-    Keyword arguments are routed by name: each of ``model_fn`` and ``loss_fn`` receives the
-    keywords its signature names (all of them if it takes ``**kwargs``). A keyword that
-    neither accepts is a ``TypeError``. So ``model_fn(params, x)`` and ``loss_fn(outputs, y)``
-    split a batch naturally, and a keyword both name (say ``batch``) reaches both.
+    Data are routed, keyword by keyword:
 
-    ``ModelAndLoss(model_fn, loss_fn)(params, **kw) == loss_fn(model_fn(params, **kw_m), **kw_l)``
-    with ``kw_m`` / ``kw_l`` the keywords each function accepts.
+    * ``model_keys`` / ``loss_keys``, when given, say exactly which keywords each function
+      gets (for functions whose signatures cannot say it, e.g. two ``**kwargs`` ones);
+    * otherwise a keyword goes to each function whose signature names it, and a keyword
+      neither names goes to a function that takes ``**kwargs``. A ``**kwargs`` function
+      does not get the keywords the other one names: so Flax's ``model.apply(variables,
+      *args, **kwargs)`` with ``loss_fn(logits, y)`` gets ``x`` but not ``y``;
+    * a keyword that reaches neither, or that two ``**kwargs`` functions could both take,
+      is a ``TypeError`` naming it and ``model_keys=`` / ``loss_keys=`` as the fix.
+
+    Positional data ``objective(params, x, y)`` are split by count: the first
+    ``num_model_args`` go to the model, the rest to the loss; by default that count is read
+    from the signatures (the model's required positional parameters after ``params``, or
+    else all but the loss's), and is a ``TypeError`` to state when both take ``*args``.
+
+    Auxiliary outputs, as Flax and Equinox write them: with ``model_has_aux=True``,
+    ``model_fn`` returns ``(outputs, model_aux)`` (Flax ``apply(..., mutable=[
+    "batch_stats"])`` returns ``(logits, updated_variables)``; an Equinox stateful model
+    ``(outputs, state)``); with ``loss_has_aux=True``, ``loss_fn`` returns ``(loss,
+    loss_aux)`` (metrics). The objective then returns ``(loss, aux)`` -- ``aux`` the one aux
+    there is, or ``(model_aux, loss_aux)`` when both have one -- as ``jax.value_and_grad(
+    objective, has_aux=True)`` expects; curvature is taken of ``outputs`` and ``loss``
+    alone.
 
     Args:
-      model_fn: ``model_fn(params, **kw) -> outputs``, any pytree of arrays.
-      loss_fn: ``loss_fn(outputs, **kw) -> scalar``; convex in ``outputs`` for the
-        Gauss-Newton matrix to be positive semi-definite (squared error, softmax
-        cross-entropy, ...).
+      model_fn: ``model_fn(params, *args, **kw) -> outputs`` (a pytree of arrays), or
+        ``(outputs, aux)`` with ``model_has_aux``.
+      loss_fn: ``loss_fn(outputs, *args, **kw) -> scalar`` (or ``(scalar, aux)``); convex
+        in ``outputs`` for the Gauss-Newton matrix to be positive semi-definite (squared
+        error, softmax cross-entropy, ...).
+      model_keys: the keywords ``model_fn`` gets (``None``: read from its signature).
+      loss_keys: the keywords ``loss_fn`` gets (``None``: read from its signature).
+      num_model_args: how many positional data go to ``model_fn`` (``None``: read from
+        the signatures).
+      model_has_aux: ``model_fn`` returns ``(outputs, aux)``.
+      loss_has_aux: ``loss_fn`` returns ``(loss, aux)``.
 
     Raises:
-      TypeError: ``model_fn`` or ``loss_fn`` not callable.
+      TypeError: ``model_fn`` or ``loss_fn`` not callable; keys that are not names; a
+        ``num_model_args`` that is no int.
+      ValueError: a negative ``num_model_args``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -98,8 +176,13 @@ class ModelAndLoss:
       >>> objective = ModelAndLoss(model_fn, loss_fn)
       >>> float(objective(jnp.ones(2), x=jnp.eye(2), y=jnp.zeros(2)))
       0.5
+      >>> float(objective(jnp.ones(2), jnp.eye(2), jnp.zeros(2)))  # positional: x, then y
+      0.5
       >>> objective.split_kwargs({"x": 1, "y": 2})
       ({'x': 1}, {'y': 2})
+      >>> apply = lambda variables, *args, **kwargs: args[0] @ variables  # like Flax
+      >>> ModelAndLoss(apply, loss_fn).split_kwargs({"train": True, "y": 2})
+      ({'train': True}, {'y': 2})
 
     References:
       Schraudolph, "Fast curvature matrix-vector products for second-order gradient
@@ -108,32 +191,149 @@ class ModelAndLoss:
 
     model_fn: Callable[..., PyTree]
     loss_fn: Callable[..., jax.Array]
+    _: dataclasses.KW_ONLY
+    model_keys: tuple[str, ...] | None = None
+    loss_keys: tuple[str, ...] | None = None
+    num_model_args: int | None = None
+    model_has_aux: bool = False
+    loss_has_aux: bool = False
 
     def __post_init__(self):
         for name in ("model_fn", "loss_fn"):
             check_callable(f"ModelAndLoss({name}=...)", getattr(self, name))
+        for name in ("model_keys", "loss_keys"):
+            object.__setattr__(self, name, _names_tuple(name, getattr(self, name)))
+        if self.num_model_args is not None:
+            check_int("ModelAndLoss(num_model_args=...)", self.num_model_args, minimum=0)
+        for name in ("model_has_aux", "loss_has_aux"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(
+                    f"`ModelAndLoss({name}=...)` must be a bool, got "
+                    f"{describe_value(getattr(self, name))}."
+                )
+
+    @property
+    def has_aux(self) -> bool:
+        """Whether the objective returns ``(loss, aux)`` rather than the loss."""
+        return self.model_has_aux or self.loss_has_aux
 
     def split_kwargs(self, extra_args: dict[str, Any]) -> tuple[dict, dict]:
         """Route keyword arguments to ``(model_fn kwargs, loss_fn kwargs)``.
 
         Raises:
-          TypeError: a keyword that neither function accepts.
+          TypeError: a keyword that neither function accepts, or that both take only
+            through ``**kwargs`` (ambiguous).
         """
-        m_names, l_names = _keyword_names(self.model_fn), _keyword_names(self.loss_fn)
-        m_kw = {k: v for k, v in extra_args.items() if m_names is None or k in m_names}
-        l_kw = {k: v for k, v in extra_args.items() if l_names is None or k in l_names}
-        unknown = sorted(set(extra_args) - set(m_kw) - set(l_kw))
-        if unknown:
-            raise TypeError(
-                f"Keyword arguments {unknown} are accepted by neither `model_fn` nor "
-                f"`loss_fn` of this ModelAndLoss. Add them to one of the two signatures, "
-                f"or stop passing them."
-            )
-        return m_kw, l_kw
+        sigs = (_signature(self.model_fn), _signature(self.loss_fn))
+        keys = (self.model_keys, self.loss_keys)
 
-    def __call__(self, params: PyTree, **extra_args: Any) -> jax.Array:
-        m_kw, l_kw = self.split_kwargs(extra_args)
-        return self.loss_fn(self.model_fn(params, **m_kw), **l_kw)
+        def names(i):  # the keywords function i claims by name
+            return set(keys[i]) if keys[i] is not None else sigs[i].names
+
+        def takes(i, k):
+            if keys[i] is not None:
+                return k in keys[i]
+            return k in sigs[i].names or (sigs[i].var_keyword and k not in names(1 - i))
+
+        ambiguous = sorted(k for k in extra_args if takes(0, k) and takes(1, k))
+        ambiguous = [k for k in ambiguous if not (k in names(0) or k in names(1))]
+        unknown = sorted(k for k in extra_args if not (takes(0, k) or takes(1, k)))
+        if unknown or ambiguous:
+            problem = (
+                "are accepted by neither `model_fn` nor `loss_fn` of this ModelAndLoss"
+                if unknown
+                else "could go to both `model_fn` and `loss_fn` of this ModelAndLoss (both "
+                "take **kwargs and neither names them)"
+            )
+            raise TypeError(
+                f"Keyword arguments {unknown or ambiguous} {problem}. Add them to one of the "
+                f"two signatures, state the routing with `ModelAndLoss(model_fn, loss_fn, "
+                f"model_keys=('x',), loss_keys=('y',))`, or stop passing them."
+            )
+        return tuple({k: v for k, v in extra_args.items() if takes(i, k)} for i in (0, 1))
+
+    def split_args(self, args: tuple) -> tuple[tuple, tuple]:
+        """Split positional data into ``(model_fn args, loss_fn args)`` by count.
+
+        Raises:
+          TypeError: positional data with both functions taking ``*args`` and no
+            ``num_model_args``.
+        """
+        if not args:
+            return (), ()
+        n = self.num_model_args
+        if n is None:
+            model, loss = _signature(self.model_fn).positional, _signature(self.loss_fn).positional
+            if model is None and loss is None:
+                raise TypeError(
+                    f"ModelAndLoss got {len(args)} positional data arguments but cannot split "
+                    "them: both `model_fn` and `loss_fn` take *args. Pass the data as "
+                    "keywords, or state the split: `ModelAndLoss(model_fn, loss_fn, "
+                    "num_model_args=1)` sends the first one to the model, the rest to the loss."
+                )
+            n = model if model is not None else len(args) - loss
+        n = min(max(n, 0), len(args))
+        return tuple(args[:n]), tuple(args[n:])
+
+    def outputs_and_aux(self, params: PyTree, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        """``(model outputs, model aux)`` (aux ``None`` without ``model_has_aux``)."""
+        (m_args, _), (m_kw, _) = self.split_args(args), self.split_kwargs(kwargs)
+        out = self.model_fn(params, *m_args, **m_kw)
+        return _with_aux(out, "model_has_aux", "model_fn") if self.model_has_aux else (out, None)
+
+    def __call__(self, params: PyTree, *args: Any, **kwargs: Any) -> Any:
+        (m_args, l_args), (m_kw, l_kw) = self.split_args(args), self.split_kwargs(kwargs)
+        out = self.model_fn(params, *m_args, **m_kw)
+        outputs, model_aux = (
+            _with_aux(out, "model_has_aux", "model_fn") if self.model_has_aux else (out, None)
+        )
+        res = self.loss_fn(outputs, *l_args, **l_kw)
+        loss, loss_aux = (
+            _with_aux(res, "loss_has_aux", "loss_fn") if self.loss_has_aux else (res, None)
+        )
+        if not self.has_aux:
+            return loss
+        if self.model_has_aux and self.loss_has_aux:
+            return loss, (model_aux, loss_aux)
+        return loss, model_aux if self.model_has_aux else loss_aux
+
+    def without_aux(self) -> ModelAndLoss:
+        """The same objective returning the loss alone (routing unchanged); ``self`` if it
+        has no aux."""
+        if not self.has_aux:
+            return self
+        model_fn, loss_fn = self.model_fn, self.loss_fn
+        if self.model_has_aux:
+            model_fn = _first_of(model_fn, "model_has_aux", "model_fn")
+        if self.loss_has_aux:
+            loss_fn = _first_of(loss_fn, "loss_has_aux", "loss_fn")
+        return dataclasses.replace(
+            self, model_fn=model_fn, loss_fn=loss_fn, model_has_aux=False, loss_has_aux=False
+        )
+
+    def bind(self, *args: Any, **kwargs: Any) -> tuple[Callable, Callable]:
+        """``(model, loss)``: ``model(params) -> outputs`` and ``loss(outputs) -> scalar``,
+        this batch routed and bound, auxiliary outputs dropped.
+
+        What the Gauss-Newton functions take: ``jaxcurv.ggn_operator(*objective.bind(x=x,
+        y=y), params)`` uses this object's routing (``model_keys``, positional data) and
+        works for models that also return state.
+
+        Example:
+          >>> import jax.numpy as jnp
+          >>> from jaxcurv import ModelAndLoss
+          >>> obj = ModelAndLoss(lambda w, x: (x @ w, "aux"), lambda o, y: jnp.sum((o - y) ** 2),
+          ...                    model_has_aux=True)
+          >>> model, loss = obj.bind(x=jnp.eye(2), y=jnp.ones(2))
+          >>> model(jnp.ones(2)), float(loss(jnp.zeros(2)))
+          (Array([1., 1.], dtype=float32), 2.0)
+        """
+        plain = self.without_aux()
+        (m_args, l_args), (m_kw, l_kw) = plain.split_args(args), plain.split_kwargs(kwargs)
+        return (
+            lambda params: plain.model_fn(params, *m_args, **m_kw),
+            lambda outputs: plain.loss_fn(outputs, *l_args, **l_kw),
+        )
 
 
 def check_value_fn_keywords(

@@ -10,7 +10,9 @@ matrix itself would never fit in memory:
 * ``power_iteration`` -- the eigenvalue of largest magnitude, with the fewest vectors kept;
 * ``hutchinson_trace`` / ``hutchinson_diagonal`` -- unbiased randomized estimates of the
   trace and the diagonal, and Hutch++ for a lower-variance trace;
-* ``spectral_density`` -- the whole eigenvalue density by stochastic Lanczos quadrature;
+* ``spectral_density`` -- the whole eigenvalue density by stochastic Lanczos quadrature,
+  and ``trace_function`` -- :math:`\mathrm{tr} f(A)` (log-determinant, ``tr(A^2)``) from
+  the same quadrature;
 * ``classify_critical_point`` -- the seed's rule: at a point where the gradient vanishes,
   the signs of the Hessian's eigenvalues say minimum, maximum or saddle.
 
@@ -37,16 +39,19 @@ from jaxcurv.critical_points import CriticalPoint as CriticalPoint
 from jaxcurv.critical_points import classify_critical_point as classify_critical_point
 from jaxcurv.density import SpectralDensity as SpectralDensity
 from jaxcurv.density import spectral_density as spectral_density
+from jaxcurv.density import trace_function as trace_function
 from jaxcurv.eigensolvers import EigenResult as EigenResult
 from jaxcurv.eigensolvers import PowerIterationResult as PowerIterationResult
 from jaxcurv.eigensolvers import eigenvalues as eigenvalues
 from jaxcurv.eigensolvers import power_iteration as power_iteration
+from jaxcurv.trace_estimators import DiagonalEstimate as DiagonalEstimate
 from jaxcurv.trace_estimators import TraceEstimate as TraceEstimate
 from jaxcurv.trace_estimators import hutchinson_diagonal as hutchinson_diagonal
 from jaxcurv.trace_estimators import hutchinson_trace as hutchinson_trace
 
 __all__ = [
     "CriticalPoint",
+    "DiagonalEstimate",
     "EigenResult",
     "PowerIterationResult",
     "SpectralDensity",
@@ -57,4 +62,5 @@ __all__ = [
     "hutchinson_trace",
     "power_iteration",
     "spectral_density",
+    "trace_function",
 ]

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcurv._checks import check_callable, common_leading_size
-from jaxcurv.products import CurvatureOperator
+from jaxcurv.operators import CurvatureOperator
 from jaxcurv.tree import tree_axpy, tree_check_like, tree_scale
 
 PyTree = Any

@@ -16,6 +16,7 @@ from jaxcurv._lanczos import (
     _basis_get,
     _basis_set,
     _matvec_checked,
+    _mean_and_stderr,
     _normalize,
     _orthogonalize,
     _probe_keys,
@@ -24,7 +25,6 @@ from jaxcurv._lanczos import (
 )
 from jaxcurv.tree import (
     tree_norm,
-    tree_scale,
     tree_sub,
     tree_vdot,
     tree_zeros_like,
@@ -32,7 +32,7 @@ from jaxcurv.tree import (
 
 PyTree = Any
 
-__all__ = ["TraceEstimate", "hutchinson_diagonal", "hutchinson_trace"]
+__all__ = ["DiagonalEstimate", "TraceEstimate", "hutchinson_diagonal", "hutchinson_trace"]
 
 
 _TRACE_METHODS = ("hutchinson", "hutch++")
@@ -54,12 +54,20 @@ class TraceEstimate(NamedTuple):
     num_matvecs: jax.Array
 
 
-def _mean_and_stderr(samples: jax.Array) -> tuple[jax.Array, jax.Array]:
-    num = samples.shape[0]
-    mean = jnp.mean(samples)
-    if num < 2:
-        return mean, jnp.full((), jnp.inf, samples.dtype)
-    return mean, jnp.std(samples, ddof=1) / math.sqrt(num)
+class DiagonalEstimate(NamedTuple):
+    """A randomized estimate of the diagonal, as a pytree like the domain.
+
+    Attributes:
+      estimate: pytree like the domain: the estimated ``diag(A)``, entry by entry.
+      stderr: pytree like ``estimate``: each entry's estimated standard error (the sample
+        standard deviation of ``z * A z`` over the probes, over the square root of their
+        number); ``inf`` with one probe, ``0`` where every probe agreed (a diagonal ``A``).
+      num_matvecs: products with ``A`` spent (scalar int).
+    """
+
+    estimate: PyTree
+    stderr: PyTree
+    num_matvecs: jax.Array
 
 
 def _orthonormal_columns(Y: PyTree, num: int) -> PyTree:
@@ -188,23 +196,42 @@ def hutchinson_trace(
 def _diagonal_impl(A, matvec, example, key, *, num_samples):
     matvec, example = _matvec_checked(matvec, example)
 
-    def body(acc, kk):
+    def body(carry, kk):
+        # Welford's update of the running mean and sum of squared deviations, per entry:
+        # one pass over the probes, no cancellation in the variance.
+        count, mean, m2 = carry
         z = _random_like(kk, example, "rademacher")[0]
-        return jax.tree.map(lambda a, zl, azl: a + zl * azl, acc, z, matvec(z)), None
+        sample = jax.tree.map(jnp.multiply, z, matvec(z))
+        count = count + 1
+        delta = jax.tree.map(jnp.subtract, sample, mean)
+        mean = jax.tree.map(lambda m, d: m + d / count.astype(m.dtype), mean, delta)
+        m2 = jax.tree.map(lambda q, d, s, m: q + d * (s - m), m2, delta, sample, mean)
+        return (count, mean, m2), None
 
-    total, _ = jax.lax.scan(body, tree_zeros_like(example), _probe_keys(key, num_samples))
-    return tree_scale(total, 1.0 / num_samples)
+    zeros = tree_zeros_like(example)
+    init = (jnp.zeros((), jnp.int32), zeros, zeros)
+    (_, mean, m2), _ = jax.lax.scan(body, init, _probe_keys(key, num_samples))
+    if num_samples < 2:
+        stderr = jax.tree.map(lambda m: jnp.full_like(m, jnp.inf), mean)
+    else:
+        scale = 1.0 / (num_samples * (num_samples - 1))
+        stderr = jax.tree.map(lambda q: jnp.sqrt(q * scale), m2)
+    return DiagonalEstimate(mean, stderr, jnp.asarray(num_samples))
 
 
 def hutchinson_diagonal(
     A: Any, key: jax.Array, num_samples: int, *, example: PyTree | None = None
-) -> PyTree:
+) -> DiagonalEstimate:
     r"""Randomized estimate of :math:`\mathrm{diag}(A)` as a pytree like the domain.
 
     :math:`\mathrm{diag}(A) \approx \frac1s \sum_i z_i \odot A z_i` with Rademacher probes:
     unbiased, since :math:`E[z_i z_j] = \delta_{ij}`; entry :math:`i` has variance
     :math:`\sum_{j \ne i} A_{ij}^2 / s`, so the estimate is sharp for diagonally dominant
     matrices (e.g. as an optimizer's preconditioner).
+
+    Breaking change (the one of ``docs/conventions.md``): it returns a
+    ``DiagonalEstimate`` (``estimate``, ``stderr``, ``num_matvecs``), as every estimator
+    returns a result, instead of the bare tree, which is now ``.estimate``.
 
     Args:
       A: operator, dense symmetric matrix or callable (with ``example``).
@@ -213,8 +240,9 @@ def hutchinson_diagonal(
       example: pytree shaped like the domain; required for a bare callable.
 
     Returns:
-      A pytree with the structure, shapes and dtypes of the domain (float32 for a
-      float16/bfloat16 domain: the sum of probes runs in float32).
+      A ``DiagonalEstimate``: ``estimate`` and ``stderr`` are pytrees with the structure,
+      shapes and dtypes of the domain (float32 for a float16/bfloat16 domain: the sum of
+      probes runs in float32); ``num_matvecs`` is ``num_samples``.
 
     Raises:
       ValueError: ``num_samples < 1``, a non-symmetric dense ``A`` (pass ``(A + A.T) / 2``:
@@ -224,8 +252,9 @@ def hutchinson_diagonal(
       >>> import jax, jax.numpy as jnp
       >>> import jaxcurv
       >>> D = jnp.diag(jnp.array([1.0, 2.0, 3.0]))
-      >>> jaxcurv.hutchinson_diagonal(D, jax.random.key(0), 4).tolist()  # exact: diagonal
-      [1.0, 2.0, 3.0]
+      >>> d = jaxcurv.hutchinson_diagonal(D, jax.random.key(0), 4)  # exact: diagonal
+      >>> d.estimate.tolist(), d.stderr.tolist(), int(d.num_matvecs)
+      ([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], 4)
 
     References:
       Bekas, Kokiopoulou and Saad, "An estimator for the diagonal of a matrix", Appl.

@@ -49,9 +49,9 @@ curvature_fraction = 1.0
 num_examples = 32
 top_k = 3
 bottom_k = 2
-num_lanczos = 12
-trace_samples = 6
-density_probes = 2
+num_steps = 12
+trace_num_samples = 6
+density_num_samples = 2
 slice_points = 5
 
 [demo]

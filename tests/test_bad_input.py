@@ -502,7 +502,7 @@ CASES: dict[str, Case] = {
         "`spectral_density(A, key)`",
         "a non-symmetric dense `A`",
         lambda tmp: jaxcurv.spectral_density(
-            jnp.array([[1.0, 10.0], [0.0, 2.0]]), jax.random.key(0), num_lanczos=2
+            jnp.array([[1.0, 10.0], [0.0, 2.0]]), jax.random.key(0), num_steps=2
         ),
         ValueError,
         ("`spectral_density(A)`", "not symmetric"),
@@ -663,6 +663,73 @@ CASES: dict[str, Case] = {
         "Train without --resume first",
     ),
     # --- compile policy (issue 11) ---
+    "operator-micro-batch-zero": Case(
+        "`hessian_operator(..., micro_batch=...)`",
+        "a micro-batch of 0 examples",
+        lambda tmp: jaxcurv.hessian_operator(
+            lambda p, x: jnp.mean((x @ p) ** 2), jnp.ones(2), jnp.ones((4, 2)), micro_batch=0
+        ),
+        ValueError,
+        ("micro_batch", "0"),
+        ">= 1",
+    ),
+    "operator-wrt-selects-nothing": Case(
+        "`hessian_operator(..., wrt=...)`",
+        "a selection of no leaf",
+        lambda tmp: jaxcurv.hessian_operator(_tree_loss, _P, wrt={"a": False, "b": False}),
+        ValueError,
+        ("wrt",),
+        "selects no leaf",
+    ),
+    "fisher-mc-without-key": Case(
+        "`fisher_operator(..., kind='mc')`",
+        "Monte-Carlo labels without a key",
+        lambda tmp: jaxcurv.fisher_operator(
+            lambda p, x: x @ p,
+            lambda o, y: jnp.mean((o - y) ** 2),
+            jnp.ones((2, 1)),
+            kind="mc",
+            x=jnp.ones((4, 2)),
+            y=jnp.ones((4, 1)),
+        ),
+        TypeError,
+        ("key",),
+        "jax.random.key",
+    ),
+    "random-direction-normalization": Case(
+        "`random_direction(key, params, normalization=...)`",
+        "a misspelt normalization",
+        lambda tmp: jaxcurv.random_direction(jax.random.key(0), _P, normalization="fliter"),
+        ValueError,
+        ("`random_direction(normalization=...)`", "'fliter'"),
+        "'filter', 'layer', None",
+    ),
+    "softmax-ce-integer-logits": Case(
+        "`softmax_cross_entropy(logits, labels)`",
+        "integer logits",
+        lambda tmp: jaxcurv.softmax_cross_entropy(jnp.ones((3, 4), jnp.int32), jnp.zeros(3, int)),
+        TypeError,
+        ("`softmax_cross_entropy(logits=...)`", "int32"),
+        "unnormalised scores",
+    ),
+    "loss-slices-no-direction": Case(
+        "`loss_slices(fun, x, *args)`",
+        "no direction to slice along",
+        lambda tmp: jaxcurv.loss_slices(_sq, jnp.ones(2)),
+        TypeError,
+        ("`loss_slices`", "directions"),
+        "directions=(d1, d2)",
+    ),
+    "hf-injected-static-option": Case(
+        "`optax.inject_hyperparams(hessian_free)(cg_maxiter=...)`",
+        "a loop bound made a traced hyperparameter",
+        lambda tmp: optax.inject_hyperparams(jaxcurv.hessian_free)(cg_maxiter=10).init(
+            {"w": jnp.ones(2)}
+        ),
+        TypeError,
+        ("cg_maxiter",),
+        "static_args=('cg_maxiter',)",
+    ),
 }
 
 

@@ -29,17 +29,8 @@ import numpy as np
 import pytest
 import scipy.sparse.linalg as spla
 
-from jaxcurv.cg import (
-    _RUNNING,
-    CGInfo,
-    CGStatus,
-    _init,
-    _Problem,
-    _step,
-    cg,
-    cg_record_steps,
-    cg_status_message,
-)
+from jaxcurv._cg_loop import _RUNNING, _init, _Problem, _step
+from jaxcurv.cg import CGInfo, CGStatus, cg, cg_record_steps, cg_status_message
 from jaxcurv.products import ggn_operator, hessian_operator
 from tests.helpers import random_symmetric
 
@@ -195,7 +186,7 @@ def test_one_step_is_the_hestenes_stiefel_update():
     s0 = _init(problem, b, None, jnp.asarray(True))
     np.testing.assert_array_equal(s0.r, b)
     np.testing.assert_array_equal(s0.p, b)
-    assert int(s0.status) == _RUNNING
+    assert int(s0.status) == _RUNNING and int(s0.num_matvecs) == 0  # r0 = b: no product
     s1 = _step(problem, s0)
     np.testing.assert_allclose(s1.x, [0.25, 0.5], rtol=1e-15)
     np.testing.assert_allclose(s1.r, [-0.5, 0.25], rtol=1e-15)
@@ -205,11 +196,12 @@ def test_one_step_is_the_hestenes_stiefel_update():
     np.testing.assert_allclose(s1.pmp, s1.p @ s1.p, rtol=1e-15)  # p^T p by recurrence
     np.testing.assert_allclose(s1.curvature, 20.0, rtol=1e-15)
     np.testing.assert_allclose(s1.phi, -5 / 8, rtol=1e-15)
-    assert int(s1.i) == 1 and int(s1.status) == _RUNNING
+    assert int(s1.i) == 1 and int(s1.status) == _RUNNING and int(s1.num_matvecs) == 1
     # The second step solves the 2 x 2 system exactly and stops on the residual test.
     s2 = _step(problem, s1)
     np.testing.assert_allclose(s2.x, np.linalg.solve(A, b), rtol=1e-14)
     assert int(s2.i) == 2 and int(s2.status) == CGStatus.CONVERGED
+    assert int(s2.num_matvecs) == 2
 
 
 @pytest.mark.parametrize("use_jit", [False, True])
@@ -780,3 +772,55 @@ def test_max_steps_iterate_matches_numpy():
     assert int(info.status) == CGStatus.MAX_STEPS
     xs, _ = np_cg(A, b, maxiter=6)
     _within(np.asarray(x) - xs[6], _two_runs(A, xs[6], 6, EPS64), "iterate 6")
+
+
+# ------------------------------------------------------------------ num_matvecs (issue 12)
+
+
+_CALLS: list[int] = []
+
+
+def _count(_):
+    _CALLS.append(1)
+
+
+def _counted(M):
+    # One callback object for every matrix: the jaxprs of the cases agree, so the compile
+    # cache serves them all (a new lambda per case would compile each).
+    def matvec(v):
+        jax.debug.callback(_count, v)
+        return M @ v
+
+    return matvec
+
+
+def test_num_matvecs_counts_every_product_with_a():
+    # A counter on the host, bumped by every product XLA actually executes (a debug
+    # callback runs once per evaluation, inside the while loop too): the oracle for
+    # info.num_matvecs, on the plain loop (top level) and on the implicit-differentiation
+    # wrapper (under jit), which must run the primal solve alone.
+    A, b = spd(12, 1e2, seed=3)
+    indefinite = random_symmetric(np.random.default_rng(4), np.linspace(-1.0, 3.0, 12))
+    cases = {
+        # name: (A, x0, the expected count in closed form)
+        "zero start": (A, None, lambda info: int(info.num_steps)),
+        "x0 given": (A, np.ones(12), lambda info: int(info.num_steps) + 1),
+        "start at the solution": (A, np.linalg.solve(A, b), lambda info: 1),
+        # The step that meets negative curvature spent its product and did not move.
+        "negative curvature": (indefinite, None, lambda info: int(info.num_steps) + 1),
+    }
+    jitted = jax.jit(lambda M, b, x0: cg(_counted(M), b, x0, tol=1e-10))
+    for name, (M, x0, expected) in cases.items():
+        x0 = None if x0 is None else jnp.asarray(x0)
+        for how, solve in (
+            ("top level", lambda M, b, x0: cg(_counted(M), b, x0, tol=1e-10)),
+            ("jit", jitted),
+        ):
+            if how == "jit" and x0 is None:
+                continue  # one jit configuration is enough
+            _CALLS.clear()
+            x, info = solve(jnp.asarray(M), jnp.asarray(b), x0)
+            jax.block_until_ready(x)
+            jax.effects_barrier()
+            assert int(info.num_matvecs) == len(_CALLS) == expected(info), (name, how)
+    assert int(info.status) == CGStatus.NEGATIVE_CURVATURE

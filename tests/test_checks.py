@@ -102,9 +102,9 @@ CASES = [
         "`hessian_free(cg_maxiter=...)` must be a positive int, got 0.",
     ),
     (
-        lambda: jaxcurv.hessian_free(line_search_max_steps=-1),
+        lambda: jaxcurv.hessian_free(line_search_maxiter=-1),
         ValueError,
-        "`hessian_free(line_search_max_steps=...)` must be a non-negative int, got -1.",
+        "`hessian_free(line_search_maxiter=...)` must be a non-negative int, got -1.",
     ),
     (
         lambda: jaxcurv.hessian_free(damping="1e-3"),
@@ -149,7 +149,9 @@ CASES = [
         "bitwise equality.",
     ),
     (
-        lambda: jaxcurv.loss_slices(lambda p: p @ p, jnp.ones(2), jnp.ones(2), num_points=3.0),
+        lambda: jaxcurv.loss_slices(
+            lambda p: p @ p, jnp.ones(2), directions=jnp.ones(2), num_points=3.0
+        ),
         TypeError,
         "`loss_slices(num_points=...)` must be an int >= 2, got float: 3.0. A slice "
         "needs both of its ends.",

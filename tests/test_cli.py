@@ -170,8 +170,8 @@ def test_landscape_on_checkpoint(cli_run, tiny, tmp_path, capsys):
     assert len(top) == 3 and len(bottom) == 2
     assert top == sorted(top, reverse=True) and bottom == sorted(bottom)
     assert bottom[0] <= top[-1]
-    # N = 115 is below landscape.dense_threshold: the classification diagonalized the
-    # whole Hessian on its own, and its spectrum ends in the eigenvalues reported.
+    # N = 115 is below landscape.dense_threshold: the whole Hessian is diagonalized once,
+    # the classification reads that spectrum, and its ends are the eigenvalues reported.
     crit = res["critical_point"]
     assert crit["method"] == "dense" and len(crit["eigenvalues"]) == 115
     np.testing.assert_allclose(top, crit["eigenvalues"][::-1][:3], rtol=1e-4, atol=1e-6)

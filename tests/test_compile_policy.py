@@ -191,7 +191,7 @@ def test_loss_slices_per_batch_compile_once(n):
     def slices(i):
         batch = _batch(i)
         f = lambda p: _loss(p, batch)
-        got = jaxcurv.loss_slices(f, _PARAMS, _V, num_points=n, radius=1.0)
+        got = jaxcurv.loss_slices(f, _PARAMS, directions=_V, num_points=n, radius=1.0)
         ref = [f(jax.tree.map(lambda p, d, t=t: p + t * d, _PARAMS, _V)) for t in got.t]
         return got, jnp.stack(ref)
 

@@ -202,3 +202,33 @@ def test_describe_keys_lists_every_key_with_its_default():
     assert "[run]" not in text
     everything = describe_keys()
     assert all(f"[{name}]" in everything for name in SECTIONS)
+
+
+def test_renamed_landscape_keys_still_load_with_a_warning(tmp_path):
+    # Configs and saved runs written before the budget keywords took one family of names.
+    old = "[landscape]\nnum_lanczos = 12\ntrace_samples = 6\ndensity_probes = 2\n"
+    with pytest.warns(FutureWarning, match="`landscape.num_lanczos`.*`landscape.num_steps`"):
+        cfg = load_config(_write(tmp_path, old))
+    land = cfg.landscape
+    assert (land.num_steps, land.trace_num_samples, land.density_num_samples) == (12, 6, 2)
+    with pytest.warns(FutureWarning):
+        assert load_config(None, ["landscape.trace_samples=9"]).landscape.trace_num_samples == 9
+    both = "[landscape]\nnum_lanczos = 12\nnum_steps = 12\n"
+    with pytest.warns(FutureWarning), pytest.raises(ConfigError, match="given twice"):
+        load_config(_write(tmp_path, both))
+
+
+def test_landscape_and_sharpness_keys_are_the_library_defaults_and_checked():
+    import inspect
+
+    import jaxcurv
+
+    library = inspect.signature(jaxcurv.analyze_landscape).parameters
+    land = load_config(None).landscape
+    for key in ("dense_threshold", "maxiter", "num_steps", "trace_num_samples", "top_k"):
+        assert getattr(land, key) == library[key].default, key
+    assert load_config(None).run.sharpness_every == 0  # off by default
+    with pytest.raises(ConfigError, match="interpolation_points"):
+        load_config(None, ["landscape.interpolation_points=1"])
+    with pytest.raises(ConfigError, match="must be one of 'hessian', 'ggn'"):
+        load_config(None, ["run.sharpness_curvature=fisher"])

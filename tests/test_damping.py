@@ -109,3 +109,23 @@ def test_reduction_ratio_is_one_on_a_quadratic(lr):
     # Both sides are sums of O(16) terms of size <= scale: 100 eps of it, over |m|.
     scale = np.abs(g) @ np.abs(p) + np.abs(p) @ np.abs(B) @ np.abs(p) + lam * p @ p
     np.testing.assert_allclose(float(rho), 1.0, atol=MARGIN * 100 * EPS64 * scale / abs(f(lr * p)))
+
+
+def test_hessian_free_takes_its_damping_defaults_from_the_rule():
+    """One source of Martens' constants: the rule's defaults are the optimizer's."""
+    import inspect
+
+    import jaxcurv
+
+    hf = inspect.signature(jaxcurv.hessian_free).parameters
+    rule = inspect.signature(levenberg_marquardt_damping).parameters
+    names = {"damping_increase": "increase", "damping_decrease": "decrease"}
+    for option in (
+        "damping_increase",
+        "damping_decrease",
+        "rho_low",
+        "rho_high",
+        "min_damping",
+        "max_damping",
+    ):
+        assert hf[option].default == rule[names.get(option, option)].default, option

@@ -19,9 +19,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxcurv"
 APP = PACKAGE / "app"
 # The private modules whose private names every jaxcurv module may use.
 SHARED_PRIVATE = (
+    "jaxcurv._cg_loop",
     "jaxcurv._checks",
     "jaxcurv._compile",
     "jaxcurv._dispatch",
+    "jaxcurv._hellmann_feynman",
     "jaxcurv._lanczos",
     "jaxcurv._precision",
     "jaxcurv._symmetry",

@@ -48,6 +48,10 @@ def test_micro_batched_ggn_with_keyword_data_and_wrt_equals_the_dense_sub_block(
     # float64, entries O(1): 1e-14 is ~5x the (6 + 3) eps bound.
     np.testing.assert_allclose(op.to_dense(), rs.dense_ggn(p, x, y)[np.ix_(idx, idx)], atol=1e-14)
     assert op.x["l1"]["b"] is None and op.x["l1"]["w"].shape == (3, 4)
+    # It keeps no outputs (memory in proportion to the examples), and says so.
+    assert not hasattr(op, "outputs")
+    with pytest.raises(AttributeError, match=r"keeps no model outputs.*without `micro_batch=`"):
+        op.outputs
 
 
 def test_a_new_batch_of_the_same_shapes_compiles_nothing_and_globals_are_read_afresh():

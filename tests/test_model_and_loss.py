@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -24,9 +25,9 @@ def test_one_class_under_every_name_it_had():
 
 def test_keywords_are_routed_by_the_signatures():
     obj = ModelAndLoss(lambda w, x, *, train=False: x @ w, lambda out, y, **kw: out - y)
-    m_kw, l_kw = obj.split_kwargs({"x": 1, "y": 2, "train": True})
-    # `loss_fn` takes **kw: it receives everything; `model_fn` only what it names.
-    assert m_kw == {"x": 1, "train": True} and l_kw == {"x": 1, "y": 2, "train": True}
+    m_kw, l_kw = obj.split_kwargs({"x": 1, "y": 2, "train": True, "w": 3})
+    # Each gets what it names; `loss_fn`'s **kw gets what `model_fn` does not name.
+    assert m_kw == {"x": 1, "train": True} and l_kw == {"y": 2, "w": 3}
     w = jnp.asarray([1.0, 2.0])
     np.testing.assert_array_equal(obj(w, x=jnp.eye(2), y=jnp.ones(2)), [0.0, 1.0])
     with pytest.raises(TypeError, match=r"\['z'\].*neither `model_fn` nor `loss_fn`"):
@@ -54,3 +55,87 @@ def test_batched_keyword_data_share_a_leading_size_and_sub_batches_are_leading_r
     assert sub["scale"] == 2.0
     with pytest.raises(ValueError, match=r"`hessian_free\(preconditioner=...\)`.*\['y'\]"):
         batch_size({"x": jnp.zeros((6, 2)), "y": jnp.zeros(5)}, "preconditioner")
+
+
+def _flax_like_apply(variables, *args, rngs=None, mutable=False, **kwargs):
+    """Flax's `Module.apply` signature: keywords it does not name reach `__call__`."""
+
+    def call(x, train=False):
+        return x @ variables["w"] * (2.0 if train else 1.0)
+
+    return call(*args, **kwargs)
+
+
+def test_a_kwargs_model_gets_only_the_keywords_the_loss_does_not_name():
+    loss_fn = lambda out, y: jnp.sum((out - y) ** 2)
+    obj = ModelAndLoss(_flax_like_apply, loss_fn)
+    v = {"w": jnp.asarray([1.0, 2.0])}
+    x, y = jnp.eye(2), jnp.asarray([1.0, 1.0])
+    # Oracle: the composition written out by hand.
+    expected = float(loss_fn(_flax_like_apply(v, x, train=True), y))
+    assert float(obj(v, x=x, y=y, train=True)) == expected  # `y` never reaches `apply`
+    assert obj.split_kwargs({"x": 1, "y": 2, "train": True}) == ({"x": 1, "train": True}, {"y": 2})
+    # Positional data: `apply` takes *args, so the split is read from the loss's one target.
+    assert float(obj(v, x, y, train=True)) == expected
+
+
+def test_routing_stated_explicitly_when_signatures_cannot_say_it():
+    both_kwargs = ModelAndLoss(
+        lambda w, **kw: kw["x"] @ w, lambda o, **kw: jnp.sum((o - kw["y"]) ** 2)
+    )
+    with pytest.raises(TypeError, match=r"\['x', 'y'\] could go to both.*model_keys="):
+        both_kwargs.split_kwargs({"x": 1, "y": 2})
+    stated = ModelAndLoss(
+        both_kwargs.model_fn, both_kwargs.loss_fn, model_keys="x", loss_keys=("y",)
+    )
+    assert stated.model_keys == ("x",)
+    assert stated.split_kwargs({"x": 1, "y": 2}) == ({"x": 1}, {"y": 2})
+    w, x, y = jnp.asarray([1.0, -1.0]), jnp.eye(2), jnp.zeros(2)
+    assert float(stated(w, x=x, y=y)) == 2.0  # |x w - 0|^2 = 1 + 1
+    with pytest.raises(TypeError, match=r"\['z'\].*neither"):
+        stated.split_kwargs({"x": 1, "y": 2, "z": 3})
+    with pytest.raises(TypeError, match=r"`ModelAndLoss\(model_keys=...\)` must be a tuple"):
+        ModelAndLoss(lambda w: w, lambda o: o, model_keys=3)
+
+
+def test_positional_data_are_split_by_count():
+    obj = ModelAndLoss(lambda w, x, train=False: x @ w, lambda o, y: jnp.sum((o - y) ** 2))
+    w, x, y = jnp.asarray([1.0, 2.0]), jnp.eye(2), jnp.asarray([1.0, 0.0])
+    assert float(obj(w, x, y)) == float(obj(w, x=x, y=y)) == 4.0  # (1-1)^2 + (2-0)^2
+    assert obj.split_args((1, 2)) == ((1,), (2,))
+    star = ModelAndLoss(lambda w, *a: a[0] @ w, lambda o, *a: jnp.sum(o - a[0]))
+    with pytest.raises(TypeError, match=r"cannot split them.*num_model_args=1"):
+        star(w, x, y)
+    stated = ModelAndLoss(star.model_fn, star.loss_fn, num_model_args=1)
+    assert float(stated(w, x, y)) == 2.0  # (1 - 1) + (2 - 0)
+    with pytest.raises(ValueError, match=r"num_model_args"):
+        ModelAndLoss(star.model_fn, star.loss_fn, num_model_args=-1)
+
+
+def test_aux_of_the_model_and_of_the_loss():
+    def model_fn(w, x):
+        out = x @ w
+        return out, {"mean": jnp.mean(out)}  # like Flax's mutable batch statistics
+
+    def loss_fn(out, y):
+        loss = jnp.sum((out - y) ** 2)
+        return loss, {"max": jnp.max(jnp.abs(out - y))}  # a metric
+
+    w, x, y = jnp.asarray([1.0, 3.0]), jnp.eye(2), jnp.zeros(2)
+    both = ModelAndLoss(model_fn, loss_fn, model_has_aux=True, loss_has_aux=True)
+    loss, (model_aux, loss_aux) = both(w, x=x, y=y)
+    assert both.has_aux and float(loss) == 10.0 and float(model_aux["mean"]) == 2.0
+    assert float(loss_aux["max"]) == 3.0
+    only_model = ModelAndLoss(model_fn, lambda o, y: jnp.sum((o - y) ** 2), model_has_aux=True)
+    (value, aux), grad = jax.value_and_grad(only_model, has_aux=True)(w, x=x, y=y)
+    np.testing.assert_allclose(grad, 2.0 * w)  # d/dw |w|^2
+    assert float(value) == 10.0 and float(aux["mean"]) == 2.0
+    plain = only_model.without_aux()
+    assert not plain.has_aux and float(plain(w, x=x, y=y)) == 10.0
+    model, loss = only_model.bind(x=x, y=y)
+    np.testing.assert_array_equal(model(w), w)
+    assert float(loss(w)) == 10.0
+    with pytest.raises(TypeError, match=r"`model_fn` to return a pair `\(outputs, aux\)`"):
+        ModelAndLoss(lambda w, x: x @ w, loss_fn, model_has_aux=True)(w, x=x, y=y)
+    with pytest.raises(TypeError, match=r"must be a bool"):
+        ModelAndLoss(model_fn, loss_fn, loss_has_aux=1)

@@ -234,7 +234,13 @@ def test_lanczos_on_clustered_ggn_operator_float32_has_no_ghosts():
     # within 1e-2 of 100 are one eigenvalue twice.
     assert np.sum(np.abs(plain - 100.0) < 1e-2) >= 2
     res = jaxcurv.eigenvalues(
-        op, 5, key=jax.random.key(0), num_iters=m, dense_threshold=0, return_eigenvectors=True
+        op,
+        5,
+        key=jax.random.key(0),
+        method="lanczos",
+        maxiter=m,
+        dense_threshold=0,
+        return_eigenvectors=True,
     )
     assert res.eigenvalues.dtype == jnp.float32
     got = np.asarray(res.eigenvalues, np.float64)

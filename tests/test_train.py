@@ -148,6 +148,38 @@ def test_load_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "junk.npz", params, ())
 
 
+def test_a_checkpoint_from_before_value_and_grad_loads(tmp_path):
+    """HessianFreeState gained trailing ``value``/``grad`` fields (None unless
+    store_grad=True): a checkpoint written with the 15-field state still loads."""
+    import collections
+
+    import jax
+
+    from jaxcurv import hessian_free
+
+    params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.zeros(3)}
+    new = hessian_free().init(params)
+    new = new._replace(count=jnp.asarray(7, new.count.dtype), damping=jnp.asarray(0.25))
+    # The state class as it was: same name, the fields before value and grad.
+    Old = collections.namedtuple("HessianFreeState", type(new)._fields[:-2])
+    old = Old(*new[:-2])
+    assert str(jax.tree.structure(old)) != str(jax.tree.structure(new))  # what was refused
+    path = save_checkpoint(tmp_path / "old.npz", params, old, step=7, optimizer_name="hf")
+    ck = load_checkpoint(path, params, new, optimizer_name="hf")
+    assert type(ck.state) is type(new) and ck.state.value is None and ck.state.grad is None
+    assert_trees_identical(ck.state, new)
+    assert_trees_identical(ck.params, params)
+    # Only trailing None fields may be missing: with store_grad=True they hold leaves.
+    stored = hessian_free(store_grad=True).init(params)
+    with pytest.raises(CheckpointError, match="optimizer state differ"):
+        load_checkpoint(path, params, stored, optimizer_name="hf")
+    # A state short of a field that holds a leaf (num_nonfinite) is still refused.
+    Shorter = collections.namedtuple("HessianFreeState", Old._fields[:-1])
+    other = save_checkpoint(tmp_path / "short.npz", params, Shorter(*old[:-1]), step=7)
+    with pytest.raises(CheckpointError, match="optimizer state differ"):
+        load_checkpoint(other, params, new)
+
+
 def test_resume_without_checkpoint(tmp_path):
     cfg = tiny_config(tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoints"):

@@ -8,10 +8,17 @@ before it restores anything, so a checkpoint of another model is a
 :class:`DamagedCheckpointError` naming it. A run keeps its checkpoints in
 ``checkpoints/step_XXXXXXXX.npz`` (:func:`checkpoint_path`, :func:`list_checkpoints`,
 :func:`latest_checkpoint`).
+
+Compatibility: a state class that gains trailing fields left ``None`` by default (as
+``HessianFreeState`` gained ``value`` and ``grad`` for ``store_grad=True``) adds no leaf,
+so a checkpoint written before loads into it unchanged: the structure is compared with
+and without such trailing ``None`` fields (:func:`_structures`), the leaves always. The
+file format stays 1.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
@@ -178,6 +185,35 @@ def checkpoint_metadata(path: str | os.PathLike) -> dict:
     return _read_meta(pathlib.Path(path))[0]
 
 
+def _is_namedtuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "_fields")
+
+
+def _without_trailing_nones(tree: PyTree) -> PyTree:
+    """``tree`` with every NamedTuple's trailing ``None`` fields dropped (a class of the
+    same name and the leading fields): the structure it had before those fields existed.
+    The leaves, and their order, are unchanged: a ``None`` field holds none."""
+    if _is_namedtuple(tree):
+        values = [_without_trailing_nones(v) for v in tree]
+        k = len(values)
+        while k and values[k - 1] is None:
+            k -= 1
+        if k == len(values):
+            return type(tree)(*values)
+        return collections.namedtuple(type(tree).__name__, tree._fields[:k])(*values[:k])
+    if isinstance(tree, list | tuple) and type(tree) in (list, tuple):
+        return type(tree)(_without_trailing_nones(v) for v in tree)
+    if type(tree) is dict:
+        return {k: _without_trailing_nones(v) for k, v in tree.items()}
+    return tree
+
+
+def _structures(tree: PyTree) -> set[str]:
+    """The tree structures a checkpoint restorable into ``tree`` may have been written
+    with: ``tree``'s own, and the one without trailing ``None`` NamedTuple fields."""
+    return {str(jax.tree.structure(tree)), str(jax.tree.structure(_without_trailing_nones(tree)))}
+
+
 def _check_compatible(
     path: pathlib.Path, meta: dict, like: dict, model_name: str, optimizer_name: str
 ) -> None:
@@ -192,7 +228,7 @@ def _check_compatible(
             f"{path} has checkpoint format {meta.get('format')}, expected {_FORMAT}. {fix}"
         )
     for what, tree in like.items():
-        same = meta.get(f"{what}_treedef") == str(jax.tree.structure(tree)) and meta.get(
+        same = meta.get(f"{what}_treedef") in _structures(tree) and meta.get(
             f"{what}_leaves"
         ) == _describe_tree(tree)
         if not same:

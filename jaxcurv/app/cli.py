@@ -266,11 +266,18 @@ def _cmd_landscape(args) -> int:
     res = landscape(
         cfg, out, checkpoint=args.checkpoint, overwrite=args.overwrite, progress=_progress(args)
     )
-    top = ", ".join(f"{v:.4g}" for v in res["top_eigenvalues"])
-    bottom = ", ".join(f"{v:.4g}" for v in res["bottom_eigenvalues"])
+    pairs = res["eigenpairs"]
+
+    def shown(rows):
+        return ", ".join(
+            f"{r['eigenvalue']:.4g}{'' if r['converged'] else ' (NOT converged)'}" for r in rows
+        )
+
     print(f"loss {res['loss']:.4g}, gradient norm {res['gradient_norm']:.3g}")
-    print(f"top eigenvalues: {top}")
-    print(f"bottom eigenvalues: {bottom}")
+    print(f"top eigenvalues: {shown(pairs['top'])}")
+    print(f"bottom eigenvalues: {shown(pairs['bottom'])}")
+    worst = max(res["top_residuals"] + res["bottom_residuals"])
+    print(f"  ({pairs['method']}; largest residual {worst:.2g}; {pairs['convergence_test']})")
     print(
         f"trace ~ {res['hutchinson_trace']['estimate']:.4g} "
         f"+- {res['hutchinson_trace']['stderr']:.2g}; {res['critical_point']['kind']}"

@@ -24,17 +24,21 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from jaxcurv.app.config_consistency import check_consistency
 from jaxcurv.app.config_values import (
+    RENAMED_KEYS,
     ConfigError,
     check_range,
     convert,
     count,
+    current_key,
     parse_value,
     setting,
     suggest,
     toml_value,
     type_name,
 )
+from jaxcurv.landscape import DENSE_THRESHOLD
 
 __all__ = [
     "Config",
@@ -44,6 +48,7 @@ __all__ = [
     "LandscapeConfig",
     "ModelConfig",
     "OptimizerConfig",
+    "RENAMED_KEYS",
     "RunConfig",
     "SECTIONS",
     "config_from_dict",
@@ -66,6 +71,23 @@ class RunConfig:
         0, "save params and optimizer state every this many steps (0: at the end)", low=0
     )
     progress: bool = setting(True, "show a progress bar (needs tqdm, in the cli extra)")
+    sharpness_every: int = count(
+        0,
+        "record the top curvature eigenvalue (sharpness) and the trace every this many steps, "
+        "at the parameters after the step on its batch (0: off, costs nothing)",
+        low=0,
+    )
+    sharpness_curvature: str = setting(
+        "hessian",
+        "the matrix the sharpness is measured on: the Hessian, or the Gauss-Newton matrix",
+        choices=("hessian", "ggn"),
+    )
+    sharpness_maxiter: int = count(
+        200, "most curvature products per top-eigenvalue estimate (thick-restart Lanczos)", low=2
+    )
+    sharpness_num_samples: int = count(
+        10, "Hutchinson probes per trace estimate of the sharpness record", low=2
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,15 +212,39 @@ class LandscapeConfig:
     num_examples: int = count(500, "training examples the loss is measured on")
     top_k: int = count(5, "largest Hessian eigenvalues to report")
     bottom_k: int = count(5, "smallest Hessian eigenvalues to report")
-    num_lanczos: int = count(40, "Lanczos steps for eigenvalues and density", low=2)
-    trace_samples: int = count(30, "Hutchinson probes for the trace", low=2)
-    density_probes: int = count(4, "probes of stochastic Lanczos quadrature")
+    maxiter: int = count(
+        1000,
+        "most Hessian-vector products the eigenvalues may spend; thick-restart Lanczos stops "
+        "earlier once every reported pair has converged",
+        low=2,
+    )
+    tol: float = setting(
+        0.0,
+        "relative residual of a converged eigenpair (0: the library default, 1e-5 for "
+        "float32 and 1e-8 for float64)",
+        low=0.0,
+    )
+    num_steps: int = count(40, "Lanczos steps per probe of the spectral density", low=2)
+    trace_num_samples: int = count(30, "Hutchinson probes for the trace", low=2)
+    density_num_samples: int = count(4, "probes of stochastic Lanczos quadrature")
     slice_points: int = count(21, "grid points per axis of the loss slices", low=3)
     slice_radius: float = setting(
-        1.0, "half-width of the loss slices, in units of the eigenvectors", low=0.0, low_open=True
+        1.0, "half-width of the loss slices, in units of the directions", low=0.0, low_open=True
+    )
+    slice_directions: str = setting(
+        "eigenvectors",
+        "directions of the loss slices: the top two Hessian eigenvectors, or two random "
+        "filter-normalized directions (Li et al. 2018)",
+        choices=("eigenvectors", "random"),
+    )
+    interpolation_points: int = count(
+        41,
+        "points of the loss on the line from the initialization to the analyzed parameters "
+        "(Goodfellow et al. 2015; 0: none)",
+        low=0,
     )
     dense_threshold: int = count(
-        1024,
+        DENSE_THRESHOLD,
         "form the Hessian and diagonalize it exactly up to this many parameters (0: Lanczos)",
         low=0,
     )
@@ -272,6 +318,12 @@ def _build_section(name: str, cls: type, table: Any, source: str) -> Any:
     types_ = _section_types(cls)
     values = {}
     for key, value in table.items():
+        key = current_key(name, key, source)
+        if key in values:
+            raise ConfigError(
+                f"`{name}.{key}` is given twice in {source}, once under its old name. Keep "
+                f"only `{name}.{key}`."
+            )
         if key not in fields:
             raise ConfigError(
                 f"Unknown key `{name}.{key}` in {source}.{suggest(key, fields, name + '.')} "
@@ -300,6 +352,7 @@ def _parse_override(text: str, cfg_types: dict[str, dict[str, Any]]) -> tuple[st
             f"`--set run.steps=100`. Sections: {', '.join(SECTIONS)}."
         )
     section, key = path.split(".", 1)
+    key = current_key(section, key, f"`{source}`")
     if section not in SECTIONS:
         raise ConfigError(
             f"Unknown section `{section}` in `{source}`.{suggest(section, SECTIONS)} "
@@ -313,56 +366,6 @@ def _parse_override(text: str, cfg_types: dict[str, dict[str, Any]]) -> tuple[st
             f"of [{section}]: {', '.join(types_)}."
         )
     return section, key, parse_value(raw, types_[key])
-
-
-def _check_consistency(cfg: Config, source: str) -> None:
-    m, d = cfg.model, cfg.data
-    if d.kind == "curves":
-        pixels = d.size * d.size
-        if m.sizes[0] != pixels:
-            raise ConfigError(
-                f"`model.sizes` starts with {m.sizes[0]} inputs but `data.size` = {d.size} "
-                f"gives {d.size}x{d.size} = {pixels} pixels ({source}). Make the first entry "
-                f"of `model.sizes` {pixels}, or change `data.size`."
-            )
-    elif m.kind == "mlp" and m.sizes[0] != d.in_dim:
-        raise ConfigError(
-            f"`model.sizes` starts with {m.sizes[0]} inputs but `data.in_dim` = {d.in_dim} "
-            f"({source}). Make them equal."
-        )
-    if m.kind == "mlp":
-        want = {"regression": d.out_dim, "classification": d.num_classes}.get(d.kind)
-        if d.kind == "curves":
-            want = d.size * d.size
-        if m.sizes[-1] != want:
-            what = {"regression": "data.out_dim", "classification": "data.num_classes"}.get(
-                d.kind, "data.size^2"
-            )
-            raise ConfigError(
-                f"`model.sizes` ends with {m.sizes[-1]} outputs but `{what}` needs {want} "
-                f"({source}). Make the last entry of `model.sizes` {want}."
-            )
-        if d.kind == "classification" and m.loss not in ("auto", "softmax_cross_entropy"):
-            raise ConfigError(
-                f"`model.loss` = {m.loss!r} does not fit integer class labels "
-                f"(`data.kind` = 'classification') in {source}. Use 'softmax_cross_entropy' "
-                f"or 'auto'."
-            )
-    if m.kind == "autoencoder" and d.kind != "curves":
-        raise ConfigError(
-            f"`model.kind` = 'autoencoder' reconstructs images, but `data.kind` = {d.kind!r} "
-            f'({source}). Use `data.kind = "curves"` or `model.kind = "mlp"`.'
-        )
-    if m.kind == "autoencoder" and len(m.sizes) < 2:
-        raise ConfigError(
-            f"`model.sizes` for an autoencoder needs the input width and at least the code "
-            f"width, got {list(m.sizes)} in {source}."
-        )
-    if d.batch_size > d.num_train:
-        raise ConfigError(
-            f"`data.batch_size` = {d.batch_size} exceeds `data.num_train` = {d.num_train} in "
-            f"{source}. Lower it, or 0 for the whole training set."
-        )
 
 
 def load_config(
@@ -428,7 +431,7 @@ def load_config(
         check_range(f"{section}.{key}", field, converted, f"`{where}`")
         sections[section] = dataclasses.replace(sections[section], **{key: converted})
     cfg = Config(**sections)
-    _check_consistency(cfg, source if not overrides else f"{source} with --set overrides")
+    check_consistency(cfg, source if not overrides else f"{source} with --set overrides")
     return cfg
 
 
@@ -470,7 +473,7 @@ def config_from_dict(tables: Mapping[str, Mapping[str, Any]], source: str) -> Co
         _check_table_name(name, source)
         sections[name] = _build_section(name, SECTIONS[name], table, source)
     cfg = Config(**sections)
-    _check_consistency(cfg, source)
+    check_consistency(cfg, source)
     return cfg
 
 

@@ -14,14 +14,17 @@ import dataclasses
 import difflib
 import math
 import tomllib
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
+    "RENAMED_KEYS",
     "ConfigError",
     "check_range",
     "convert",
     "count",
+    "current_key",
     "parse_value",
     "setting",
     "suggest",
@@ -32,6 +35,30 @@ __all__ = [
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says how to fix it."""
+
+
+#: Keys renamed when the library's budgets took one family of names (``num_steps``,
+#: ``num_samples``): configs and saved runs that spell them the old way still load, with
+#: a ``FutureWarning`` (shown by default) that gives the new name.
+RENAMED_KEYS: dict[tuple[str, str], str] = {
+    ("landscape", "num_lanczos"): "num_steps",
+    ("landscape", "trace_samples"): "trace_num_samples",
+    ("landscape", "density_probes"): "density_num_samples",
+}
+
+
+def current_key(section: str, key: str, source: str) -> str:
+    """``key`` of ``[section]``, or the key it was renamed to (with a warning)."""
+    new = RENAMED_KEYS.get((section, key))
+    if new is None:
+        return key
+    warnings.warn(
+        f"`{section}.{key}` (in {source}) is now called `{section}.{new}`; the old name is "
+        f"read for one more release. Rename it.",
+        FutureWarning,
+        stacklevel=4,
+    )
+    return new
 
 
 def setting(

@@ -71,38 +71,88 @@ def analyze_model(
 ) -> jaxcurv.Landscape:
     """:func:`jaxcurv.analyze_landscape` of ``model.loss(model.apply(params, inputs), targets)``
     with the settings of a config's ``[landscape]`` table."""
+    key = jax.random.key(options.seed)
+    directions = None
+    if options.slice_directions == "random":
+        # Li et al. 2018: two independent filter-normalized directions; keys apart from
+        # the analysis' own so that the spectrum does not change with this setting.
+        k1, k2 = jax.random.split(jax.random.fold_in(key, 1))
+        directions = (jaxcurv.random_direction(k1, params), jaxcurv.random_direction(k2, params))
     return jaxcurv.analyze_landscape(
         _ModelLoss(model),
         params,
         jnp.asarray(inputs),
         jnp.asarray(targets),
-        key=jax.random.key(options.seed),
+        key=key,
         top_k=options.top_k,
         bottom_k=options.bottom_k,
-        num_lanczos=options.num_lanczos,
-        trace_samples=options.trace_samples,
-        density_probes=options.density_probes,
+        maxiter=options.maxiter,
+        tol=options.tol or None,
+        num_steps=options.num_steps,
+        trace_num_samples=options.trace_num_samples,
+        density_num_samples=options.density_num_samples,
         slice_points=options.slice_points,
         slice_radius=options.slice_radius,
+        slice_directions=directions,
         dense_threshold=options.dense_threshold,
     )
+
+
+def interpolation_report(
+    model: models_lib.Model,
+    start: PyTree,
+    end: PyTree,
+    inputs: jax.typing.ArrayLike,
+    targets: jax.typing.ArrayLike,
+    num_points: int,
+) -> dict:
+    """The loss on the line from ``start`` (the initialization) to ``end`` (the analyzed
+    parameters), :func:`jaxcurv.linear_interpolation`, as a JSON-ready table."""
+    s = jaxcurv.linear_interpolation(
+        _ModelLoss(model), start, end, jnp.asarray(inputs), jnp.asarray(targets),
+        num_points=num_points,
+    )  # fmt: skip
+    return {"t": _floats(s.t), "loss": _floats(s.along_1d), "from": "initialization"}
 
 
 def _floats(a) -> list:
     return np.asarray(a, dtype=np.float64).tolist()
 
 
-def landscape_report(result: jaxcurv.Landscape) -> dict:
+def _eigen_table(values, residuals, converged) -> list[dict]:
+    return [
+        {"eigenvalue": v, "residual": r, "converged": bool(c)}
+        for v, r, c in zip(_floats(values), _floats(residuals), np.asarray(converged), strict=True)
+    ]
+
+
+def _slice_1d(s) -> dict:
+    return {
+        "t": _floats(s.t),
+        "loss": _floats(s.along_1d),
+        "quadratic_model": _floats(s.quadratic_1d),
+        "value": float(s.value),
+        "slope": float(s.slope),
+        "curvature": float(s.curvature),
+        "direction_norm": float(s.direction_norm),
+    }
+
+
+def landscape_report(result: jaxcurv.Landscape, *, slice_directions: str = "eigenvectors") -> dict:
     """A :class:`jaxcurv.Landscape` as JSON-ready tables (Python floats and lists, no arrays).
 
     Keys: ``num_parameters``, ``loss``, ``gradient_norm``, ``top_eigenvalues`` (largest
-    first), ``top_residuals``, ``bottom_eigenvalues`` (smallest first), ``critical_point``
-    (``kind``, ``reason``, ``method``, ``eigenvalues``), ``hutchinson_trace``
-    (``estimate``, ``stderr``, ``num_samples``), ``spectral_density`` (``grid``,
-    ``density``, ``sigma``), ``slice_1d`` and ``slice_2d`` (``t``, ``loss``; ``slice_2d``
-    is ``None`` with a single top eigenvector). Non-finite numbers stay as they are; write
-    the report with :func:`jaxcurv.app.run_folder.write_json`, which stores them as
-    ``null``.
+    first), ``top_residuals``, ``top_converged``, ``bottom_eigenvalues`` (smallest first),
+    ``bottom_residuals``, ``bottom_converged``, ``eigenpairs`` (``method``, ``tol``, the
+    convergence test in words, ``num_matvecs``, ``all_converged``, and ``top`` / ``bottom``
+    rows of ``eigenvalue``, ``residual``, ``converged``), ``critical_point`` (``kind``,
+    ``reason``, ``method``, ``eigenvalues``), ``hutchinson_trace`` (``estimate``,
+    ``stderr``, ``num_samples``), ``spectral_density`` (``grid``, ``density``, ``sigma``,
+    ``num_samples``, ``num_steps``), ``slice_directions``, ``slice_1d`` (``t``, ``loss``,
+    ``quadratic_model`` and its ``value``, ``slope``, ``curvature``, ``direction_norm``),
+    ``slice_2d`` (``t``, ``loss``; ``None`` with one direction) and ``num_matvecs``.
+    Non-finite numbers stay as they are; write the report with
+    :func:`jaxcurv.app.run_folder.write_json`, which stores them as ``null``.
     """
     crit, trace, density, s = (
         result.critical_point,
@@ -110,14 +160,36 @@ def landscape_report(result: jaxcurv.Landscape) -> dict:
         result.density,
         result.slices,
     )
-    t = _floats(s.t)
+    top = _eigen_table(result.top_eigenvalues, result.top_residuals, result.top_converged)
+    bottom = _eigen_table(
+        result.bottom_eigenvalues, result.bottom_residuals, result.bottom_converged
+    )
+    test = (
+        "exact (dense eigh of the formed Hessian)"
+        if result.eigen_method == "dense"
+        else f"residual ||H v - lambda v|| <= {result.eigen_tol:g} * max(|lambda|, "
+        "eps^(2/3) max|lambda|); an eigenvalue is within its residual of a true one"
+    )
+    num_samples = int(np.shape(density.nodes)[0]) if np.ndim(density.nodes) == 2 else 1
     return {
         "num_parameters": int(result.num_parameters),
         "loss": float(result.value),
         "gradient_norm": float(result.gradient_norm),
-        "top_eigenvalues": _floats(result.top_eigenvalues),
-        "top_residuals": _floats(result.top_residuals),
-        "bottom_eigenvalues": _floats(result.bottom_eigenvalues),
+        "top_eigenvalues": [r["eigenvalue"] for r in top],
+        "top_residuals": [r["residual"] for r in top],
+        "top_converged": [r["converged"] for r in top],
+        "bottom_eigenvalues": [r["eigenvalue"] for r in bottom],
+        "bottom_residuals": [r["residual"] for r in bottom],
+        "bottom_converged": [r["converged"] for r in bottom],
+        "eigenpairs": {
+            "method": result.eigen_method,
+            "tol": result.eigen_tol,
+            "convergence_test": test,
+            "num_matvecs": int(result.critical_point.num_matvecs),
+            "all_converged": all(r["converged"] for r in top + bottom),
+            "top": top,
+            "bottom": bottom,
+        },
         "critical_point": {
             "kind": crit.kind,
             "reason": crit.reason,
@@ -133,15 +205,125 @@ def landscape_report(result: jaxcurv.Landscape) -> dict:
             "grid": _floats(density.grid),
             "density": _floats(density.density),
             "sigma": float(density.sigma),
+            "num_samples": num_samples,
+            "num_steps": int(np.shape(density.nodes)[-1]),
         },
-        "slice_1d": {"t": t, "loss": _floats(s.along_1d)},
-        "slice_2d": None if s.along_2d is None else {"t": t, "loss": _floats(s.along_2d)},
+        "slice_directions": slice_directions,
+        "slice_1d": _slice_1d(s),
+        "slice_2d": None
+        if s.along_2d is None
+        else {"t": _floats(s.t), "loss": _floats(s.along_2d)},
+        "num_matvecs": int(result.num_matvecs),
     }
 
 
+_DIRECTION_WORDS = {
+    "eigenvectors": ("top eigenvector v1", "second eigenvector v2"),
+    "random": ("random filter-normalized direction d1", "random filter-normalized d2"),
+}
+
+
+def _mark_eigenvalues(ax, rows: list[dict], color: str, label: str) -> None:
+    """Vertical lines at the eigenvalues: solid if converged, dashed (and said) if not."""
+    for i, r in enumerate(rows):
+        ok = r["converged"]
+        ax.axvline(
+            r["eigenvalue"], color=color, lw=0.8, alpha=0.8, ls="-" if ok else "--",
+            label=None if i else label,
+        )  # fmt: skip
+    bad = [r for r in rows if not r["converged"]]
+    if bad:
+        ax.plot([], [], color=color, ls="--", lw=0.8, label=f"{len(bad)} unconverged (dashed)")
+
+
+def _density_figure(plt, report: dict):
+    d, pairs = report["spectral_density"], report["eigenpairs"]
+    grid, dens = np.asarray(d["grid"], dtype=float), np.asarray(d["density"], dtype=float)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    peak = float(np.nanmax(dens)) if dens.size else 1.0
+    # The SLQ density is a sum of Gaussians: between clusters it underflows to exact zeros
+    # that a log axis cannot show. Those points are left out (gaps), and the axis spans
+    # ten decades below the peak, rather than a floor drawn as if it were measured.
+    low = peak * 1e-10
+    ax.semilogy(grid, np.where(dens > low, dens, np.nan), color="C0", label="SLQ density")
+    ax.set_ylim(low, peak * 3)
+    _mark_eigenvalues(ax, pairs["top"], "C3", f"top {len(pairs['top'])} eigenvalues")
+    _mark_eigenvalues(ax, pairs["bottom"], "C2", f"bottom {len(pairs['bottom'])} eigenvalues")
+    lam_max, lam_min = pairs["top"][0]["eigenvalue"], pairs["bottom"][0]["eigenvalue"]
+    ax.set_xlabel(f"Hessian eigenvalue (lambda_min = {lam_min:.4g}, lambda_max = {lam_max:.4g})")
+    ax.set_ylabel("density")
+    ax.set_title(
+        f"spectral density, N = {report['num_parameters']}: SLQ, {d['num_samples']} probes x "
+        f"{d['num_steps']} Lanczos steps,\nGaussian smoothing sigma = {d['sigma']:.3g}; "
+        f"eigenvalues: {pairs['method']}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def _slice_1d_figure(plt, report: dict):
+    s, pairs = report["slice_1d"], report["eigenpairs"]
+    words = _DIRECTION_WORDS.get(report.get("slice_directions", "eigenvectors"))
+    t, loss = np.asarray(s["t"], dtype=float), np.asarray(s["loss"], dtype=float)
+    fine = np.linspace(t[0], t[-1], 201)
+    quad = (
+        s["value"] + s["slope"] * fine + 0.5 * s["curvature"] * s["direction_norm"] ** 2 * fine**2
+    )
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ax.plot(t, loss, "o-", ms=3, label="measured loss")
+    ax.plot(fine, quad, "--", color="C1", label="quadratic model f + g.d t + 1/2 d'Hd t^2")
+    span = np.nanmax(loss) - np.nanmin(loss) if loss.size else 1.0
+    ax.set_ylim(np.nanmin(loss) - 0.05 * span, np.nanmax(loss) + 0.15 * span)
+    ax.set_xlabel(f"step t along {words[0]}")
+    ax.set_ylabel("loss")
+    top = pairs["top"][0]
+    state = "converged" if top["converged"] else "NOT converged"
+    ax.set_title(
+        f"1-D slice; curvature along it d'Hd/|d|^2 = {s['curvature']:.4g}\nlambda_max = "
+        f"{top['eigenvalue']:.4g} (residual {top['residual']:.2g}, {state})",
+        fontsize=9,
+    )
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _slice_2d_figure(plt, report: dict):
+    s2 = report["slice_2d"]
+    words = _DIRECTION_WORDS.get(report.get("slice_directions", "eigenvectors"))
+    t = np.asarray(s2["t"])
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    cs = ax.contourf(t, t, np.asarray(s2["loss"], dtype=float).T, levels=30)
+    fig.colorbar(cs, ax=ax, label="loss")
+    ax.plot([0], [0], "r+")
+    ax.set_xlabel(words[0])
+    ax.set_ylabel(words[1])
+    ax.set_title("2-D loss slice", fontsize=9)
+    return fig
+
+
+def _interpolation_figure(plt, report: dict):
+    s = report["interpolation"]
+    t, loss = np.asarray(s["t"], dtype=float), np.asarray(s["loss"], dtype=float)
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    ax.plot(t, loss, "o-", ms=3)
+    for at, name in ((0.0, "initialization"), (1.0, "analyzed")):
+        ax.axvline(at, color="0.5", lw=0.6)
+        ax.annotate(name, (at, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
+                    ha="center", va="bottom")  # fmt: skip
+    if np.all(loss > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("t: parameters (1 - t) init + t analyzed")
+    ax.set_ylabel("loss")
+    ax.set_title("loss on the line from the initialization (Goodfellow et al. 2015)", fontsize=9,
+                 pad=14)  # fmt: skip
+    return fig
+
+
 def plot_landscape(report: dict, out_dir: str | os.PathLike, *, prefix: str = "") -> dict:
-    """Draw a :func:`landscape_report`: ``spectral_density.png``, ``slice_1d.png`` and
-    (with two top eigenvectors) ``slice_2d.png`` in ``out_dir``.
+    """Draw a :func:`landscape_report`: ``spectral_density.png``, ``slice_1d.png``, with
+    two directions ``slice_2d.png``, and with an ``interpolation`` table
+    ``interpolation.png``, in ``out_dir``.
 
     Returns:
       ``{role: file name}`` of the files written.
@@ -149,44 +331,20 @@ def plot_landscape(report: dict, out_dir: str | os.PathLike, *, prefix: str = ""
     plt = pyplot()
     out_dir = pathlib.Path(out_dir)
     files = {}
-
-    def save(fig, role, name):
+    figures = [
+        ("density_plot", "spectral_density.png", _density_figure),
+        ("slice_1d_plot", "slice_1d.png", _slice_1d_figure),
+    ]
+    if report["slice_2d"] is not None:
+        figures.append(("slice_2d_plot", "slice_2d.png", _slice_2d_figure))
+    if report.get("interpolation"):
+        figures.append(("interpolation_plot", "interpolation.png", _interpolation_figure))
+    for role, name, draw in figures:
+        fig = draw(plt, report)
         fig.tight_layout()
         save_figure(fig, out_dir / f"{prefix}{name}", dpi=100)
         plt.close(fig)
         files[role] = f"{prefix}{name}"
-
-    d = report["spectral_density"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.semilogy(d["grid"], np.maximum(np.asarray(d["density"], dtype=float), 1e-12))
-    for lam in report["top_eigenvalues"]:
-        ax.axvline(lam, color="C3", lw=0.6, alpha=0.6)
-    ax.set_xlabel("Hessian eigenvalue")
-    ax.set_ylabel("density (SLQ)")
-    ax.set_title(
-        f"spectral density; red: top eigenvalues; N = {report['num_parameters']}", fontsize=9
-    )
-    save(fig, "density_plot", "spectral_density.png")
-
-    s = report["slice_1d"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(s["t"], s["loss"])
-    ax.set_xlabel("step along top eigenvector v1")
-    ax.set_ylabel("loss")
-    ax.set_title(f"1-D slice; lambda_max = {report['top_eigenvalues'][0]:.4g}", fontsize=9)
-    save(fig, "slice_1d_plot", "slice_1d.png")
-
-    if report["slice_2d"] is not None:
-        s2 = report["slice_2d"]
-        t = np.asarray(s2["t"])
-        fig, ax = plt.subplots(figsize=(5, 4.2))
-        cs = ax.contourf(t, t, np.asarray(s2["loss"], dtype=float).T, levels=30)
-        fig.colorbar(cs, ax=ax, label="loss")
-        ax.plot([0], [0], "r+")
-        ax.set_xlabel("v1 (top eigenvector)")
-        ax.set_ylabel("v2 (second eigenvector)")
-        ax.set_title("2-D loss slice", fontsize=9)
-        save(fig, "slice_2d_plot", "slice_2d.png")
     return files
 
 
@@ -247,11 +405,26 @@ def landscape(
     train_set, _ = build_data(run_cfg)
     num = min(cfg.landscape.num_examples, len(train_set))
     write_text(out_dir / "config.toml", config_to_toml(run_cfg))
-    result = analyze_model(
-        model, params, train_set.inputs[:num], train_set.targets[:num], run_cfg.landscape
-    )
     report = {"model": model.name, "source": source, "num_examples": num}
-    return save_landscape({**report, **landscape_report(result)}, out_dir)
+    report.update(model_report(model, params, train_set, num, run_cfg))
+    return save_landscape(report, out_dir)
+
+
+def model_report(model, params, train_set, num: int, cfg: Config) -> dict:
+    """:func:`landscape_report` of the model at ``params`` on the first ``num`` training
+    examples, with the interpolation from the run's initialization when configured."""
+    inputs, targets = train_set.inputs[:num], train_set.targets[:num]
+    options = cfg.landscape
+    result = analyze_model(model, params, inputs, targets, options)
+    report = landscape_report(result, slice_directions=options.slice_directions)
+    if options.interpolation_points:
+        # The initialization is a pure function of the config's seed: the same for a run
+        # trained here and for one loaded from a checkpoint.
+        init = model.init(jax.random.key(cfg.run.seed))
+        report["interpolation"] = interpolation_report(
+            model, init, params, inputs, targets, options.interpolation_points
+        )
+    return report
 
 
 def _from_checkpoint(cfg: Config, path: pathlib.Path) -> tuple[Config, PyTree, dict]:

@@ -40,10 +40,10 @@ from jaxcurv.app.config import Config, config_to_dict
 from jaxcurv.app.extras import INSTALL_CLI, installed
 from jaxcurv.app.interrupt import stop_on_interrupt, to_stderr
 from jaxcurv.app.metrics import host_scalar, json_float, read_metrics
-from jaxcurv.app.plots import plot_training
+from jaxcurv.app.plots import plot_sharpness, plot_training, stability_threshold
 from jaxcurv.app.resume import open_run, starting_point
 from jaxcurv.app.run_folder import write_json
-from jaxcurv.app.training_step import build_data, compiled_parts
+from jaxcurv.app.training_step import build_data, compiled_parts, compiled_sharpness
 
 PyTree = Any
 
@@ -153,6 +153,7 @@ def train(
 def _train(cfg, run_dir, resume, overwrite, progress, plots, stop_after, say, stop):
     run_dir = open_run(cfg, pathlib.Path(run_dir), resume, overwrite)
     model, opt, step_fn, eval_fn = compiled_parts(cfg.model, cfg.optimizer, cfg.data.kind)
+    measure = _sharpness_measure(cfg)
     data = _device_data(cfg)
     params, state, start, elapsed = starting_point(cfg, run_dir, model, opt, resume, say)
     total = cfg.run.steps if stop_after is None else min(cfg.run.steps, stop_after)
@@ -201,6 +202,7 @@ def _train(cfg, run_dir, resume, overwrite, progress, plots, stop_after, say, st
             bar=bar,
             save=save,
             stop=stop,
+            measure=measure,
         )
     finally:
         if bar is not None:
@@ -219,14 +221,52 @@ def _train(cfg, run_dir, resume, overwrite, progress, plots, stop_after, say, st
         "compile_time_s": compile_time,
         "wall_time_s": time.perf_counter() - wall0,
     }
-    write_json(run_dir / "summary.json", _summary(cfg, model, params, metrics, done, times))
+    summary = _summary(cfg, model, params, metrics, done, times)
+    write_json(run_dir / "summary.json", summary)
     files = {"config": "config.toml", "metrics": "metrics.jsonl", "summary": "summary.json"}
     if plots and "matplotlib" not in missing:
-        files.update(plot_training(metrics, run_dir, title=f"{model.name}, {cfg.optimizer.name}"))
+        title = f"{model.name}, {cfg.optimizer.name}"
+        files.update(plot_training(metrics, run_dir, title=title))
+        if measure is not None:
+            line = summary["sharpness"]
+            files.update(
+                plot_sharpness(
+                    metrics, run_dir, threshold=line["threshold"], note=line["note"], title=title
+                )
+            )
     return TrainResult(params, state, metrics, model, run_dir, files, start)
 
 
-def _run_steps(cfg, step_fn, eval_fn, data, carry, *, total, metrics_path, bar, save, stop):
+def _sharpness_measure(cfg: Config) -> Callable | None:
+    """The compiled sharpness measurement, or ``None`` when ``run.sharpness_every`` is 0
+    (then nothing is built, compiled or run)."""
+    r = cfg.run
+    if not r.sharpness_every:
+        return None
+    return compiled_sharpness(
+        cfg.model, cfg.data.kind, r.sharpness_curvature, r.sharpness_maxiter,
+        r.sharpness_num_samples,
+    )  # fmt: skip
+
+
+def _sharpness_record(cfg, measure, params, inputs, targets, step) -> dict:
+    """The sharpness fields of step ``step``'s record (at ``params``, after the step, on
+    its batch), or ``{}`` when none is due. Their time is not optimizer time."""
+    if measure is None or step % cfg.run.sharpness_every:
+        return {}
+    t0 = time.perf_counter()
+    # A key per step, a pure function of the seed and the step: a resumed run records
+    # what a straight run records.
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.run.seed), 17), step)
+    out = {k: host_scalar(v) for k, v in measure(params, inputs, targets, key).items()}
+    out["sharpness_curvature"] = cfg.run.sharpness_curvature
+    out["sharpness_time"] = time.perf_counter() - t0
+    return out
+
+
+def _run_steps(
+    cfg, step_fn, eval_fn, data, carry, *, total, metrics_path, bar, save, stop, measure=None
+):
     """Steps from ``carry = (params, state, step, elapsed)`` up to ``total``, logging and
     checkpointing as configured; returns the new carry. Stops early on a stop request."""
     params, state, start, elapsed = carry
@@ -234,7 +274,9 @@ def _run_steps(cfg, step_fn, eval_fn, data, carry, *, total, metrics_path, bar, 
     with open(metrics_path, "a" if start else "w") as log:
         if start == 0:
             test_loss = json_float(eval_fn(params, data.test_x, data.test_y))
-            log.write(json.dumps({"step": 0, "time": 0.0, "test_loss": test_loss}) + "\n")
+            record = {"step": 0, "time": 0.0, "test_loss": test_loss}
+            record.update(_sharpness_record(cfg, measure, params, *data.batch(0), 0))
+            log.write(json.dumps(record) + "\n")
         for step in range(start, total):
             if stop.requested:
                 break
@@ -248,7 +290,8 @@ def _run_steps(cfg, step_fn, eval_fn, data, carry, *, total, metrics_path, bar, 
             # Which steps get a line depends on the step alone (not on where this call
             # stops), so an interrupted-and-resumed run logs what a straight run logs.
             last = done == cfg.run.steps
-            if done % cfg.run.log_every == 0 or done % cfg.run.eval_every == 0 or last:
+            sharpness = _sharpness_record(cfg, measure, params, inputs, targets, done)
+            if done % cfg.run.log_every == 0 or done % cfg.run.eval_every == 0 or last or sharpness:
                 record = {
                     "step": done,
                     "time": elapsed,
@@ -258,6 +301,7 @@ def _run_steps(cfg, step_fn, eval_fn, data, carry, *, total, metrics_path, bar, 
                 record.update({k: host_scalar(v) for k, v in info.items()})
                 if done % cfg.run.eval_every == 0 or last:
                     record["test_loss"] = json_float(eval_fn(params, data.test_x, data.test_y))
+                record.update(sharpness)
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if bar is not None:
@@ -303,7 +347,7 @@ def _summary(cfg, model, params, metrics, done, times) -> dict:
     def last(key):
         return next((r[key] for r in reversed(metrics) if r.get(key) is not None), None)
 
-    return {
+    out = {
         "model": model.name,
         "optimizer": cfg.optimizer.name,
         "num_parameters": int(sum(np.size(x) for x in jax.tree.leaves(params))),
@@ -316,6 +360,18 @@ def _summary(cfg, model, params, metrics, done, times) -> dict:
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
     }
+    if cfg.run.sharpness_every:
+        o = cfg.optimizer
+        threshold, note = stability_threshold(o.name, o.learning_rate, o.momentum)
+        out["sharpness"] = {
+            "every": cfg.run.sharpness_every,
+            "curvature": cfg.run.sharpness_curvature,
+            "measured": "top eigenvalue (thick-restart Lanczos) and Hutchinson trace, at the "
+            "parameters after the step, on that step's batch",
+            "threshold": threshold,
+            "note": note,
+        }
+    return out
 
 
 def _postfix(loss, info) -> dict:

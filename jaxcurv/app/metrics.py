@@ -6,7 +6,13 @@ loss on this step's training batch at the parameters *before* the step: the valu
 step's gradient was taken at, computed for free), ``test_loss`` (on the test set at the
 parameters *after* the step, every ``run.eval_every`` steps, at step 0 and at the end)
 and, for Hessian-free, ``damping``, ``rho``, ``cg_steps``, ``alpha`` and ``rejected`` of
-the step. Non-finite numbers are written as ``null``, which JSON can spell.
+the step. With ``run.sharpness_every = N``, every ``N`` steps (and at step 0) a record
+also has ``sharpness`` (the top eigenvalue of the Hessian or Gauss-Newton matrix, named by
+``sharpness_curvature``, at the parameters *after* the step on its batch), its
+``sharpness_residual`` and ``sharpness_converged``, ``curvature_trace`` and
+``curvature_trace_stderr`` (Hutchinson), ``curvature_matvecs`` and ``sharpness_time``
+(seconds, not counted in ``time``). Non-finite numbers are written as ``null``, which JSON
+can spell.
 """
 
 from __future__ import annotations

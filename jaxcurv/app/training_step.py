@@ -5,7 +5,8 @@ embedded dataset (:mod:`jaxcurv.app.data`), the reference model
 (:mod:`jaxcurv.app.models`) and the optax transformation
 (:func:`jaxcurv.hessian_free` or an optax baseline: ``adam``, ``sgd``, ``lbfgs``);
 :func:`compiled_parts` jits the step and the evaluation, once per distinct
-configuration per process.
+configuration per process; :func:`compiled_sharpness`, the curvature measurement that
+``run.sharpness_every`` records during training.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "compiled_parts",
+    "compiled_sharpness",
     "objective",
     "strongly_typed",
 ]
@@ -205,3 +207,47 @@ def _evaluate(model: models_lib.Model) -> Callable:
     # Per model, not per optimizer: runs of one model with different optimizers (the
     # demo's race, the baselines) share one compiled evaluation.
     return jax.jit(lambda params, x, y: model.loss(model.apply(params, x), y))
+
+
+@functools.lru_cache(maxsize=8)
+def compiled_sharpness(
+    model_cfg: ModelConfig, data_kind: str, curvature: str, maxiter: int, num_samples: int
+) -> Callable:
+    """``measure(params, inputs, targets, key) -> dict`` of arrays, jitted: the top
+    eigenvalue of the Hessian (or Gauss-Newton matrix) of the training loss on the batch,
+    its residual and converged flag, and a Hutchinson estimate of the trace.
+
+    The operator is the one the step's curvature comes from (the same ``ModelAndLoss``
+    objective, linearized once at ``params``), and the function is built and compiled once
+    per configuration: recording every ``N`` steps compiles nothing after the first.
+    Thick-restart Lanczos (:func:`jaxcurv.eigenvalues`) stops when the top pair converges
+    or after ``maxiter`` products.
+    """
+    cfg = Config(model=model_cfg, data=DataConfig(kind=data_kind))
+    value_fn = objective(build_model(cfg))
+
+    def loss(params, inputs, targets):
+        return value_fn(params, inputs=inputs, targets=targets)
+
+    def measure(params, inputs, targets, key):
+        if curvature == "ggn":
+            op = jaxcurv.ggn_operator(
+                value_fn.model_fn, value_fn.loss_fn, params, inputs=inputs, targets=targets
+            )
+        else:
+            op = jaxcurv.hessian_operator(loss, params, inputs, targets)
+        k_eig, k_trace = jax.random.split(key)
+        top = jaxcurv.eigenvalues(
+            op, 1, key=k_eig, method="thick-restart", maxiter=maxiter, dense_threshold=0
+        )
+        trace = jaxcurv.hutchinson_trace(op, k_trace, num_samples)
+        return {
+            "sharpness": top.eigenvalues[-1],
+            "sharpness_residual": top.residual_norms[-1],
+            "sharpness_converged": top.converged,
+            "curvature_trace": trace.estimate,
+            "curvature_trace_stderr": trace.stderr,
+            "curvature_matvecs": top.num_matvecs + trace.num_matvecs,
+        }
+
+    return jax.jit(measure)
