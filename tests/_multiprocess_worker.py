@@ -62,7 +62,10 @@ def compute(params, x, y, v, num_updates=3):
         op = jaxcurv.hessian_operator(objective, params, x, y)
         top = jaxcurv.eigenvalues(op, 2, key=jax.random.key(1))
         trace = jaxcurv.hutchinson_trace(op, jax.random.key(2), 8)
-        return jaxcurv.hvp(objective, params, v, x, y), op @ v, top.eigenvalues, trace.estimate
+        # Micro-batches of 16 of the 64 examples: each spans both processes' shards.
+        mb = jaxcurv.hessian_operator(objective, params, x, y, micro_batch=16)
+        hv = jaxcurv.hvp(objective, params, v, x, y)
+        return hv, op @ v, mb @ v, top.eigenvalues, trace.estimate
 
     opt = jaxcurv.hessian_free(damping=1.0, cg_maxiter=10)  # Gauss-Newton curvature
     value_fn = jaxcurv.ModelAndLoss(model_fn, loss_fn)
@@ -73,7 +76,7 @@ def compute(params, x, y, v, num_updates=3):
         updates, state = opt.update(grads, state, params, value_fn=value_fn, value=loss, x=x, y=y)
         return optax.apply_updates(params, updates), state
 
-    hv, opv, top, trace = curvature(params, x, y, v)
+    hv, opv, mbv, top, trace = curvature(params, x, y, v)
     state = opt.init(params)
     losses = []
     for _ in range(num_updates):
@@ -81,7 +84,7 @@ def compute(params, x, y, v, num_updates=3):
         losses.append(state.new_loss)
     out = {"top": top, "trace": trace, "losses": np.stack([_host(a) for a in losses])}
     for name in params:
-        out[f"hvp_{name}"], out[f"op_{name}"] = hv[name], opv[name]
+        out[f"hvp_{name}"], out[f"op_{name}"], out[f"mb_{name}"] = hv[name], opv[name], mbv[name]
         out[f"params_{name}"] = params[name]
     return {k: _host(a) for k, a in out.items()}
 

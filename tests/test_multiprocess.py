@@ -2,9 +2,10 @@
 
 Two processes, each with two CPU devices, join a coordinator on a free localhost port
 (``jax.distributed.initialize``, gloo CPU collectives), each loads half of the batch, and
-together they run products, eigenvalues, a Hutchinson trace and three data-parallel
-``hessian_free`` updates on the global batch (``tests/_multiprocess_worker.py``). The
-oracle is the same code on one device in this process.
+together they run products (also over micro-batches), eigenvalues, a Hutchinson trace
+and three data-parallel ``hessian_free`` updates on the global batch
+(``tests/_multiprocess_worker.py``). The oracle is the same code on one device in this
+process.
 
 Tolerance: the two programs sum the 64 examples in different orders; reordering a sum of n
 terms moves it by at most 2·gamma_n·sum|terms| (Higham 2002, §4.2), ~3e-14 relative in
@@ -92,7 +93,7 @@ def test_every_device_of_every_process_took_part(results):
     assert int(sharded["num_devices"]) == NUM_PROCESSES * worker.DEVICES_PER_PROCESS
 
 
-@pytest.mark.parametrize("name", ["hvp", "op", "top", "trace", "params", "losses"])
+@pytest.mark.parametrize("name", ["hvp", "op", "mb", "top", "trace", "params", "losses"])
 def test_results_equal_the_single_process_run(results, name):
     sharded, single = results
     keys = [k for k in single if k == name or k.startswith(name + "_")]
