@@ -296,6 +296,11 @@ def loss_slices(
 # ------------------------------------------------------------------------- analysis
 
 
+# The documented defaults of the budgets whose signature default is None (None says the
+# keyword was not given, so its deprecated spelling may be).
+DEFAULTS = {"num_steps": 40, "trace_num_samples": 30, "density_num_samples": 4}
+
+
 def _check_counts(top_k, bottom_k, maxiter, num_steps, trace_n, density_n, points, dense):
     name = "analyze_landscape({}=...)".format
     count = "Ask for at least one."
@@ -425,9 +430,11 @@ def analyze_landscape(
     density_num_samples = renamed_keyword(
         f, "density_probes", density_probes, "density_num_samples", density_num_samples
     )
-    num_steps = 40 if num_steps is None else num_steps
-    trace_num_samples = 30 if trace_num_samples is None else trace_num_samples
-    density_num_samples = 4 if density_num_samples is None else density_num_samples
+    num_steps = DEFAULTS["num_steps"] if num_steps is None else num_steps
+    if trace_num_samples is None:
+        trace_num_samples = DEFAULTS["trace_num_samples"]
+    if density_num_samples is None:
+        density_num_samples = DEFAULTS["density_num_samples"]
     top_k, bottom_k, maxiter, num_steps, trace_n, density_n, points, threshold = _check_counts(
         top_k, bottom_k, maxiter, num_steps, trace_num_samples, density_num_samples,
         slice_points, dense_threshold,

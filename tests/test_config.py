@@ -222,11 +222,14 @@ def test_landscape_and_sharpness_keys_are_the_library_defaults_and_checked():
     import inspect
 
     import jaxcurv
+    from jaxcurv.landscape import DEFAULTS
 
     library = inspect.signature(jaxcurv.analyze_landscape).parameters
     land = load_config(None).landscape
     for key in ("dense_threshold", "maxiter", "num_steps", "trace_num_samples", "top_k"):
-        assert getattr(land, key) == library[key].default, key
+        default = library[key].default
+        assert getattr(land, key) == (DEFAULTS[key] if default is None else default), key
+    assert land.density_num_samples == DEFAULTS["density_num_samples"]
     assert load_config(None).run.sharpness_every == 0  # off by default
     with pytest.raises(ConfigError, match="interpolation_points"):
         load_config(None, ["landscape.interpolation_points=1"])

@@ -1171,7 +1171,7 @@ def test_state_from_init_on_a_mesh_does_not_compile_the_step_twice(layout, one_d
     state = opt.init(placed)
     replicated = NamedSharding(mesh, P())
     for name, leaf in state._asdict().items():
-        if name != "cg_init":
+        if name != "cg_init" and leaf is not None:  # `value`/`grad` are None unless stored
             assert leaf.sharding == replicated, name
     for leaf, param in zip(jax.tree.leaves(state.cg_init), jax.tree.leaves(placed)):
         assert leaf.sharding == param.sharding
