@@ -355,7 +355,7 @@ def test_non_array_leaves_name_their_path(name):
 
 def test_check_real_inputs_contract():
     # Shared with products, determinism, spectral and hessian_free.
-    from jaxcurv.derivatives import _check_real_inputs
+    from jaxcurv._checks import check_real_inputs as _check_real_inputs
 
     _check_real_inputs("f", {"w": jnp.ones(2), "b": 1.0, "s": jax.ShapeDtypeStruct((2,), float)})
     with pytest.raises(ValueError, match=r"`f` has nothing.*`params` has no array leaves"):

@@ -19,6 +19,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "jaxcurv"
 APP = PACKAGE / "app"
 # The private modules whose private names every jaxcurv module may use.
 SHARED_PRIVATE = (
+    "jaxcurv._argnums",
     "jaxcurv._cg_loop",
     "jaxcurv._checks",
     "jaxcurv._compile",
