@@ -34,6 +34,9 @@ from jaxcurv.determinism import check_determinism
 from jaxcurv.hessian_free import ModelAndLoss, hessian_free
 from jaxcurv.sharding import data_parallel_mesh, replicate, shard_batch
 
+# The same float64 problem (see RTOL) as the multi-process test, which is its oracle too.
+from tests._multiprocess_worker import BATCH, D_IN, HIDDEN, loss_fn, model_fn, objective, problem
+
 pytestmark = pytest.mark.multidevice
 
 if jax.device_count() < 8:
@@ -55,50 +58,23 @@ if jax.device_count() < 8:
 # would have to be fitted to what one machine printed, and the noise could flip a CG stop
 # or an Armijo test and send the two runs down different paths.
 RTOL = 1e-9
-BATCH, D_IN, HIDDEN, D_OUT = 64, 6, 8, 3
 LAYOUTS = ("data", "model")
 # Canonical specs (no trailing None): jit's cache tells P("model", None) from the P("model")
 # XLA hands back, and would compile the step again on its second call.
 PARAM_SPECS = {"w1": P(None, "model"), "b1": P("model"), "w2": P("model")}
 
 
-def model_fn(p, x):
-    return jnp.tanh(x @ p["w1"] + p["b1"]) @ p["w2"]
-
-
-def loss_fn(out, y):
-    return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, axis=-1))
-
-
-def objective(p, x, y):
-    return loss_fn(model_fn(p, x), y)
-
-
-def _problem():
-    k = jax.random.split(jax.random.key(42), 5)
-    f64 = jnp.float64  # see RTOL
-    params = {
-        "w1": jax.random.normal(k[0], (D_IN, HIDDEN), f64) / D_IN**0.5,
-        "b1": 0.1 * jax.random.normal(k[1], (HIDDEN,), f64),
-        "w2": jax.random.normal(k[2], (HIDDEN, D_OUT), f64) / HIDDEN**0.5,
-    }
-    x = jax.random.normal(k[3], (BATCH, D_IN), f64)
-    y = jnp.sin(x[:, :D_OUT]) + 0.1 * jax.random.normal(k[4], (BATCH, D_OUT), f64)
-    v = jax.tree.map(lambda a: jnp.cos(jnp.arange(a.size, dtype=f64)).reshape(a.shape), params)
-    return params, x, y, v
-
-
 @pytest.fixture(scope="module")
 def single():
     """The problem on one device: the oracle every sharded result is compared with."""
-    params, x, y, v = _problem()
+    params, x, y, v = problem()
     dev = jax.devices()[0]
     return jax.device_put((params, x, y, v), dev)
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
 def sharded(request):
-    params, x, y, v = _problem()
+    params, x, y, v = problem()
     if request.param == "data":
         mesh = data_parallel_mesh()
         params, v = replicate(params, mesh), replicate(v, mesh)
