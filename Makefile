@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-quick bench-gpu clean
+.PHONY: demo test lint bench bench-quick bench-gpu bench-peers clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,5 +46,16 @@ bench-gpu: $(STAMP)
 	$(PY) -m pip install -q "jax[$(JAX_CUDA)]==$$($(PY) -c 'import jax; print(jax.__version__)')"
 	JAX_PLATFORMS=cuda $(PY) -m benchmarks.run $(BENCH_ARGS)
 
+# Every peer library (PyTorch, curvlinops, PyHessian, kfac-jax, optimistix) in a venv of
+# its own, so the test venv never carries a several-GB torch; then the suite with them.
+PEERS_VENV ?= .venv-peers
+$(PEERS_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q -e '.[peers]'
+	touch $@
+
+bench-peers: $(PEERS_VENV)/.installed
+	$(PEERS_VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(PEERS_VENV) runs .pytest_cache

@@ -315,6 +315,11 @@ class ModelAndLoss:
         """``(model, loss)``: ``model(params) -> outputs`` and ``loss(outputs) -> scalar``,
         this batch routed and bound, auxiliary outputs dropped.
 
+        Both are ``functools.partial`` objects binding the data by keyword wherever the
+        signatures name them, so a known loss stays recognisable: with
+        ``loss_fn=jaxcurv.softmax_cross_entropy`` the Gauss-Newton operator built from them
+        (and so ``hessian_free(curvature="ggn")``) applies the loss Hessian in closed form.
+
         What the Gauss-Newton functions take: ``jaxcurv.ggn_operator(*objective.bind(x=x,
         y=y), params)`` uses this object's routing (``model_keys``, positional data) and
         works for models that also return state.
@@ -330,10 +335,53 @@ class ModelAndLoss:
         """
         plain = self.without_aux()
         (m_args, l_args), (m_kw, l_kw) = plain.split_args(args), plain.split_kwargs(kwargs)
-        return (
-            lambda params: plain.model_fn(params, *m_args, **m_kw),
-            lambda outputs: plain.loss_fn(outputs, *l_args, **l_kw),
-        )
+        return _bound(plain.model_fn, m_args, m_kw), _bound(plain.loss_fn, l_args, l_kw)
+
+
+def _call_after_first(fn: Callable, args: tuple, kwargs: dict, first: Any) -> Any:
+    return fn(first, *args, **kwargs)
+
+
+def _bound(fn: Callable, args: tuple, kwargs: dict) -> Callable:
+    """``first -> fn(first, *args, **kwargs)``, as ``functools.partial(fn, **keywords)``
+    whenever the data can be bound by name.
+
+    A keyword-only partial of a known loss is what :func:`jaxcurv.losses.closed_form_hessian`
+    recognises, so ``ggn_operator(*objective.bind(...), params)`` (the optimizer's GGN)
+    applies ``softmax_cross_entropy``'s Hessian in closed form instead of differentiating
+    it twice. Positional data are named by ``fn``'s signature; when they cannot be (``*args``,
+    positional-only parameters, no signature) the binding still works, on the generic path.
+
+    Example:
+      >>> import functools
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv import softmax_cross_entropy
+      >>> loss = _bound(softmax_cross_entropy, (jnp.array([1]),), {})
+      >>> isinstance(loss, functools.partial), sorted(loss.keywords)
+      (True, ['labels'])
+    """
+    generic = functools.partial(_call_after_first, fn, tuple(args), dict(kwargs))
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return generic
+    kinds = [p.kind for p in params.values()]
+    if not kinds or kinds[0] not in _POSITIONAL:
+        return generic
+    try:
+        bound = inspect.signature(fn).bind_partial(None, *args, **kwargs).arguments
+    except TypeError:  # let the call itself raise its usual error
+        return generic
+    named: dict[str, Any] = {}
+    for name, value in list(bound.items())[1:]:
+        kind = params[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind in _NAMED:
+            named[name] = value
+        else:  # positional-only or *args: no name to bind by
+            return generic
+    return functools.partial(fn, **named)
 
 
 def check_value_fn_keywords(

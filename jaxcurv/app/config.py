@@ -243,6 +243,18 @@ class LandscapeConfig:
         "(Goodfellow et al. 2015; 0: none)",
         low=0,
     )
+    layer_trace_num_samples: int = count(
+        30,
+        "Hutchinson probes of the per-layer traces, each one Hessian-vector product shared "
+        "by every layer (jaxcurv.block_curvature; 0: no per-layer table, 1: no standard error)",
+        low=0,
+    )
+    layer_top_k: int = count(
+        3,
+        "largest eigenvalues of each layer's diagonal Hessian block, with residuals (0: "
+        "per-layer traces only)",
+        low=0,
+    )
     dense_threshold: int = count(
         DENSE_THRESHOLD,
         "form the Hessian and diagonalize it exactly up to this many parameters (0: Lanczos)",

@@ -26,6 +26,7 @@ import numpy as np
 import jaxcurv
 from jaxcurv.app.config import Config, load_config
 from jaxcurv.app.landscape_report import model_report, save_landscape
+from jaxcurv.app.landscape_text import render_landscape
 from jaxcurv.app.loop import train
 from jaxcurv.app.plots import pyplot, require_plotting
 from jaxcurv.app.run_folder import prepare_run_dir, save_figure, write_json, write_text
@@ -35,6 +36,7 @@ from jaxcurv.app.seed_sections import (
     saddle_section,
     seed_section,
 )
+from jaxcurv.app.timing import CompileClock
 from jaxcurv.app.training_step import build_data
 
 __all__ = ["DEMO_DEFAULTS", "demo_config", "run_demo"]
@@ -156,6 +158,7 @@ def training_section(cfg: Config, out: pathlib.Path, progress: bool | None) -> t
         "baseline": cfg.demo.baseline,
         "initial_test_loss": hf.metrics[0]["test_loss"],
         "mean_cg_steps": float(np.mean([r["cg_steps"] for r in hf.metrics if "cg_steps" in r])),
+        "cg_maxiter": cfg.optimizer.cg_maxiter,
         "plot": "hf_vs_baseline.png",
     }
     return section, hf
@@ -167,7 +170,9 @@ def spectrum_section(cfg: Config, hf, out: pathlib.Path) -> dict:
     num = min(cfg.landscape.num_examples, len(train_set))
     report = model_report(hf.model, hf.params, train_set, num, cfg)
     report = save_landscape({"num_examples": num, **report}, out)
-    return {k: v for k, v in report.items() if k not in ("slice_1d", "slice_2d", "interpolation")}
+    if report.get("slice_2d"):  # its grid of losses is in landscape.json; the axis suffices
+        report["slice_2d"] = {"t": report["slice_2d"]["t"]}
+    return report
 
 
 # ------------------------------------------------------------------------------ report
@@ -177,36 +182,52 @@ def _matrix(rows) -> str:
     return "[" + ", ".join("[" + ", ".join(f"{v:g}" for v in r) + "]" for r in rows) + "]"
 
 
-def render_report(r: dict) -> str:
-    """The demo's findings as Markdown (also what the terminal shows)."""
+def _seed_lines(r: dict) -> list[str]:
+    """Sections 1-4: the seed notes, each number with the routine and arithmetic behind it."""
     s = r["seed"]
+    dtype = s.get("dtype", "float32")
     lines = [
-        "# jaxcurv demo",
-        "",
-        f"JAX {r['versions']['jax']} on {r['device']}; total {r['total_time_s']:.1f} s.",
-        "",
         "## 1. Derivatives and their shapes (computed by `jaxcurv.describe`)",
+        "",
+        "Kinds and shapes read from tracing each function once (no numerics involved):",
         "",
         s["table"],
         "",
         "## 2. The seed's worked examples",
         "",
-        f"- Jacobian of {s['jacobian']['function']} at (2, 3): "
-        f"`{_matrix(s['jacobian']['value'])}` (seed: [[4, 1], [3, 2]])",
-        f"- Gradient of {s['gradient']['function']} at (2, 3): "
-        f"`{[round(v, 6) for v in s['gradient']['value']]}`",
-        f"- Hessian of {s['hessian']['function']}: `{_matrix(s['hessian']['value'])}` "
-        "(seed: [[2, 3], [3, 2]])",
+        f"Automatic differentiation, exact up to {dtype} rounding (no finite differences):",
         "",
+        f"- Jacobian of {s['jacobian']['function']} at (2, 3), `jaxcurv.jacobian` (forward "
+        f"mode for this square shape): `{_matrix(s['jacobian']['value'])}` (seed: [[4, 1], "
+        "[3, 2]])",
+        f"- Gradient of {s['gradient']['function']} at (2, 3), reverse mode: "
+        f"`{[round(v, 6) for v in s['gradient']['value']]}`",
+        f"- Hessian of {s['hessian']['function']}, forward-over-reverse: "
+        f"`{_matrix(s['hessian']['value'])}` (seed: [[2, 3], [3, 2]])",
+        "",
+    ]
+    return lines + _critical_lines(r)
+
+
+def _critical_lines(r: dict) -> list[str]:
+    """Sections 3-4: critical points, saddles, backpropagation."""
+    sd, bp, dtype = r["saddle"], r["backprop"], r["seed"].get("dtype", "float32")
+    lines = [
         "## 3. Critical points, classified by the Hessian's eigenvalues",
         "",
-        "| function | at | Hessian eigenvalues | kind |",
-        "| --- | --- | --- | --- |",
+        "Each Hessian formed densely and diagonalized by `eigh` (exact up to rounding; shown "
+        "to 4 significant digits), with the gradient norm that says whether the point is "
+        "critical at all:",
+        "",
+        "| function | at | gradient norm | Hessian eigenvalues (method) | kind |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for row in r["critical_points"]:
         eig = ", ".join(f"{v:.4g}" for v in row["eigenvalues"])
-        lines.append(f"| {row['function']} | {tuple(row['at'])} | {eig} | **{row['kind']}** |")
-    sd = r["saddle"]
+        lines.append(
+            f"| {row['function']} | {tuple(row['at'])} | {row['gradient_norm']:.2g} | {eig} "
+            f"({row.get('method', 'dense')}) | **{row['kind']}** |"
+        )
     lines += [
         "",
         "All positive: a minimum. All negative: a maximum. Mixed signs: a saddle. A zero "
@@ -214,98 +235,108 @@ def render_report(r: dict) -> str:
         "",
         "### Why saddles stall optimization",
         "",
-        f"Gradient descent (learning rate {sd['learning_rate']}) started 1e-6 away from the "
-        f"seed's saddle (Hessian eigenvalues {sd['hessian_eigenvalues']}) spends "
-        f"{sd['saddle_steps_with_small_gradient']} steps with a gradient norm below 1e-3 and "
-        f"needs {sd['saddle_steps_to_escape']} steps to escape (to move 1 along the "
-        "descending eigenvector), because the "
-        "escaping component grows only by a factor 1.1 per step. From the same start next to "
-        f"the minimum of x^2 + y^2 it converges (|x| <= 1e-6) in "
-        f"{sd['bowl_steps_to_converge']} steps. The Hessian sees what the vanishing "
-        f"gradient cannot: its negative eigenvalue's eigenvector {sd['escape_direction']} "
-        "points straight down the saddle.",
+        f"Counted in one run of {sd.get('num_steps_run', 400)} steps of gradient descent "
+        f"(learning rate {sd['learning_rate']}) started 1e-6 away from the seed's saddle "
+        f"(Hessian eigenvalues {sd['hessian_eigenvalues']}, dense `eigh`): "
+        f"{sd['saddle_steps_with_small_gradient']} steps with a gradient norm below 1e-3, "
+        f"and {sd['saddle_steps_to_escape']} steps to escape (to move 1 along the descending "
+        "eigenvector), because the escaping component grows only by a factor 1.1 per step "
+        "(1 + 0.1 x 1). From the same start next to the minimum of x^2 + y^2 it converges "
+        f"(|x| <= 1e-6) in {sd['bowl_steps_to_converge']} steps. The Hessian sees what the "
+        f"vanishing gradient cannot: its negative eigenvalue's eigenvector "
+        f"{sd['escape_direction']} points straight down the saddle.",
         "",
         "## 4. Backpropagation = a chain of vector-Jacobian products",
         "",
-        f"`jaxcurv.backprop` on {' -> '.join(r['backprop']['layers'])} applies "
-        "J_3^T, J_2^T, J_1^T in turn to the output gradient (cotangent shapes "
-        f"{r['backprop']['cotangent_shapes']}); max |difference| from `jax.grad`: "
-        f"{r['backprop']['max_abs_difference_vs_jax_grad']:.2e}.",
+        f"`jaxcurv.backprop` on {' -> '.join(bp['layers'])} applies J_3^T, J_2^T, J_1^T in "
+        f"turn to the output gradient (cotangent shapes {bp['cotangent_shapes']}); largest "
+        f"absolute difference from `jax.grad`, entry by entry in {bp.get('dtype', dtype)}: "
+        f"{bp['max_abs_difference_vs_jax_grad']:.2e} (the same products in another order "
+        "differ by rounding at most).",
         "",
     ]
-    t = r["training"]
+    return lines
+
+
+def _training_lines(t: dict) -> list[str]:
+    """Section 5: the race, every loss and time with what it measures."""
     b = t["baseline"]
-    lines += [
+    hf = t["hessian_free"]
+    lines = [
         f"## 5. Hessian-free vs {b} on CURVES-like images",
         "",
-        f"{t['model']} ({t['num_parameters']} parameters), {t['data']}; test loss at "
-        f"initialization {t['initial_test_loss']:.4g}.",
+        f"{t['model']} ({t['num_parameters']} parameters), {t['data']}, both from the same "
+        f"initialization (test loss there {t['initial_test_loss']:.4g}). Test loss: the mean "
+        "loss over the whole test set after the last step, computed exactly (no sampling). "
+        "Steps: wall-clock time of the optimizer steps alone (evaluations excluded); "
+        "compile: the training step's XLA compilation, done before the first step and "
+        "timed apart.",
         "",
-        "| optimizer | steps | final test loss | time incl. compile (s) | steps (s) | "
-        "compile (s) |",
+        "| optimizer | steps | final test loss | steps (s) | compile (s) | total (s) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for name in ("hessian_free", b):
         x = t[name]
         lines.append(
             f"| {name} | {x['steps']} | {x['final_test_loss']:.4g} | "
-            f"{x['optimizer_time_s'] + x['compile_time_s']:.1f} | "
-            f"{x['optimizer_time_s']:.2f} | {x['compile_time_s']:.1f} |"
+            f"{x['optimizer_time_s']:.2f} | {x['compile_time_s']:.1f} | "
+            f"{x['optimizer_time_s'] + x['compile_time_s']:.1f} |"
         )
-    sp = r["spectrum"]
+    cap = t.get("cg_maxiter")
     lines += [
         "",
-        f"Hessian-free averaged {t['mean_cg_steps']:.1f} CG steps per update. Plot: "
-        f"`{t['plot']}`; each run's metrics, checkpoints and plots are in its own folder.",
+        f"Hessian-free averaged {t['mean_cg_steps']:.1f} CG steps per update"
+        + (f" (cap `optimizer.cg_maxiter` = {cap})" if cap else "")
+        + f". Plot: `{t['plot']}` (test loss against step time, compile time in the legend, "
+        "and against steps on a log axis); each run's metrics, checkpoints and plots "
+        f"(`loss_vs_time.png`, for Hessian-free `damping.png`) are in `{hf['run_dir']}/` "
+        f"and `{t[b]['run_dir']}/`.",
         "",
-        *_spectrum_lines(sp),
+    ]
+    return lines
+
+
+def render_report(r: dict) -> str:
+    """The demo's findings as Markdown (also what the terminal shows)."""
+    clock = r.get("timing") or {}
+    spent = f" ({clock['compile_s']:.1f} s of it compiling, as JAX reports it)" if clock else ""
+    lines = [
+        "# jaxcurv demo",
+        "",
+        f"JAX {r['versions']['jax']} on {r['device']}; total {r['total_time_s']:.1f} s{spent}.",
+        "",
+        *_seed_lines(r),
+        *_training_lines(r["training"]),
+        *_spectrum_lines(r["spectrum"]),
     ]
     return "\n".join(lines)
 
 
-def _pairs_text(rows: list[dict]) -> str:
-    return ", ".join(
-        f"{p['eigenvalue']:.4g} (residual {p['residual']:.1g}"
-        f"{'' if p['converged'] else ', NOT converged'})"
-        for p in rows
-    )
+def _spectrum_summary(sp: dict) -> list[str]:
+    """What the terminal shows of section 6: each number with its method and error."""
+    pairs, tr, d = sp["eigenpairs"], sp["hutchinson_trace"], sp["spectral_density"]
+    bad = sum(not p["converged"] for p in pairs["top"] + pairs["bottom"])
+    state = "all converged" if not bad else f"{bad} NOT CONVERGED"
+    worst = max(p["residual"] for p in pairs["top"] + pairs["bottom"])
+    return [
+        f"Hessian eigenvalues ({pairs['method']}, {pairs['num_matvecs']} Hessian-vector "
+        f"products, {state}, largest residual {worst:.2g}): largest "
+        f"{[round(p['eigenvalue'], 4) for p in pairs['top']]}, smallest "
+        f"{[round(p['eigenvalue'], 4) for p in pairs['bottom']]}: "
+        f"{sp['critical_point']['kind']}",
+        f"trace {tr['estimate']:.4g} +- {tr['stderr']:.2g} (Hutchinson, {tr['num_samples']} "
+        f"probes, one standard error); density: SLQ, {d['num_samples']} probes x "
+        f"{d['num_steps']} steps, sigma {d['sigma']:.3g}",
+    ]
 
 
 def _spectrum_lines(sp: dict) -> list[str]:
-    """Section 6: every eigenvalue with its residual, and how each number was obtained."""
-    pairs, d = sp["eigenpairs"], sp["spectral_density"]
-    how = (
-        f"thick-restart Lanczos, {pairs['num_matvecs']} Hessian-vector products, "
-        f"{pairs['convergence_test']}"
-        if pairs["method"] != "dense"
-        else pairs["convergence_test"]
+    """Section 6: the landscape report (:mod:`jaxcurv.app.landscape_text`) of the solution."""
+    intro = (
+        "At the Hessian-free solution, on its training loss. The full tables are in "
+        "`landscape.json`; this section is also `landscape.md`."
     )
-    verdict = "all converged" if pairs["all_converged"] else "SOME NOT CONVERGED: do not trust them"
-    return [
-        "## 6. The trained model's Hessian",
-        "",
-        f"At the Hessian-free solution, on {sp['num_examples']} training images "
-        f"({sp['num_parameters']} parameters, loss {sp['loss']:.4g}, gradient norm "
-        f"{sp['gradient_norm']:.3g}); {sp['num_matvecs']} Hessian-vector products in all:",
-        "",
-        f"- eigenvalues ({how}; {verdict}):",
-        f"  - largest: {_pairs_text(pairs['top'])}",
-        f"  - smallest: {_pairs_text(pairs['bottom'])}",
-        f"- Hutchinson trace ({sp['hutchinson_trace']['num_samples']} Rademacher probes): "
-        f"{sp['hutchinson_trace']['estimate']:.4g} +- {sp['hutchinson_trace']['stderr']:.2g} "
-        "(one standard error)",
-        f"- critical-point test, on those eigenvalues: **{sp['critical_point']['kind']}** "
-        f"({sp['critical_point']['reason']})",
-        f"- spectral density: stochastic Lanczos quadrature, {d['num_samples']} probes x "
-        f"{d['num_steps']} steps, Gaussian smoothing sigma = {d['sigma']:.3g}",
-        "",
-        "Plots: `spectral_density.png` (the density with the extreme eigenvalues marked; "
-        "dashed: unconverged), `slice_1d.png` (the loss along the top eigenvector beside its "
-        "quadratic model), `slice_2d.png` (over the plane of the top two) and "
-        "`interpolation.png` (the loss on the line from the initialization to the solution, "
-        "Goodfellow et al. 2015).",
-        "",
-    ]
+    return [*render_landscape(sp, level=2, title="6. The trained model's Hessian", intro=intro)]
 
 
 def run_demo(
@@ -341,6 +372,31 @@ def run_demo(
         "versions": {"jax": jax.__version__, "jaxcurv": jaxcurv.__version__},
         "device": f"{jax.default_backend()} ({jax.devices()[0].device_kind})",
     }
+    with CompileClock() as clock:
+        _seed_sections(report, say)
+        _curvature_sections(report, cfg, out, progress, say)
+    report["timing"] = clock.as_dict()
+    report["total_time_s"] = time.perf_counter() - t0
+    report["files"] = {
+        "report": "report.md",
+        "json": "report.json",
+        "plots": [
+            "hf_vs_baseline.png",
+            *sorted(f for f in report["spectrum"]["files"].values() if f.endswith(".png")),
+        ],
+    }
+    text = render_report(report)
+    write_text(out / "report.md", text)
+    write_json(out / "report.json", report)
+    say(
+        f"\nreport written to {out / 'report.md'} ({report['total_time_s']:.0f} s, of which "
+        f"{clock.compile_s:.0f} s compiling)"
+    )
+    return report
+
+
+def _seed_sections(report: dict, say: Callable[[str], None]) -> None:
+    """Sections 1-4 into ``report``, each echoed as it completes."""
     say("jaxcurv demo: the seed notes, computed\n")
     report["seed"] = seed_section()
     say(report["seed"]["table"])
@@ -350,7 +406,7 @@ def run_demo(
     for row in report["critical_points"]:
         say(
             f"{row['function']:>28} at {tuple(row['at'])}: eigenvalues "
-            f"{[round(v, 4) for v in row['eigenvalues']]} -> {row['kind']}"
+            f"{[round(v, 4) for v in row['eigenvalues']]} (dense eigh) -> {row['kind']}"
         )
     report["saddle"] = saddle_section()
     sd = report["saddle"]
@@ -364,6 +420,10 @@ def run_demo(
         f"backprop as a chain of VJPs vs jax.grad: max |diff| = "
         f"{report['backprop']['max_abs_difference_vs_jax_grad']:.2e}\n"
     )
+
+
+def _curvature_sections(report: dict, cfg: Config, out, progress, say) -> None:
+    """Sections 5 (training race) and 6 (the solution's Hessian) into ``report``."""
     say(
         f"training {cfg.run.steps} Hessian-free steps and {cfg.demo.baseline_steps} "
         f"{cfg.demo.baseline} steps ..."
@@ -379,22 +439,5 @@ def run_demo(
     )
     say("analyzing the trained model's Hessian ...")
     report["spectrum"] = spectrum_section(cfg, hf, out)
-    sp = report["spectrum"]
-    converged = "all converged" if sp["eigenpairs"]["all_converged"] else "SOME NOT CONVERGED"
-    say(
-        f"top Hessian eigenvalues {[round(v, 4) for v in sp['top_eigenvalues']]}, smallest "
-        f"{[round(v, 4) for v in sp['bottom_eigenvalues']]} ({converged}, largest residual "
-        f"{max(sp['top_residuals'] + sp['bottom_residuals']):.2g}), trace ~ "
-        f"{sp['hutchinson_trace']['estimate']:.4g}: {sp['critical_point']['kind']}"
-    )
-    report["total_time_s"] = time.perf_counter() - t0
-    report["files"] = {
-        "report": "report.md",
-        "json": "report.json",
-        "plots": ["hf_vs_baseline.png", *sorted(sp.get("files", {}).values())],
-    }
-    text = render_report(report)
-    write_text(out / "report.md", text)
-    write_json(out / "report.json", report)
-    say(f"\nreport written to {out / 'report.md'} ({report['total_time_s']:.0f} s)")
-    return report
+    for line in _spectrum_summary(report["spectrum"]):
+        say(line)

@@ -2,10 +2,13 @@
 
 :func:`landscape` trains a model per a config, or loads a checkpoint, and runs the
 library's :func:`jaxcurv.analyze_landscape` on its training loss
-(:func:`analyze_model`); :func:`landscape_report` turns the resulting
-:class:`jaxcurv.Landscape` into JSON-ready tables, :func:`plot_landscape` draws them
-(matplotlib, imported only when used), and :func:`save_landscape` writes
-``landscape.json`` and the PNG plots.
+(:func:`analyze_model`) and :func:`jaxcurv.block_curvature` on every layer
+(:mod:`jaxcurv.app.layer_report`); :func:`landscape_report` turns the resulting
+:class:`jaxcurv.Landscape` into JSON-ready tables, :func:`model_report` adds the per-layer
+table, the interpolation and the timings (compiling and running apart),
+:func:`plot_landscape` (:mod:`jaxcurv.app.landscape_plots`) draws them, and
+:func:`save_landscape` writes ``landscape.json``, ``landscape.md`` (the report in words,
+:mod:`jaxcurv.app.landscape_text`) and the PNG plots.
 """
 
 from __future__ import annotations
@@ -35,9 +38,12 @@ from jaxcurv.app.config import (
     config_to_dict,
     config_to_toml,
 )
+from jaxcurv.app.landscape_plots import plot_landscape
+from jaxcurv.app.landscape_text import render_landscape
+from jaxcurv.app.layer_report import layer_curvature
 from jaxcurv.app.loop import train
-from jaxcurv.app.plots import pyplot
-from jaxcurv.app.run_folder import prepare_run_dir, save_figure, write_json, write_text
+from jaxcurv.app.run_folder import prepare_run_dir, write_json, write_text
+from jaxcurv.app.timing import CompileClock
 from jaxcurv.app.training_step import build_data, build_model, build_optimizer
 
 PyTree = Any
@@ -46,6 +52,7 @@ __all__ = [
     "analyze_model",
     "landscape",
     "landscape_report",
+    "model_report",
     "plot_landscape",
     "save_landscape",
 ]
@@ -141,7 +148,7 @@ def _slice_1d(s) -> dict:
 def landscape_report(result: jaxcurv.Landscape, *, slice_directions: str = "eigenvectors") -> dict:
     """A :class:`jaxcurv.Landscape` as JSON-ready tables (Python floats and lists, no arrays).
 
-    Keys: ``num_parameters``, ``loss``, ``gradient_norm``, ``top_eigenvalues`` (largest
+    Keys: ``num_parameters``, ``dtype``, ``loss``, ``gradient_norm``, ``top_eigenvalues`` (largest
     first), ``top_residuals``, ``top_converged``, ``bottom_eigenvalues`` (smallest first),
     ``bottom_residuals``, ``bottom_converged``, ``eigenpairs`` (``method``, ``tol``, the
     convergence test in words, ``num_matvecs``, ``all_converged``, and ``top`` / ``bottom``
@@ -173,6 +180,7 @@ def landscape_report(result: jaxcurv.Landscape, *, slice_directions: str = "eige
     num_samples = int(np.shape(density.nodes)[0]) if np.ndim(density.nodes) == 2 else 1
     return {
         "num_parameters": int(result.num_parameters),
+        "dtype": str(np.asarray(result.value).dtype),
         "loss": float(result.value),
         "gradient_norm": float(result.gradient_norm),
         "top_eigenvalues": [r["eigenvalue"] for r in top],
@@ -217,146 +225,18 @@ def landscape_report(result: jaxcurv.Landscape, *, slice_directions: str = "eige
     }
 
 
-_DIRECTION_WORDS = {
-    "eigenvectors": ("top eigenvector v1", "second eigenvector v2"),
-    "random": ("random filter-normalized direction d1", "random filter-normalized d2"),
-}
-
-
-def _mark_eigenvalues(ax, rows: list[dict], color: str, label: str) -> None:
-    """Vertical lines at the eigenvalues: solid if converged, dashed (and said) if not."""
-    for i, r in enumerate(rows):
-        ok = r["converged"]
-        ax.axvline(
-            r["eigenvalue"], color=color, lw=0.8, alpha=0.8, ls="-" if ok else "--",
-            label=None if i else label,
-        )  # fmt: skip
-    bad = [r for r in rows if not r["converged"]]
-    if bad:
-        ax.plot([], [], color=color, ls="--", lw=0.8, label=f"{len(bad)} unconverged (dashed)")
-
-
-def _density_figure(plt, report: dict):
-    d, pairs = report["spectral_density"], report["eigenpairs"]
-    grid, dens = np.asarray(d["grid"], dtype=float), np.asarray(d["density"], dtype=float)
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    peak = float(np.nanmax(dens)) if dens.size else 1.0
-    # The SLQ density is a sum of Gaussians: between clusters it underflows to exact zeros
-    # that a log axis cannot show. Those points are left out (gaps), and the axis spans
-    # ten decades below the peak, rather than a floor drawn as if it were measured.
-    low = peak * 1e-10
-    ax.semilogy(grid, np.where(dens > low, dens, np.nan), color="C0", label="SLQ density")
-    ax.set_ylim(low, peak * 3)
-    _mark_eigenvalues(ax, pairs["top"], "C3", f"top {len(pairs['top'])} eigenvalues")
-    _mark_eigenvalues(ax, pairs["bottom"], "C2", f"bottom {len(pairs['bottom'])} eigenvalues")
-    lam_max, lam_min = pairs["top"][0]["eigenvalue"], pairs["bottom"][0]["eigenvalue"]
-    ax.set_xlabel(f"Hessian eigenvalue (lambda_min = {lam_min:.4g}, lambda_max = {lam_max:.4g})")
-    ax.set_ylabel("density")
-    ax.set_title(
-        f"spectral density, N = {report['num_parameters']}: SLQ, {d['num_samples']} probes x "
-        f"{d['num_steps']} Lanczos steps,\nGaussian smoothing sigma = {d['sigma']:.3g}; "
-        f"eigenvalues: {pairs['method']}",
-        fontsize=9,
-    )
-    ax.legend(fontsize=7, loc="best")
-    return fig
-
-
-def _slice_1d_figure(plt, report: dict):
-    s, pairs = report["slice_1d"], report["eigenpairs"]
-    words = _DIRECTION_WORDS.get(report.get("slice_directions", "eigenvectors"))
-    t, loss = np.asarray(s["t"], dtype=float), np.asarray(s["loss"], dtype=float)
-    fine = np.linspace(t[0], t[-1], 201)
-    quad = (
-        s["value"] + s["slope"] * fine + 0.5 * s["curvature"] * s["direction_norm"] ** 2 * fine**2
-    )
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    ax.plot(t, loss, "o-", ms=3, label="measured loss")
-    ax.plot(fine, quad, "--", color="C1", label="quadratic model f + g.d t + 1/2 d'Hd t^2")
-    span = np.nanmax(loss) - np.nanmin(loss) if loss.size else 1.0
-    ax.set_ylim(np.nanmin(loss) - 0.05 * span, np.nanmax(loss) + 0.15 * span)
-    ax.set_xlabel(f"step t along {words[0]}")
-    ax.set_ylabel("loss")
-    top = pairs["top"][0]
-    state = "converged" if top["converged"] else "NOT converged"
-    ax.set_title(
-        f"1-D slice; curvature along it d'Hd/|d|^2 = {s['curvature']:.4g}\nlambda_max = "
-        f"{top['eigenvalue']:.4g} (residual {top['residual']:.2g}, {state})",
-        fontsize=9,
-    )
-    ax.legend(fontsize=7)
-    return fig
-
-
-def _slice_2d_figure(plt, report: dict):
-    s2 = report["slice_2d"]
-    words = _DIRECTION_WORDS.get(report.get("slice_directions", "eigenvectors"))
-    t = np.asarray(s2["t"])
-    fig, ax = plt.subplots(figsize=(5, 4.2))
-    cs = ax.contourf(t, t, np.asarray(s2["loss"], dtype=float).T, levels=30)
-    fig.colorbar(cs, ax=ax, label="loss")
-    ax.plot([0], [0], "r+")
-    ax.set_xlabel(words[0])
-    ax.set_ylabel(words[1])
-    ax.set_title("2-D loss slice", fontsize=9)
-    return fig
-
-
-def _interpolation_figure(plt, report: dict):
-    s = report["interpolation"]
-    t, loss = np.asarray(s["t"], dtype=float), np.asarray(s["loss"], dtype=float)
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
-    ax.plot(t, loss, "o-", ms=3)
-    for at, name in ((0.0, "initialization"), (1.0, "analyzed")):
-        ax.axvline(at, color="0.5", lw=0.6)
-        ax.annotate(name, (at, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
-                    ha="center", va="bottom")  # fmt: skip
-    if np.all(loss > 0):
-        ax.set_yscale("log")
-    ax.set_xlabel("t: parameters (1 - t) init + t analyzed")
-    ax.set_ylabel("loss")
-    ax.set_title("loss on the line from the initialization (Goodfellow et al. 2015)", fontsize=9,
-                 pad=14)  # fmt: skip
-    return fig
-
-
-def plot_landscape(report: dict, out_dir: str | os.PathLike, *, prefix: str = "") -> dict:
-    """Draw a :func:`landscape_report`: ``spectral_density.png``, ``slice_1d.png``, with
-    two directions ``slice_2d.png``, and with an ``interpolation`` table
-    ``interpolation.png``, in ``out_dir``.
-
-    Returns:
-      ``{role: file name}`` of the files written.
-    """
-    plt = pyplot()
-    out_dir = pathlib.Path(out_dir)
-    files = {}
-    figures = [
-        ("density_plot", "spectral_density.png", _density_figure),
-        ("slice_1d_plot", "slice_1d.png", _slice_1d_figure),
-    ]
-    if report["slice_2d"] is not None:
-        figures.append(("slice_2d_plot", "slice_2d.png", _slice_2d_figure))
-    if report.get("interpolation"):
-        figures.append(("interpolation_plot", "interpolation.png", _interpolation_figure))
-    for role, name, draw in figures:
-        fig = draw(plt, report)
-        fig.tight_layout()
-        save_figure(fig, out_dir / f"{prefix}{name}", dpi=100)
-        plt.close(fig)
-        files[role] = f"{prefix}{name}"
-    return files
-
-
 def save_landscape(report: dict, out_dir: str | os.PathLike) -> dict:
-    """Write ``report`` to ``out_dir/landscape.json`` and draw its plots there.
+    """Write ``report`` to ``out_dir/landscape.json``, its text to ``landscape.md``
+    (:func:`jaxcurv.app.landscape_text.render_landscape`) and draw its plots there.
 
     Returns:
-      The report with ``files`` (``{role: file name}`` of the plots) added.
+      The report with ``files`` (``{role: file name}`` of the plots and the text) added.
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = {**report, "files": plot_landscape(report, out_dir)}
+    files = plot_landscape(report, out_dir)
+    report = {**report, "files": {**files, "report": "landscape.md"}}
+    write_text(out_dir / "landscape.md", "\n".join(render_landscape(report, level=1)) + "\n")
     write_json(out_dir / "landscape.json", report)
     return report
 
@@ -378,10 +258,11 @@ def landscape(
     measured on the first ``landscape.num_examples`` training examples.
 
     Returns:
-      The :func:`landscape_report` with ``model`` (its name), ``source`` (the checkpoint
-      and its step, or the steps trained), ``num_examples`` and ``files`` (the plots)
-      added; also written to ``out_dir/landscape.json``, next to ``config.toml`` and the
-      PNG plots.
+      The :func:`model_report` (the :func:`landscape_report` with ``layers``,
+      ``interpolation`` and ``timing``) with ``model`` (its name), ``source`` (the
+      checkpoint and its step, or the steps trained), ``num_examples`` and ``files`` (the
+      plots and the text) added; also written to ``out_dir/landscape.json``, next to
+      ``landscape.md`` (the report in words), ``config.toml`` and the PNG plots.
 
     Raises:
       RunExistsError: ``out_dir`` holds a run and ``overwrite`` is false.
@@ -412,18 +293,33 @@ def landscape(
 
 def model_report(model, params, train_set, num: int, cfg: Config) -> dict:
     """:func:`landscape_report` of the model at ``params`` on the first ``num`` training
-    examples, with the interpolation from the run's initialization when configured."""
-    inputs, targets = train_set.inputs[:num], train_set.targets[:num]
+    examples, with the per-layer table (``layers``, unless
+    ``landscape.layer_trace_num_samples`` is 0), the interpolation from the run's
+    initialization when configured, and ``timing``: each part's wall time with its
+    compiling and running apart (:class:`jaxcurv.app.timing.CompileClock`)."""
+    inputs, targets = jnp.asarray(train_set.inputs[:num]), jnp.asarray(train_set.targets[:num])
     options = cfg.landscape
-    result = analyze_model(model, params, inputs, targets, options)
-    report = landscape_report(result, slice_directions=options.slice_directions)
+    timing = {}
+    with CompileClock() as clock:
+        result = analyze_model(model, params, inputs, targets, options)
+        report = landscape_report(result, slice_directions=options.slice_directions)
+    timing["analysis"] = clock.as_dict()
+    if options.layer_trace_num_samples:
+        with CompileClock() as clock:
+            report["layers"] = layer_curvature(
+                _ModelLoss(model), params, inputs, targets, options=options
+            )
+        timing["per-layer"] = clock.as_dict()
     if options.interpolation_points:
         # The initialization is a pure function of the config's seed: the same for a run
         # trained here and for one loaded from a checkpoint.
         init = model.init(jax.random.key(cfg.run.seed))
-        report["interpolation"] = interpolation_report(
-            model, init, params, inputs, targets, options.interpolation_points
-        )
+        with CompileClock() as clock:
+            report["interpolation"] = interpolation_report(
+                model, init, params, inputs, targets, options.interpolation_points
+            )
+        timing["interpolation"] = clock.as_dict()
+    report["timing"] = timing
     return report
 
 

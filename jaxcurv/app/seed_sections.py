@@ -70,6 +70,7 @@ def seed_section() -> dict:
     return {
         "table": table,
         "kinds": kinds,
+        "dtype": str(jac.dtype),
         "jacobian": {
             "function": "f(x, y) = [x^2 + y, xy]",
             "at": [2.0, 3.0],
@@ -117,6 +118,8 @@ def critical_point_section() -> list[dict]:
                 "eigenvalues": np.round(np.asarray(cp.eigenvalues, np.float64), 6).tolist(),
                 "gradient_norm": float(cp.gradient_norm),
                 "reason": cp.reason,
+                "method": cp.method,
+                "dtype": str(np.asarray(cp.eigenvalues).dtype),
             }
         )
     return rows
@@ -171,6 +174,7 @@ def saddle_section() -> dict:
         "saddle_steps_with_small_gradient": stalled,
         "saddle_steps_to_escape": escape,
         "bowl_steps_to_converge": converged,
+        "num_steps_run": int(xs.shape[0]),
         "trace": {
             "saddle_grad_norm": gnorms.tolist(),
             "saddle_loss": values.tolist(),
@@ -212,4 +216,5 @@ def backprop_section() -> dict:
         "loss": float(res.loss),
         "cotangent_shapes": [list(np.shape(c)) for c in res.cotangents],
         "max_abs_difference_vs_jax_grad": diff,
+        "dtype": str(x.dtype),
     }
