@@ -51,11 +51,22 @@ BENCHMARKS = (
     "scaling_devices",
     "memory",
     "optimizers",
+    "landscape_peers",
+    "first_answer",
+    "spectral_accuracy",
+    "hf_cost",
+    "optimizers_minibatch",
 )
 # Seconds per benchmark (full run, quick run). Measured full runs on the 2 shared CPU cores:
 # optimizers 762 s, scaling_devices 1131 s (load ~10), the others under 600 s; an
 # accelerator runs them faster, compiles taking about as long.
-TIMEOUTS = {"optimizers": (1800, 900), "scaling_devices": (1800, 900)}
+TIMEOUTS = {
+    "optimizers": (1800, 900),
+    "scaling_devices": (1800, 900),
+    "landscape_peers": (2400, 900),
+    "spectral_accuracy": (1800, 900),
+    "optimizers_minibatch": (1800, 900),
+}
 DEFAULT_TIMEOUT = (900, 900)
 
 

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from jax.extend import core as jex_core
 
-__all__ = ["compiled_call", "is_traced"]
+__all__ = ["compiled_call", "compiled_function", "is_traced"]
 
 # Enough for every configuration a script uses at once; least recently used entries go.
 _CACHE_SIZE = 64
@@ -79,30 +79,15 @@ def _evaluator(jaxpr: Any, out_tree: Any) -> Callable:
     return jax.jit(run)
 
 
-def compiled_call(fun: Callable, *args: Any, **kwargs: Any) -> Any:
-    """``fun(*args, **kwargs)``, compiled once per distinct computation.
+def _prepare(fun: Callable, args: tuple, kwargs: dict) -> tuple | None:
+    """Trace ``fun(*args, **kwargs)`` and find (or make) its executable.
 
-    Args:
-      fun: any function of pytrees; typically a closure over the user's callables.
-      *args: its positional arguments (pytrees).
-      **kwargs: its keyword arguments (pytrees).
-
-    Returns:
-      What ``fun`` returns: computed by a cached executable when the call is at top level,
-      by ``fun`` itself when it is traced (inside ``jit``/``vmap``/``grad``). Array leaves
-      of the arguments are traced; any other leaf (a Python flag, a string) is a constant
-      of the computation.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxcurv._compile import compiled_call
-      >>> batch = jnp.arange(3.0)
-      >>> compiled_call(lambda w: jnp.sum(w * batch), jnp.ones(3))
-      Array(3., dtype=float32)
+    Returns ``(executable, consts, is_dynamic, in_tree)``, or ``None`` when only plain
+    evaluation is correct (the arguments, or constants ``fun`` closes over, are traced).
     """
     leaves, in_tree = jax.tree.flatten((args, kwargs))
     if is_traced(leaves):
-        return fun(*args, **kwargs)
+        return None
     is_dynamic = [_is_dynamic(leaf) for leaf in leaves]
     dynamic = [leaf for leaf, d in zip(leaves, is_dynamic, strict=True) if d]
 
@@ -118,7 +103,7 @@ def compiled_call(fun: Callable, *args: Any, **kwargs: Any) -> Any:
     if is_traced(consts) or is_traced(nested):
         # A function closing over an outer tracer (built inside a user's transformation
         # but called outside it): only plain evaluation is correct.
-        return fun(*args, **kwargs)
+        return None
     out_tree = jax.tree.structure(out_shape)
     key = (
         str(closed.jaxpr),
@@ -140,4 +125,67 @@ def compiled_call(fun: Callable, *args: Any, **kwargs: Any) -> Any:
         _cache.move_to_end(key)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
-    return entry[0](consts, dynamic)
+    return entry[0], consts, is_dynamic, in_tree
+
+
+def _dynamic_leaves(args: tuple, kwargs: dict, is_dynamic: list[bool], in_tree: Any) -> list:
+    leaves, tree = jax.tree.flatten((args, kwargs))
+    if tree != in_tree:
+        raise ValueError(f"arguments of structure {tree} where {in_tree} was traced")
+    return [leaf for leaf, d in zip(leaves, is_dynamic, strict=True) if d]
+
+
+def compiled_call(fun: Callable, *args: Any, **kwargs: Any) -> Any:
+    """``fun(*args, **kwargs)``, compiled once per distinct computation.
+
+    Args:
+      fun: any function of pytrees; typically a closure over the user's callables.
+      *args: its positional arguments (pytrees).
+      **kwargs: its keyword arguments (pytrees).
+
+    Returns:
+      What ``fun`` returns: computed by a cached executable when the call is at top level,
+      by ``fun`` itself when it is traced (inside ``jit``/``vmap``/``grad``). Array leaves
+      of the arguments are traced; any other leaf (a Python flag, a string) is a constant
+      of the computation.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv._compile import compiled_call
+      >>> batch = jnp.arange(3.0)
+      >>> compiled_call(lambda w: jnp.sum(w * batch), jnp.ones(3))
+      Array(3., dtype=float32)
+    """
+    prepared = _prepare(fun, args, kwargs)
+    if prepared is None:
+        return fun(*args, **kwargs)
+    executable, consts, is_dynamic, in_tree = prepared
+    return executable(consts, _dynamic_leaves(args, kwargs, is_dynamic, in_tree))
+
+
+def compiled_function(fun: Callable, *args: Any) -> Callable | None:
+    """``fun`` traced once on ``args``, as a callable that runs its executable directly.
+
+    For a host loop that calls the same computation many times (``jaxcurv._host_krylov``):
+    ``compiled_call`` traces on every call (milliseconds each), this only once. The
+    returned function takes arguments of the same structure whose non-array leaves equal
+    those of ``args`` (they are constants of the trace); it is keyed and cached exactly as
+    ``compiled_call`` is. ``None`` when ``args``, or what ``fun`` closes over, is traced:
+    then only plain evaluation is correct.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv._compile import compiled_function
+      >>> double = compiled_function(lambda v: 2.0 * v, jnp.ones(2))
+      >>> double(jnp.arange(2.0)).tolist()
+      [0.0, 2.0]
+    """
+    prepared = _prepare(fun, args, {})
+    if prepared is None:
+        return None
+    executable, consts, is_dynamic, in_tree = prepared
+
+    def call(*call_args: Any) -> Any:
+        return executable(consts, _dynamic_leaves(call_args, {}, is_dynamic, in_tree))
+
+    return call

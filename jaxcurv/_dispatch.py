@@ -1,4 +1,5 @@
-"""How the Krylov routines take ``A``: its domain checked eagerly, the call compiled once."""
+"""How the Krylov routines take ``A``: its domain checked eagerly, the call compiled once
+(or, with ``loop="host"``, only its product compiled and the loop run in NumPy)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcurv._compile import compiled_call, is_traced
+from jaxcurv._host_krylov import host_product, host_rng
+from jaxcurv._lanczos import _matvec_checked
 from jaxcurv._precision import _is_low_precision, _to_working
 from jaxcurv._symmetry import check_symmetric_matrix
 from jaxcurv.products import CurvatureOperator, as_matvec
@@ -94,6 +97,29 @@ def _run(impl: Callable, A: Any, example: PyTree | None, *args: Any, **config: A
     if isinstance(A, (CurvatureOperator, jax.Array)):
         return compiled_call(call, A, example, args)
     return compiled_call(lambda example, args: call(None, example, args), example, args)
+
+
+# Where a Krylov routine's loop runs (`loop=`): "device" compiles the whole run into one
+# program (the default), "host" compiles only the product and runs the recursion in NumPy
+# (`jaxcurv._host_krylov`): a first answer in a fraction of the compile time.
+LOOPS = ("device", "host")
+
+
+def _on_host(loop: str, A: Any, example: PyTree | None, key: Any) -> tuple | None:
+    """``(product, rng)`` for a host-driven loop, or ``None`` for the device loop.
+
+    ``None`` unless ``loop == "host"``, and also when anything is traced (a caller's
+    ``jit``/``vmap``/``grad``): the host cannot see traced values, so the routine then runs
+    its device loop, which is inlined into the caller's trace like every other call. Also
+    ``None`` on several processes (``jax.distributed``): the host holds one process's part
+    of a sharded vector only.
+    """
+    if loop != "host" or is_traced(key) or jax.process_count() > 1:
+        return None
+    prod = host_product(A, example, _matvec_checked)
+    if prod is None:
+        return None
+    return prod, host_rng(key)
 
 
 def _hold_fixed(A: Any, example: PyTree) -> tuple[Any, bool]:

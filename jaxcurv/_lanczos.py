@@ -97,12 +97,25 @@ def _mix32(h: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
+def _normal_from_bits(h: jax.Array, dtype: Any) -> jax.Array:
+    """Standard normal entries from uint32 hashes ``h``, by the inverse CDF of 23 bits.
+
+    ``u = (k + 1/2) 2^-23`` for the top 23 bits ``k`` lies in (0, 1) exactly in float32
+    (23 bits and a half fit its 24-bit significand); with 24 bits the largest ``k`` rounded
+    to ``u = 1`` and ``erf_inv(1) = inf``: one entry in 2^24, so most 3M-entry trees held
+    an infinity. Computed in at least float32 for the same reason (bfloat16 keeps 8 bits).
+    """
+    work = jnp.promote_types(dtype, jnp.float32)
+    u = ((h >> 9).astype(work) + 0.5) * (2.0**-23)
+    return (math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0)).astype(dtype)
+
+
 def _random_like(key: jax.Array, like: PyTree, kind: str = "normal") -> tuple[PyTree, PyTree]:
     """A random pytree like ``like``, and the seed its fresh directions come from (itself).
 
     Entry by entry where each leaf lives: one threefry draw gives two 32-bit seeds per leaf
     and each entry is a hash of its index within the leaf and those seeds (Rademacher from
-    the top bit, normal by the inverse CDF of 24 bits). So parameters sharded FSDP-style
+    the top bit, normal by the inverse CDF of 23 bits). So parameters sharded FSDP-style
     are never gathered into one vector as long as all of them (a flat draw cut into leaves
     was), and compiling stays cheap: one threefry per tree, where one per leaf took ~10x
     longer to compile than the whole flat draw on a 50-leaf tree.
@@ -114,8 +127,7 @@ def _random_like(key: jax.Array, like: PyTree, kind: str = "normal") -> tuple[Py
     for i, leaf in enumerate(leaves):
         h = _mix32(_mix32(_leaf_index(jnp.shape(leaf)) ^ seeds[i, 0]) + seeds[i, 1])
         if kind == "normal":
-            u = ((h >> 8).astype(dtype) + 0.5) * (2.0**-24)  # in (0, 1), never 0 or 1
-            z = math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0)
+            z = _normal_from_bits(h, dtype)
         else:
             z = jnp.where((h >> 31) == 1, 1.0, -1.0).astype(dtype)
         out.append(z.astype(leaf.dtype))

@@ -13,11 +13,14 @@ from jaxcurv._checks import (
     check_bounded_int,
     check_callable,
     check_key,
+    check_option,
     check_positive,
     deprecated_keywords,
     renamed_keyword,
 )
-from jaxcurv._dispatch import _domain, _run
+from jaxcurv._compile import compiled_call
+from jaxcurv._dispatch import LOOPS, _domain, _on_host, _run
+from jaxcurv._host_krylov import host_quadrature
 from jaxcurv._lanczos import (
     _lanczos,
     _matvec_checked,
@@ -25,7 +28,6 @@ from jaxcurv._lanczos import (
     _normalize,
     _probe_keys,
     _random_like,
-    _real_dtype,
     _tridiagonal_eigh,
 )
 from jaxcurv._precision import _working_dtype
@@ -34,7 +36,87 @@ from jaxcurv.tree import tree_size
 
 PyTree = Any
 
-__all__ = ["SpectralDensity", "spectral_density", "trace_function"]
+__all__ = ["SpectralDensity", "default_sigma", "spectral_density", "trace_function"]
+
+
+# Papyan (2020, app. D.2; after Lin, Saad and Yang 2016, sec. 3.2): m Gauss nodes on
+# [-1, 1] sit about h = 2 / (m - 1) apart, and a bump of width h / sqrt(8 ln kappa) has
+# fallen to 1/kappa of its peak half-way to the next node, so neighbouring bumps merge
+# into a smooth curve without blurring it further; kappa = 3. The spectrum is mapped to
+# [-1, 1] with a 5% margin on each side: in eigenvalue units that is 1.1 (hi - lo) / 2
+# per unit, hence the 1.1 below. This is what curvlinops' `lanczos_approximate_spectrum`
+# uses by default; Wasserstein-1 to the exact spectrum in benchmarks/spectral_accuracy.py.
+_KAPPA = 3.0
+_MARGIN = 0.05
+
+
+def default_sigma(nodes: jax.Array) -> jax.Array:
+    r"""The default smoothing width for SLQ nodes of ``m`` Lanczos steps each.
+
+    :math:`\sigma = (1 + 2 \cdot 0.05)\, (\theta_{\max} - \theta_{\min}) / ((m - 1)
+    \sqrt{8 \ln 3})` (Papyan 2020, app. D.2, after Lin, Saad and Yang 2016): the mean
+    spacing of ``m`` Gauss nodes over the spread of all nodes, with 5% margins, divided
+    by :math:`\sqrt{8 \ln \kappa}`, :math:`\kappa = 3`, so a bump has fallen to a third
+    of its peak half-way to the next node. 0.59% of the spread at 64 steps, 1.2% at 32.
+    When every node is equal the spread is replaced by their magnitude (tiny if zero).
+
+    Args:
+      nodes: ``(num_samples, m)`` Ritz values, as ``SpectralDensity.nodes``.
+
+    Returns:
+      A scalar of ``nodes``' dtype.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv.density import default_sigma
+      >>> round(float(default_sigma(jnp.linspace(0.0, 1.0, 64)[None])), 5)
+      0.00589
+    """
+    nodes = jnp.asarray(nodes)
+    m = nodes.shape[-1]
+    lo, hi = jnp.min(nodes), jnp.max(nodes)
+    width = hi - lo
+    scale = jnp.maximum(jnp.maximum(jnp.abs(lo), jnp.abs(hi)), jnp.finfo(nodes.dtype).tiny)
+    factor = (1 + 2 * _MARGIN) / (max(m - 1, 1) * math.sqrt(8 * math.log(_KAPPA)))
+    return factor * jnp.where(width > 0, width, scale)
+
+
+def _smooth_impl(nodes, weights, sigma, grid, *, num_grid):
+    """The Gaussian-smoothed density on ``grid`` (default: nodes +- 5 sigma)."""
+    dtype = nodes.dtype
+    sig = default_sigma(nodes) if sigma is None else jnp.asarray(sigma, dtype)
+    if grid is None:
+        lo, hi = jnp.min(nodes), jnp.max(nodes)
+        grid = jnp.linspace(lo - 5 * sig, hi + 5 * sig, num_grid, dtype=dtype)
+    diff = (grid[:, None, None] - nodes[None]) / sig
+    kernel = jnp.exp(-0.5 * diff**2) / (sig * math.sqrt(2 * math.pi))
+    density = jnp.sum(kernel * weights[None], axis=(1, 2)) / nodes.shape[0]
+    return grid, density, sig
+
+
+def _check_grid(name: str, grid: Any, dtype) -> jax.Array | None:
+    if grid is None:
+        return None
+    grid = jnp.asarray(grid, dtype)
+    if grid.ndim != 1:
+        raise ValueError(
+            f"`{name}(grid=...)` must be 1-D, got shape {grid.shape}. Pass the eigenvalue "
+            "positions as one vector, e.g. jnp.linspace(lo, hi, 512)."
+        )
+    return grid
+
+
+def _smoothed(name, nodes, weights, spent, *, sigma, grid, num_grid):
+    """A ``SpectralDensity`` from the quadrature: compiled apart from the Lanczos runs, with
+    ``sigma`` and ``grid`` as arguments, so a new width or grid never compiles again."""
+    if sigma is not None:
+        check_positive(f"{name}(sigma=...)", sigma)
+        sigma = jnp.asarray(float(sigma), nodes.dtype)
+    grid = _check_grid(name, grid, nodes.dtype)
+    out = compiled_call(
+        lambda n, w, s, g: _smooth_impl(n, w, s, g, num_grid=num_grid), nodes, weights, sigma, grid
+    )
+    return SpectralDensity(out[0], out[1], nodes, weights, out[2], spent)
 
 
 class SpectralDensity(NamedTuple):
@@ -58,6 +140,49 @@ class SpectralDensity(NamedTuple):
     sigma: jax.Array
     num_matvecs: jax.Array | None = None
 
+    def smooth(
+        self,
+        sigma: float | None = None,
+        *,
+        grid: jax.typing.ArrayLike | None = None,
+        num_grid: int | None = None,
+    ) -> SpectralDensity:
+        """The same quadrature smoothed with another width or on another grid.
+
+        Only ``nodes`` and ``weights`` are used: no product with ``A``, and the Lanczos
+        runs are not compiled again (the smoothing is a small program of its own, with
+        ``sigma`` and ``grid`` as arguments: a new width compiles nothing).
+
+        Args:
+          sigma: Gaussian width in eigenvalue units; default ``default_sigma(nodes)``.
+          grid: 1-D points; default ``num_grid`` points over the nodes +- 5 ``sigma``.
+          num_grid: grid size when ``grid`` is not given; default the current grid's.
+
+        Returns:
+          A ``SpectralDensity`` with the same ``nodes``, ``weights`` and ``num_matvecs``.
+
+        Example:
+          >>> import jax, jax.numpy as jnp
+          >>> import jaxcurv
+          >>> d = jaxcurv.spectral_density(jnp.diag(jnp.arange(1.0, 51.0)), jax.random.key(0))
+          >>> wide = d.smooth(sigma=2.0)
+          >>> float(wide.sigma), bool(jnp.all(wide.nodes == d.nodes))
+          (2.0, True)
+        """
+        num_grid = self.grid.shape[0] if num_grid is None else num_grid
+        num_grid = check_bounded_int(
+            "SpectralDensity.smooth(num_grid=...)", num_grid, low=2, fix="Pass at least two points."
+        )
+        return _smoothed(
+            "SpectralDensity.smooth",
+            jnp.asarray(self.nodes),
+            jnp.asarray(self.weights),
+            self.num_matvecs,
+            sigma=sigma,
+            grid=grid,
+            num_grid=num_grid,
+        )
+
 
 def _quadrature(matvec, example, key, num_samples, m):
     """``(nodes, weights)``, each ``(num_samples, m)``: one Lanczos Gauss rule per probe."""
@@ -71,24 +196,9 @@ def _quadrature(matvec, example, key, num_samples, m):
     return jax.lax.map(probe, _probe_keys(key, num_samples))
 
 
-def _slq_impl(A, matvec, example, key, grid, *, num_samples, m, num_grid, sigma):
+def _slq_impl(A, matvec, example, key, *, num_samples, m):
     matvec, example = _matvec_checked(matvec, example)
-    dtype = _real_dtype(example)
-    nodes, weights = _quadrature(matvec, example, key, num_samples, m)
-    lo, hi = jnp.min(nodes), jnp.max(nodes)
-    if sigma is None:
-        width = hi - lo
-        scale = jnp.maximum(jnp.maximum(jnp.abs(lo), jnp.abs(hi)), jnp.finfo(dtype).tiny)
-        sig = jnp.where(width > 0, 0.01 * width, 0.01 * scale)
-    else:
-        sig = jnp.asarray(sigma, dtype)
-    if grid is None:
-        grid = jnp.linspace(lo - 5 * sig, hi + 5 * sig, num_grid, dtype=dtype)
-    diff = (grid[:, None, None] - nodes[None]) / sig
-    kernel = jnp.exp(-0.5 * diff**2) / (sig * math.sqrt(2 * math.pi))
-    density = jnp.sum(kernel * weights[None], axis=(1, 2)) / num_samples
-    spent = jnp.asarray(num_samples * m, jnp.int32)
-    return SpectralDensity(grid, density, nodes, weights, sig, spent)
+    return _quadrature(matvec, example, key, num_samples, m)
 
 
 @deprecated_keywords(num_probes="num_samples", num_lanczos="num_steps")
@@ -104,6 +214,7 @@ def spectral_density(
     example: PyTree | None = None,
     num_probes: int | None = None,
     num_lanczos: int | None = None,
+    loop: str = "device",
 ) -> SpectralDensity:
     r"""Eigenvalue density of ``A`` by stochastic Lanczos quadrature (SLQ).
 
@@ -124,15 +235,25 @@ def spectral_density(
       grid: 1-D points at which to evaluate the density; default ``num_grid`` points
         covering all nodes plus five ``sigma`` on each side.
       num_grid: grid size when ``grid`` is not given.
-      sigma: Gaussian smoothing width in eigenvalue units; default 1% of the spread of the
-        nodes.
+      sigma: Gaussian smoothing width in eigenvalue units; default ``default_sigma(nodes)``,
+        Papyan's (2020) width for ``num_steps`` nodes: ``1.1 * spread / ((num_steps - 1) *
+        sqrt(8 ln 3))``, 0.59% of the spread of the nodes at 64 steps. The smoothing runs
+        apart from the Lanczos runs: ``d.smooth(sigma=..., grid=...)`` re-smooths a result
+        without products, and a new ``sigma`` here compiles nothing new either.
       example: pytree shaped like the domain; required for a bare callable.
+      loop: where the Krylov loop runs. ``"device"`` (the default) compiles the whole run
+        into one program: fastest per call, one compile per configuration. ``"host"``
+        compiles only the product with ``A`` and runs the recursion in NumPy (float64;
+        ``jaxcurv._host_krylov``): for a one-off analysis, the first answer in a fraction
+        of the compile time. Same method, options and result; the start vector comes from
+        NumPy seeded by ``key``, so the answers agree to ``tol``, not bit for bit. Under a
+        caller's ``jit``/``vmap``/``grad`` it runs the device loop.
       num_probes: deprecated spelling of ``num_samples`` (``DeprecationWarning``).
       num_lanczos: deprecated spelling of ``num_steps`` (``DeprecationWarning``).
 
     Returns:
       A ``SpectralDensity`` (``grid``, ``density``, ``nodes``, ``weights``, ``sigma``,
-      ``num_matvecs``),
+      ``num_matvecs``; ``.smooth(sigma=..., grid=...)`` re-smooths it at no cost),
       float32 for a float16/bfloat16 domain. A NaN or inf in ``A`` shows as NaN nodes and
       density, never as a finite-looking one.
 
@@ -176,23 +297,18 @@ def spectral_density(
     num_grid = check_bounded_int(
         "spectral_density(num_grid=...)", num_grid, low=2, fix="Pass at least two points."
     )
-    if grid is not None:
-        grid = jnp.asarray(grid, _working_dtype(dtype))
-        if grid.ndim != 1:
-            raise ValueError(f"`spectral_density(grid=...)` must be 1-D, got shape {grid.shape}.")
+    grid = _check_grid("spectral_density", grid, _working_dtype(dtype))
     if sigma is not None:
         check_positive("spectral_density(sigma=...)", sigma)
-        sigma = float(sigma)
-    return _run(
-        _slq_impl,
-        A,
-        example,
-        key,
-        grid,
-        num_samples=num_samples,
-        m=num_steps,
-        num_grid=num_grid,
-        sigma=sigma,
+    loop = check_option("spectral_density(loop=...)", loop, LOOPS)
+    host = _on_host(loop, A, example, key)
+    if host is not None:
+        nodes, weights = host_quadrature(*host, num_samples=num_samples, m=num_steps)
+    else:
+        nodes, weights = _run(_slq_impl, A, example, key, num_samples=num_samples, m=num_steps)
+    spent = jnp.asarray(num_samples * num_steps, jnp.int32)
+    return _smoothed(
+        "spectral_density", nodes, weights, spent, sigma=sigma, grid=grid, num_grid=num_grid
     )
 
 

@@ -38,6 +38,7 @@ PyTree = Any
 __all__ = [
     "cg_preconditioner",
     "curvature_operator",
+    "curvature_sub_batch",
     "damped_newton_direction",
 ]
 
@@ -88,16 +89,7 @@ def curvature_operator(
       descent", Neural Computation, 2002. Martens, "Deep learning via Hessian-free
       optimization", ICML 2010, §4.3 (the sub-batch).
     """
-    curv_args = extra_args
-    if fraction is not None:
-        n = batch_size(extra_args, "curvature_fraction")
-        if n is None:
-            raise ValueError(
-                "`hessian_free(curvature_fraction=...)` needs batched extra arguments "
-                "(arrays with a leading batch axis) to take a sub-batch of, got none. "
-                "Pass the batch as keywords of `update`, or set `curvature_fraction=None`."
-            )
-        curv_args = take_batch(extra_args, max(1, math.ceil(fraction * n)))
+    curv_args = curvature_sub_batch(extra_args, fraction)
     if curvature == "ggn":
         if not isinstance(value_fn, ModelAndLoss):
             raise TypeError(
@@ -107,6 +99,34 @@ def curvature_operator(
         # The objective's own routing (explicit keys, aux dropped), not a fresh one's.
         return ggn_operator(*value_fn.without_aux().bind(**curv_args), params)
     return hessian_operator(lambda p: value_fn(p, **curv_args), params)
+
+
+def curvature_sub_batch(extra_args: dict[str, Any], fraction: float | None) -> dict[str, Any]:
+    """The first ``ceil(fraction * n)`` examples of the batch (``None``: all of it).
+
+    Martens' curvature sub-batch: every array extra argument with ``ndim >= 1`` is a batch
+    along axis 0 and gives its leading rows; scalars are kept.
+
+    Raises:
+      ValueError: a ``fraction`` with no batched extra argument to take it of, or batched
+        extras of different leading sizes.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv.descent import curvature_sub_batch
+      >>> curvature_sub_batch({"x": jnp.arange(8.0), "scale": 2.0}, 0.3)
+      {'scale': 2.0, 'x': Array([0., 1., 2.], dtype=float32)}
+    """
+    if fraction is None:
+        return extra_args
+    n = batch_size(extra_args, "curvature_fraction")
+    if n is None:
+        raise ValueError(
+            "`hessian_free(curvature_fraction=...)` needs batched extra arguments "
+            "(arrays with a leading batch axis) to take a sub-batch of, got none. "
+            "Pass the batch as keywords of `update`, or set `curvature_fraction=None`."
+        )
+    return take_batch(extra_args, max(1, math.ceil(fraction * n)))
 
 
 def cg_preconditioner(

@@ -31,8 +31,10 @@ def extreme_eigenpairs(op, k, key, maxiter, tol, dense) -> tuple[EigenResult, ja
       k: pairs from each end; all ``N`` when dense or when ``2 k > N``.
       key: PRNG key of Lanczos' start vector.
       maxiter: the most products thick-restart Lanczos spends (at least ``2 k + 1``).
-      tol: a pair converged when ``residual <= tol * max(|lambda|, eps^(2/3)
-        max_j |lambda_j|)``, :func:`jaxcurv.eigenvalues`' test (its stopping rule too).
+      tol: a pair converged when the solver's test passed for every pair (its stopping
+        rule, on the recurrence residuals), or when its measured residual is at most ``tol
+        * max(|lambda|, eps^(2/3) max_j |lambda_j|)`` plus the products' rounding, ``4
+        sqrt(N) eps(dtype) max_j |lambda_j|``.
       dense: form the matrix and use ``eigh`` (every pair converged unless not finite).
 
     Returns:
@@ -63,6 +65,15 @@ def extreme_eigenpairs(op, k, key, maxiter, tol, dense) -> tuple[EigenResult, ja
     lam, res = eig.eigenvalues, eig.residual_norms
     if dense:  # eigh is backward stable: exact up to rounding unless the matrix is not finite
         return eig, jnp.broadcast_to(eig.converged, lam.shape)
-    floor = float(np.finfo(np.dtype(lam.dtype)).eps) ** (2.0 / 3.0) * jnp.max(jnp.abs(lam))
-    ok = (res <= tol * jnp.maximum(jnp.abs(lam), floor)) & jnp.isfinite(lam) & jnp.isfinite(res)
+    eps = float(np.finfo(np.dtype(op.dtype if hasattr(op, "dtype") else lam.dtype)).eps)
+    scale = jnp.max(jnp.abs(lam))
+    floor = float(np.finfo(np.dtype(lam.dtype)).eps) ** (2.0 / 3.0) * scale
+    # The residuals are measured from one product per pair, so they carry the products'
+    # rounding, ~sqrt(N) eps ||A|| (Higham and Mary 2019's model; 0.2x that measured on MLP
+    # Hessians and random matrices), which the iteration's test does not see: a pair
+    # whose residual is within that of the criterion is as converged as the products
+    # allow (e.g. a float32 eigenvalue near 0, whose relative criterion no product meets).
+    rounding = 4.0 * np.sqrt(n) * eps * scale
+    ok = res <= tol * jnp.maximum(jnp.abs(lam), floor) + rounding
+    ok = (ok | eig.converged) & jnp.isfinite(lam) & jnp.isfinite(res)
     return eig, ok

@@ -43,7 +43,9 @@ import numpy as np
 import optax
 
 from jaxcurv._checks import (
+    check_choice,
     check_real_inputs,
+    check_value,
     deprecated_keywords,
     describe_value,
     renamed_keyword,
@@ -60,10 +62,15 @@ from jaxcurv.damping import (
     levenberg_marquardt_damping,
     reduction_ratio,
 )
-from jaxcurv.descent import cg_preconditioner, curvature_operator, damped_newton_direction
+from jaxcurv.descent import (
+    cg_preconditioner,
+    curvature_operator,
+    curvature_sub_batch,
+    damped_newton_direction,
+)
 from jaxcurv.hessian_free_options import check_options, check_update_args
 from jaxcurv.line_search import armijo_condition, cg_candidates, direction_stats, search
-from jaxcurv.model_and_loss import ModelAndLoss
+from jaxcurv.model_and_loss import ModelAndLoss, check_value_fn_keywords
 
 # Tests of the statistic import it from here, where it was first written.
 from jaxcurv.preconditioner import mean_squared_example_grads as _mean_squared_example_grads  # noqa: F401
@@ -185,11 +192,19 @@ def _is_zero(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer) and bool(np.all(np.asarray(x) == 0))
 
 
-def _descent(cfg, g, damping, cg_init, params, value_fn, extra_args):
-    """``(p, info)``: CG on the damped model at ``params``, preconditioned if asked."""
+def _descent(cfg, g, damping, cg_init, params, value_fn, extra_args, curv_args=None):
+    """``(p, info)``: CG on the damped model at ``params``, preconditioned if asked.
+
+    ``B`` is of ``curv_args`` (``None``: ``extra_args``), the preconditioner of
+    ``extra_args``, the gradient's batch.
+    """
     # B at params (on the sub-batch when asked), linearized once for all of CG.
     op = curvature_operator(
-        value_fn, params, extra_args, curvature=cfg.curvature, fraction=cfg.curvature_fraction
+        value_fn,
+        params,
+        extra_args if curv_args is None else curv_args,
+        curvature=cfg.curvature,
+        fraction=cfg.curvature_fraction,
     )
     precond = cg_preconditioner(
         cfg.preconditioner,
@@ -290,20 +305,39 @@ def _stored_grad(loss, params, new_updates, accepted, incoming):
     )
 
 
-def _update(cfg, updates, state, params, value_fn, value, grad, extra_args):
+def _search_objective(cfg, plain_fn, extra_args, curv_args, value, dtype):
+    """``(trial_loss, f0, evals)``: the loss the search judges steps by, its value at the
+    start, and the evaluations spent on that value.
+
+    ``search_batch="curvature"`` judges on the curvature sub-batch (Martens: its backtracking
+    and ratio), at a quarter of the cost on a 4x smaller sub-batch; ``value`` is of the
+    gradient's batch there, so the start is evaluated (one sub-batch loss).
+    """
+    if cfg.search_batch == "curvature":
+        sub = curvature_sub_batch(
+            extra_args if curv_args is None else curv_args, cfg.curvature_fraction
+        )
+        loss = _scalar_loss(plain_fn, sub, dtype)
+        return loss, None, 1
+    return _scalar_loss(plain_fn, extra_args, dtype), value, int(value is None)
+
+
+def _update(cfg, updates, state, params, value_fn, value, grad, extra_args, curv_args=None):
     """One update: the descent, the search, the ratio and the damping; the new state."""
     dtype = state.damping.dtype
     as_f = lambda v: jnp.asarray(v, dtype)
     plain_fn = _loss_only(value_fn, cfg.has_aux)
-    loss = _scalar_loss(plain_fn, extra_args, dtype)
     if value is not None and jnp.shape(value) != ():
         raise ValueError(f"`value` must be a scalar, got shape {jnp.shape(value)}.")
-    f0 = loss(params) if value is None else as_f(value)
+    loss, start_value, start_evals = _search_objective(
+        cfg, plain_fn, extra_args, curv_args, value, dtype
+    )
+    f0 = loss(params) if start_value is None else as_f(start_value)
     g = updates
     # Not adapted, the damping is the option's value: `optax.inject_hyperparams` may set it.
     lam = state.damping if cfg.adapt_damping else as_f(cfg.damping)
 
-    x, info = _descent(cfg, g, lam, state.cg_init, params, plain_fn, extra_args)
+    x, info = _descent(cfg, g, lam, state.cg_init, params, plain_fn, extra_args, curv_args)
 
     # A rate that is not positive and finite at run time (a schedule's 0, NaN) rejects the
     # update unsearched: no uphill step, no non-finite value.
@@ -349,7 +383,7 @@ def _update(cfg, updates, state, params, value_fn, value, grad, extra_args):
         cg_steps=jnp.asarray(info.num_steps, jnp.int32),
         cg_status=jnp.asarray(info.status, jnp.int32),
         cg_backtrack_step=jnp.asarray(candidates.steps[found.best], jnp.int32),
-        fn_evals=jnp.asarray(int(value is None), jnp.int32)
+        fn_evals=jnp.asarray(start_evals, jnp.int32)
         + found.evals
         + (accepted.astype(jnp.int32) if cfg.store_grad else 0),
         rejected=~accepted,
@@ -388,6 +422,7 @@ def hessian_free(
     preconditioner_exponent: float = 0.75,
     preconditioner_chunk_size: int | None = None,
     curvature_fraction: float | None = None,
+    search_batch: str = "gradient",
     has_aux: bool = False,
     store_grad: bool = False,
     line_search_max_steps: int | None = None,
@@ -441,10 +476,14 @@ def hessian_free(
     ``ModelAndLoss`` (residuals, sum of squares) and ``curvature="ggn"`` it is the
     Levenberg-Marquardt method with CG inner solves.
 
-    ``update(updates, state, params, *, value_fn, value=None, grad=None, **extra_args)``
-    follows ``optax.lbfgs``: ``value_fn(params, **extra_args)`` is the scalar loss of the
-    current batch; ``value`` (the loss at ``params``) and ``grad`` (the raw gradient, used for
-    the Armijo slope; defaults to ``updates``) save recomputation when given. Gauss-Newton
+    ``update(updates, state, params, *, value_fn, value=None, grad=None,
+    curvature_batch=None, **extra_args)`` follows ``optax.lbfgs``: ``value_fn(params,
+    **extra_args)`` is the scalar loss of the current batch; ``value`` (the loss at
+    ``params``) and ``grad`` (the raw gradient, used for the Armijo slope; defaults to
+    ``updates``) save recomputation when given. ``curvature_batch`` (a dict of the same
+    keywords) gives the curvature products data of their own -- Martens & Sutskever's
+    curvature mini-batch drawn apart from the gradient's -- of which ``curvature_fraction``
+    then takes its leading rows; ``None`` takes them from the batch itself. Gauss-Newton
     needs the model and the loss apart: pass ``value_fn=ModelAndLoss(model_fn, loss_fn)``.
     Keyword arguments ``value_fn`` does not accept are a ``TypeError``.
 
@@ -543,6 +582,13 @@ def hessian_free(
         (``None``: 32).
       curvature_fraction: in ``(0, 1]``: curvature products on the leading fraction of the
         batch (Martens used a sub-batch); ``None`` uses the whole batch.
+      search_batch: ``"gradient"`` (the trial losses of CG backtracking and the line
+        search, and ``rho``, on the gradient's batch) or ``"curvature"``: on the curvature
+        sub-batch (the leading ``curvature_fraction`` of the curvature data), as Martens'
+        backtracking and ``rho`` are; each trial then costs that fraction of a forward
+        pass, and one more evaluation gives the start value (``value`` is of the other
+        batch). ``state.loss`` and ``state.new_loss`` are then the sub-batch's losses.
+        Not with ``store_grad``.
       has_aux: ``value_fn`` returns ``(loss, aux)`` (see above).
       store_grad: keep ``value`` and ``grad`` at the returned parameters in the state, for
         ``optax.value_and_grad_from_state``.
@@ -606,7 +652,7 @@ def hessian_free(
         "line_search_maxiter",
         line_search_maxiter,
     )
-    cfg = check_options(_Config(**locals()))  # the arguments, as given
+    cfg = _check_search_batch(check_options(_Config(**locals())))  # the arguments, as given
 
     def init_fn(params: PyTree) -> HessianFreeState:
         return _init(cfg, params)
@@ -619,24 +665,55 @@ def hessian_free(
         value_fn: Callable[..., jax.Array] | None = None,
         value: jax.typing.ArrayLike | None = None,
         grad: PyTree | None = None,
+        curvature_batch: dict[str, Any] | None = None,
         **extra_args: Any,
     ) -> tuple[PyTree, HessianFreeState]:
         check_update_args(cfg, updates, params, value_fn, grad, extra_args)
+        _check_curvature_batch(value_fn, curvature_batch)
         # The compile policy (`jaxcurv._compile`): inlined into the user's jitted step; at
         # top level compiled once per computation, whatever closure `value_fn` is, with the
         # batch an argument of the executable (Python flags such as `train=True` stay
         # Python values).
         return compiled_call(
-            lambda u, s, p, v, g, e: _update(cfg, u, s, p, value_fn, v, g, e),
+            lambda u, s, p, v, g, e, c: _update(cfg, u, s, p, value_fn, v, g, e, c),
             updates,
             state,
             params,
             value,
             grad,
             extra_args,
+            curvature_batch,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_search_batch(cfg: Any) -> Any:
+    """``search_batch`` is a known choice, and not combined with ``store_grad`` (whose
+    stored value must be the gradient batch's loss)."""
+    check_choice("hessian_free(search_batch=...)", cfg.search_batch, ("gradient", "curvature"))
+    check_value(
+        not (cfg.store_grad and cfg.search_batch == "curvature"),
+        "hessian_free(search_batch=...)",
+        cfg.search_batch,
+        "'gradient' with store_grad=True",
+        fix="The stored value is the gradient batch's loss: use search_batch='gradient'.",
+    )
+    return cfg
+
+
+def _check_curvature_batch(value_fn: Any, curvature_batch: Any) -> None:
+    """``curvature_batch`` is ``None`` or a dict of keywords ``value_fn`` accepts."""
+    if curvature_batch is None:
+        return
+    if not isinstance(curvature_batch, dict):
+        raise TypeError(
+            "`hessian_free(...).update(curvature_batch=...)` must be a dict of the keyword "
+            f"arguments of `value_fn` (like the batch), got {describe_value(curvature_batch)}. "
+            "Pass e.g. `curvature_batch={'x': x_curv, 'y': y_curv}`, or None."
+        )
+    if value_fn is not None:
+        check_value_fn_keywords(value_fn, curvature_batch)
 
 
 # The options of one `hessian_free`, as checked: one field per argument of the factory.

@@ -85,9 +85,12 @@ def cg_candidates(x: PyTree, info: CGInfo, recorded: bool) -> Candidates:
         )
     stacked, steps = info.iterates, info.iterate_steps
     slots = jnp.arange(steps.shape[0])
+    # A slot recorded at the very step CG stopped holds the final iterate again: the walk
+    # skips it (strictly earlier steps only) rather than evaluate the same point twice.
+    earlier = lambda j: (slots < j) & (steps >= 0) & (steps < steps[j])
     return Candidates(
         direction=lambda j: jax.tree.map(lambda a: a[j], stacked),
-        previous=lambda j: jnp.max(jnp.where((slots < j) & (steps >= 0), slots, -1)),
+        previous=lambda j: jnp.max(jnp.where(earlier(j), slots, -1)),
         last=steps.shape[0] - 1,
         model_values=info.iterate_values,
         steps=steps,

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxcurv._checks import check_bounded_int, check_key, check_option
-from jaxcurv._dispatch import _domain, _run
+from jaxcurv._dispatch import LOOPS, _domain, _on_host, _run
+from jaxcurv._host_krylov import host_trace
 from jaxcurv._lanczos import (
     _basis_combine,
     _basis_dot,
@@ -134,6 +135,7 @@ def hutchinson_trace(
     *,
     example: PyTree | None = None,
     method: str = "hutchinson",
+    loop: str = "device",
 ) -> TraceEstimate:
     r"""Randomized estimate of :math:`\mathrm{tr}(A)` from products with ``A``.
 
@@ -153,6 +155,12 @@ def hutchinson_trace(
         ``s//3`` sketch, ``s//3`` exact part and the rest for the remainder).
       example: pytree shaped like the domain; required for a bare callable.
       method: ``"hutchinson"`` or ``"hutch++"``.
+      loop: where the loop over probes runs. ``"device"`` (the default) compiles the
+        whole estimate into one program: fastest per call, one compile per configuration.
+        ``"host"`` compiles only the product with ``A`` and loops in NumPy (float64
+        sums, probes from NumPy seeded by ``key``): the first answer of a one-off
+        analysis in a fraction of the compile time. Same estimator and error; under a
+        caller's ``jit``/``vmap``/``grad`` it runs the device loop.
 
     Returns:
       A ``TraceEstimate`` (``estimate``, ``stderr``, ``num_matvecs``). ``stderr`` is ``inf``
@@ -168,6 +176,8 @@ def hutchinson_trace(
       >>> import jaxcurv
       >>> D = jnp.diag(jnp.arange(1.0, 101.0))
       >>> float(jaxcurv.hutchinson_trace(D, jax.random.key(0), 10).estimate)  # exact: diagonal
+      5050.0
+      >>> float(jaxcurv.hutchinson_trace(D, jax.random.key(0), 10, loop="host").estimate)
       5050.0
 
     References:
@@ -189,7 +199,11 @@ def hutchinson_trace(
             else "Pass a positive count; the error falls as 1/sqrt(num_samples)."
         ),
     )
+    loop = check_option("hutchinson_trace(loop=...)", loop, LOOPS)
     A, example, _, _ = _domain("hutchinson_trace", A, example)
+    host = _on_host(loop, A, example, key)
+    if host is not None:
+        return TraceEstimate(*host_trace(*host, num_samples=num_samples, method=method))
     return _run(_hutchinson_impl, A, example, key, num_samples=num_samples, method=method)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import os
 import pathlib
 import shlex
@@ -38,6 +39,60 @@ _EPILOG_MAIN = """\
 Run `jaxcurv COMMAND --help` for a command's options. Benchmarks run from a source
 checkout: `make bench`, or `python -m benchmarks.run` (see BENCHMARKS.md).
 """
+
+
+_CACHE_ENV = "JAXCURV_COMPILE_CACHE"
+_CACHE_OFF = ("", "0", "off", "no", "false")
+# Every program is kept, however fast it compiled: a first answer is made of many small
+# programs (10-30 ms each on a 2-core CPU) beside the large ones (0.2-2 s).
+_CACHE_MIN_COMPILE_S = 0.0
+# Least recently used entries go beyond this, where JAX can evict (its default: no
+# limit). A program of the reference models takes 0.1-5 MB.
+_CACHE_MAX_BYTES = 2 << 30
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return os.path.join(base, "jaxcurv", "xla")
+
+
+def compile_cache_dir(args, *, program: bool) -> str | None:
+    """Where this run keeps compiled programs, or ``None`` for no persistent cache.
+
+    ``--no-compile-cache`` wins, then ``--compile-cache DIR``, then ``$JAXCURV_COMPILE_CACHE``
+    (a folder, or one of ``off``/``0``/``no``/``false``/empty to turn it off), then the
+    default folder -- the latter two only when ``program`` (the ``jaxcurv`` program itself,
+    not ``main([...])`` called from Python, which leaves the process's JAX settings alone
+    unless asked).
+    """
+    if getattr(args, "no_compile_cache", False):
+        return None
+    if getattr(args, "compile_cache", None):
+        return os.path.expanduser(args.compile_cache)
+    if not program or not hasattr(args, "no_compile_cache"):
+        return None
+    env = os.environ.get(_CACHE_ENV)
+    if env is not None:
+        return None if env.strip().lower() in _CACHE_OFF else os.path.expanduser(env)
+    return os.path.expanduser(_default_cache_dir())
+
+
+def _configure_compile_cache(args, *, program: bool) -> None:
+    """Turn JAX's persistent compilation cache on (into ``compile_cache_dir``) or off."""
+    import jax
+
+    path = compile_cache_dir(args, program=program)
+    if path is None:
+        if getattr(args, "no_compile_cache", False):
+            jax.config.update("jax_enable_compilation_cache", False)
+        return
+    jax.config.update("jax_enable_compilation_cache", True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_S)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if importlib.util.find_spec("filelock") is not None:
+        # JAX evicts entries only with `filelock`; without it a size limit breaks the cache.
+        jax.config.update("jax_compilation_cache_max_size", _CACHE_MAX_BYTES)
 
 
 def _wrap(text: str) -> str:
@@ -83,6 +138,19 @@ def _run_command(
         help="override one config value, parsed by its type (repeatable)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        default=None,
+        help="keep compiled XLA programs in DIR, so the next run skips their compilation "
+        f"(default ${_CACHE_ENV} or {_default_cache_dir()}; on by default when run as the "
+        "`jaxcurv` program)",
+    )
+    p.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="neither read nor write the persistent compilation cache",
+    )
     return p
 
 
@@ -337,7 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jaxcurv`` console script.
 
     Args:
-      argv: the arguments after ``jaxcurv``; ``None`` reads ``sys.argv`` (the program).
+      argv: the arguments after ``jaxcurv``; ``None`` reads ``sys.argv`` (the program,
+        which also turns the persistent compilation cache on by default: see
+        ``compile_cache_dir``).
 
     Returns:
       The exit status: 0 when done, 2 after a user error (one line on stderr, no
@@ -345,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_compile_cache(args, program=argv is None)
     code = _run(args)
     if code == 130 and argv is None:
         # The program ends here: a further Ctrl-C must not turn the exit just announced

@@ -1,0 +1,359 @@
+"""Krylov loops driven from the host: only the product with ``A`` is compiled.
+
+The default (``loop="device"``) compiles a whole Krylov run -- products, reorthogonalization,
+restarts, the small eigen-solves -- into one XLA program: fastest per call, but its first
+call waits for that compile (~2 s for thick-restart Lanczos on the project's 2-core CPU,
+against ~0.2 s for the product alone). For a one-off analysis, ``loop="host"`` compiles
+only the product ``v -> A v`` on one flat vector (:func:`host_product`, once per
+computation under the compile policy) and runs the recursion in NumPy, in float64: the
+Gram-Schmidt passes over an ``m x N`` basis and the ``m x m`` eigen-solves are cheap next
+to a product, and the Rayleigh-Ritz values come out slightly more accurate than in the
+domain's precision.
+
+The recursions mirror the device ones (``_lanczos``): Lanczos with full
+reorthogonalization (classical Gram-Schmidt, a second pass by the DGKS criterion), a fresh
+random direction where the Krylov space is exhausted (its coupling recorded as zero), and
+Wu and Simon's thick restart, keeping the wanted Ritz vectors and half of the free room
+next to them. ``T`` is the projection ``V^T A V`` from the Gram-Schmidt coefficients, so a
+restarted basis needs no special arrowhead bookkeeping. The random vectors come from NumPy
+seeded by the key's bits: a converged answer agrees with the device path's to ``tol``, not
+bit for bit.
+
+Everything here needs concrete values: the public routines fall back to the device loop
+under a caller's ``jit``/``vmap``/``grad`` (when :func:`host_product` returns ``None``),
+and the vectors are gathered into host memory (one process; ``(m + 1) N`` float64 for the
+basis).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxcurv._compile import compiled_function, is_traced
+from jaxcurv._precision import _working_dtype
+from jaxcurv.products import CurvatureOperator, as_matvec
+
+PyTree = Any
+
+__all__ = ["host_eigenvalues", "host_product", "host_quadrature", "host_trace", "host_rng"]
+
+_DGKS = 1.0 / math.sqrt(2.0)
+
+
+class HostProduct:
+    """``A`` as a map of flat NumPy vectors, and the domain's layout to go back to pytrees."""
+
+    def __init__(self, call: Callable, example: PyTree, dtype: Any):
+        self._call = call
+        self.leaves, self.treedef = jax.tree.flatten(example)
+        self.shapes = [tuple(np.shape(leaf)) for leaf in self.leaves]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.size = sum(self.sizes)
+        self.dtype = np.dtype(dtype)
+
+    def __call__(self, v: np.ndarray) -> np.ndarray:
+        return np.array(self._call(np.asarray(v, self.dtype)), np.float64)  # a writable copy
+
+    def unflatten(self, rows: np.ndarray) -> PyTree:
+        """Stacked vectors ``rows`` (``(k, N)``) as a pytree whose leaves lead with ``k``."""
+        out, start = [], 0
+        for leaf, shape, size in zip(self.leaves, self.shapes, self.sizes, strict=True):
+            part = rows[:, start : start + size].reshape((rows.shape[0], *shape))
+            out.append(_to_device(part, _working_dtype(leaf.dtype)))
+            start += size
+        return jax.tree.unflatten(self.treedef, out)
+
+
+def _to_device(x: Any, dtype: Any) -> jax.Array:
+    # `jax.device_put` of a NumPy array compiles nothing; `jnp.asarray` compiles a copy.
+    return jax.device_put(np.asarray(x, dtype))
+
+
+def _split(v: jax.Array, leaves: list) -> list:
+    """The flat vector ``v`` cut into arrays shaped (and typed) like ``leaves``."""
+    out, start = [], 0
+    for leaf in leaves:
+        size = math.prod(np.shape(leaf))
+        out.append(v[start : start + size].reshape(np.shape(leaf)).astype(leaf.dtype))
+        start += size
+    return out
+
+
+def host_product(A: Any, example: PyTree | None, checked: Callable) -> HostProduct | None:
+    """``A`` applied to flat vectors (``ravel_pytree`` order), compiled once; or ``None``.
+
+    ``checked(matvec, example) -> (matvec, example)`` is the routines' own shape check and
+    working-precision wrapper (``_lanczos._matvec_checked``), applied inside the trace. An
+    operator or matrix is an argument of the compiled product, a bare callable's arrays are
+    hoisted (``jaxcurv._compile``), so a new operator of the same computation compiles
+    nothing. ``None`` when something is traced (the caller then runs its device loop).
+    """
+    if isinstance(A, np.ndarray):
+        A = jnp.asarray(A)
+    _, example = as_matvec(A, example)
+    leaves, treedef = jax.tree.flatten(example)
+    dtype = _working_dtype(jnp.result_type(*leaves))
+    if is_traced(leaves):
+        return None
+
+    def product(A_, v):
+        matvec, ex = checked(*as_matvec(A_, example))
+        out = matvec(jax.tree.unflatten(treedef, _split(v, jax.tree.leaves(ex))))
+        return jnp.concatenate([jnp.ravel(o).astype(dtype) for o in jax.tree.leaves(out)])
+
+    v0 = np.zeros(sum(math.prod(np.shape(leaf)) for leaf in leaves), dtype)
+    if isinstance(A, CurvatureOperator | jax.Array):
+        if is_traced(A):
+            return None
+        call = compiled_function(product, A, v0)
+        run = None if call is None else (lambda v: call(A, v))
+    else:
+        call = compiled_function(lambda v: product(A, v), v0)
+        run = call
+    if run is None:
+        return None
+    return HostProduct(run, example, dtype)
+
+
+def host_rng(key: jax.Array) -> np.random.Generator:
+    """A NumPy generator seeded by the bits of a JAX key (typed or legacy uint32)."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        # The key's bits as stored (no program to compile), else through `key_data`.
+        base = getattr(key, "_base_array", None)
+        key = jax.random.key_data(key) if base is None else base
+    return np.random.default_rng(np.asarray(key, np.uint32).ravel().tolist())
+
+
+# ------------------------------------------------------------- BLAS threads
+
+
+@functools.cache
+def _openblas_thread_controls() -> tuple:
+    """``(get, set)`` pairs of every OpenBLAS loaded in this process (NumPy's, SciPy's).
+
+    Found as ``threadpoolctl`` finds them: the loaded shared objects named in
+    ``/proc/self/maps`` (Linux; elsewhere none are found and nothing is changed).
+    """
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {line.split()[-1] for line in fh if "openblas" in line.lower()}
+    except OSError:
+        return ()
+    controls = []
+    for path in sorted(p for p in paths if p.startswith("/")):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix in ("scipy_openblas", "openblas"):
+            for suffix in ("64_", ""):
+                get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                put = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                if get is not None and put is not None:
+                    controls.append((get, put))
+                    break
+            else:
+                continue
+            break
+    return tuple(controls)
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """OpenBLAS on one thread for the block, as it was afterwards.
+
+    Right after an XLA execution the CPU's cores are held by XLA's spinning worker
+    threads; a threaded OpenBLAS call then waits for its own workers: measured on the
+    project's 2-core machine, a 25k-entry dot product took 17 ms instead of 4 us and a
+    64 x 64 ``eigh`` 96 ms instead of ~1 ms. The host loops' BLAS calls are small, so one
+    thread is all they need.
+    """
+    controls = _openblas_thread_controls()
+    before = [get() for get, _ in controls]
+    for _, put in controls:
+        put(1)
+    try:
+        yield
+    finally:
+        for (_, put), n in zip(controls, before, strict=True):
+            put(n)
+
+
+# ------------------------------------------------------------------------ Lanczos
+
+
+def _extend(mv, V, T, j0, m, rng, anorm, eps):
+    """Lanczos steps ``j0 .. m-1`` on rows ``V[:j0 + 1]``; returns ``(beta, anorm)``.
+
+    ``T[:j + 1, j]`` gets the Gram-Schmidt coefficients of ``A v_j`` (its projection on the
+    basis), ``T[j + 1, j]`` the norm of what is left, whose direction is row ``j + 1``.
+    """
+    beta = 0.0
+    for j in range(j0, m):
+        w = mv(V[j])
+        basis = V[: j + 1]
+        n_in = float(np.linalg.norm(w))
+        anorm = max(anorm, n_in)
+        h = basis @ w
+        w -= basis.T @ h
+        nrm = float(np.linalg.norm(w))
+        if nrm < _DGKS * n_in:
+            h2 = basis @ w
+            w -= basis.T @ h2
+            h += h2
+            nrm = float(np.linalg.norm(w))
+        T[: j + 1, j] = h
+        T[j, : j + 1] = h
+        beta, coupling = nrm, nrm
+        if nrm <= 4.0 * eps * anorm:
+            # The Krylov space is exhausted: go on along a fresh direction, uncoupled.
+            w = rng.standard_normal(w.size)
+            for _ in range(2):
+                w -= basis.T @ (basis @ w)
+            nrm, coupling = float(np.linalg.norm(w)), 0.0
+        V[j + 1] = w / nrm if nrm > 0 else 0.0  # 0: the basis spans everything
+        if j + 1 < m:
+            T[j + 1, j] = T[j, j + 1] = coupling
+    return beta, anorm
+
+
+def _wanted(m: int, lo: int, hi: int, extra: int) -> np.ndarray:
+    """Indices (into ``m`` ascending Ritz values) of the wanted pairs and ``extra`` more
+    next to them, split between the wanted ends."""
+    ends = (lo > 0) + (hi > 0)
+    e_lo = extra // ends if lo else 0
+    e_hi = extra - e_lo if hi else 0
+    keep = list(range(lo + e_lo)) + list(range(m - hi - e_hi, m))
+    return np.unique(np.asarray(keep, int))
+
+
+@_one_blas_thread()
+def host_eigenvalues(prod: HostProduct, rng, *, m, want, tol, max_matvecs, vectors,
+                     method="thick-restart"):  # fmt: skip
+    """Thick-restart Lanczos on the host; the fields of an ``EigenResult``.
+
+    ``want = (lo, hi)`` pairs from the bottom and the top, a basis of ``m`` rows; stops when
+    every wanted pair has ``|beta s_mj| <= tol * max(|theta_j|, eps^(2/3) max|theta|)`` or
+    the next cycle would spend more than ``max_matvecs`` products; ``method="lanczos"``,
+    ``m >= N`` or a basis no larger than the wanted pairs is one pass. The start is a
+    normal vector from ``rng``. As on the device: for thick restart the returned values are
+    the Rayleigh quotients of the Ritz vectors and the residuals ``||A v - lambda v||``
+    measured, from one more product per pair (float64 sums here); for ``"lanczos"`` the Ritz
+    values and ``|beta s_mj|`` floored at the recurrences' rounding, ``(sqrt(N) + sqrt(m))
+    eps max|theta|``. Returns ``(eigenvalues, eigenvectors, residual_norms, num_matvecs,
+    converged, num_restarts)``, ascending, as device arrays.
+    """
+    lo, hi = want
+    nw, n = lo + hi, prod.size
+    eps = float(np.finfo(prod.dtype).eps)
+    single = method == "lanczos" or m >= n or m <= nw
+    V = np.zeros((m + 1, n))
+    v0 = rng.standard_normal(n)
+    V[0] = v0 / np.linalg.norm(v0)
+    T = np.zeros((m, m))
+    j0, restarts, anorm, spent = 0, 0, 0.0, 0
+    idx = np.concatenate([np.arange(lo), np.arange(m - hi, m)]).astype(int)
+    while True:
+        beta, anorm = _extend(prod, V, T, j0, m, rng, anorm, eps)
+        spent += m - j0
+        theta, S = np.linalg.eigh(0.5 * (T + T.T))
+        lam, estimate = theta[idx], np.abs(beta * S[m - 1, idx])
+        floor = eps ** (2.0 / 3.0) * np.max(np.abs(theta))
+        finite = bool(np.all(np.isfinite(T)) and np.isfinite(beta))
+        converged = finite and bool(np.all(estimate <= tol * np.maximum(np.abs(lam), floor)))
+        keep = _wanted(m, lo, hi, max(m - 1 - nw, 0) // 2)
+        p = keep.size
+        if converged or single or not finite or spent + (m - p) > max_matvecs:
+            break
+        # Restart from the kept Ritz vectors and the residual direction V[m].
+        V[:p] = S[:, keep].T @ V[:m]
+        V[p] = V[m]
+        T[:] = 0.0
+        T[np.arange(p), np.arange(p)] = theta[keep]
+        j0, restarts = p, restarts + 1
+    X = S[:, idx].T @ V[:m]
+    if method == "lanczos":
+        res = np.maximum(estimate, (math.sqrt(n) + math.sqrt(m)) * eps * np.max(np.abs(theta)))
+    else:
+        W = np.stack([prod(x) for x in X]) if nw else np.zeros_like(X)
+        spent += nw
+        lam = np.einsum("ij,ij->i", X, W) / np.einsum("ij,ij->i", X, X)
+        res = np.linalg.norm(W - lam[:, None] * X, axis=1)
+        order = np.argsort(lam, kind="stable")
+        lam, res, X = lam[order], res[order], X[order]
+        converged = converged and bool(np.all(np.isfinite(lam)) and np.all(np.isfinite(res)))
+    dt = prod.dtype
+    return (
+        _to_device(lam, dt),
+        prod.unflatten(X) if vectors else None,
+        _to_device(res, dt),
+        _to_device(spent, np.int32),
+        _to_device(converged, bool),
+        _to_device(restarts, np.int32),
+    )
+
+
+@_one_blas_thread()
+def host_quadrature(prod: HostProduct, rng, *, num_samples: int, m: int):
+    """Stochastic Lanczos quadrature on the host: ``(nodes, weights)``, each
+    ``(num_samples, m)``, one ``m``-point Gauss rule per Rademacher probe (rows of weights
+    sum to one), as device arrays in the working dtype."""
+    eps = float(np.finfo(prod.dtype).eps)
+    nodes, weights = np.zeros((num_samples, m)), np.zeros((num_samples, m))
+    for i in range(num_samples):
+        V = np.zeros((m + 1, prod.size))
+        V[0] = rng.choice((-1.0, 1.0), prod.size) / math.sqrt(prod.size)
+        T = np.zeros((m, m))
+        _extend(prod, V, T, 0, m, rng, 0.0, eps)
+        theta, S = np.linalg.eigh(0.5 * (T + T.T))
+        nodes[i], weights[i] = theta, S[0] ** 2
+    return _to_device(nodes, prod.dtype), _to_device(weights, prod.dtype)
+
+
+def _mean_and_stderr(samples: np.ndarray) -> tuple[float, float]:
+    if samples.size < 2:
+        return float(np.mean(samples)), math.inf
+    return float(np.mean(samples)), float(np.std(samples, ddof=1) / math.sqrt(samples.size))
+
+
+@_one_blas_thread()
+def host_trace(prod: HostProduct, rng, *, num_samples: int, method: str):
+    """Hutchinson (or Hutch++) on the host: ``(estimate, stderr, num_matvecs)``.
+
+    Hutch++ splits the products as the device path does: ``s // 3`` sketch probes, the
+    exact trace on an orthonormal basis of their images (columns whose pivoted-QR weight is
+    at the rounding level dropped), the rest Hutchinson on the deflated remainder.
+    """
+    n, dt = prod.size, prod.dtype
+
+    def rademacher():
+        return rng.choice((-1.0, 1.0), n)
+
+    if method == "hutchinson":
+        samples = np.array([z @ prod(z) for z in (rademacher() for _ in range(num_samples))])
+        est, err = _mean_and_stderr(samples)
+        return _to_device(est, dt), _to_device(err, dt), _to_device(num_samples, np.int32)
+    r = num_samples // 3
+    g = num_samples - 2 * r
+    AS = np.stack([prod(rademacher()) for _ in range(r)], axis=1)
+    Q, R = np.linalg.qr(AS)
+    diag = np.abs(np.diag(R))
+    Q = Q[:, diag > 100 * np.finfo(dt).eps * math.sqrt(r) * max(np.max(diag), 1e-300)]
+    exact = sum(q @ prod(q) for q in Q.T)
+    spent = r + Q.shape[1] + g  # the dropped columns cost no product here
+    samples = []
+    for _ in range(g):
+        z = rademacher()
+        z -= Q @ (Q.T @ z)
+        samples.append(z @ prod(z))
+    est, err = _mean_and_stderr(np.asarray(samples))
+    return _to_device(exact + est, dt), _to_device(err, dt), _to_device(spent, np.int32)
