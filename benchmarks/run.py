@@ -56,6 +56,7 @@ BENCHMARKS = (
     "spectral_accuracy",
     "hf_cost",
     "optimizers_minibatch",
+    "least_squares",
 )
 # Seconds per benchmark (full run, quick run). Measured full runs on the 2 shared CPU cores:
 # optimizers 762 s, scaling_devices 1131 s (load ~10), the others under 600 s; an
@@ -66,6 +67,7 @@ TIMEOUTS = {
     "landscape_peers": (2400, 900),
     "spectral_accuracy": (1800, 900),
     "optimizers_minibatch": (1800, 900),
+    "least_squares": (3600, 900),
 }
 DEFAULT_TIMEOUT = (900, 900)
 

@@ -44,6 +44,9 @@ from jaxcurv.landscape import Landscape as Landscape
 from jaxcurv.landscape import LossSlices as LossSlices
 from jaxcurv.landscape import analyze_landscape as analyze_landscape
 from jaxcurv.landscape import loss_slices as loss_slices
+from jaxcurv.least_squares import LeastSquaresResult as LeastSquaresResult
+from jaxcurv.least_squares import LeastSquaresStatus as LeastSquaresStatus
+from jaxcurv.least_squares import least_squares as least_squares
 from jaxcurv.losses import softmax_cross_entropy as softmax_cross_entropy
 from jaxcurv.micro_batch import MicroBatchOperator as MicroBatchOperator
 from jaxcurv.model_and_loss import ModelAndLoss as ModelAndLoss
@@ -81,6 +84,8 @@ __all__ = [
     "KFACLayer",
     "KFACPreconditioner",
     "Landscape",
+    "LeastSquaresResult",
+    "LeastSquaresStatus",
     "LossSlices",
     "MicroBatchOperator",
     "ModelAndLoss",
@@ -111,6 +116,7 @@ __all__ = [
     "hvp",
     "jacobian",
     "kfac_preconditioner",
+    "least_squares",
     "linear_interpolation",
     "loss_slices",
     "power_iteration",

@@ -10,9 +10,17 @@ compares the change the step made with the change the *undamped* model predicted
 :math:`\lambda` that keeps steps short can fall; small or negative, the model overshot and
 :math:`\lambda` must rise (Levenberg-Marquardt; Martens' constants 1/4, 3/4, 3/2, 2/3).
 
+:func:`nielsen_damping` is the smoother rule of Nielsen (1999) that
+:func:`jaxcurv.least_squares` uses: it moves :math:`\lambda` continuously with
+:math:`\rho` and, after consecutive rejections, raises it by 2, 4, 8, ... (so a run of bad
+steps is left in a few trials, not dozens).
+
 References:
   J. Martens. "Deep learning via Hessian-free optimization." ICML 2010, §4.1.
   J. Nocedal and S. J. Wright. "Numerical Optimization", 2nd ed., Springer 2006, §4.1.
+  H. B. Nielsen. "Damping parameter in Marquardt's method." Report IMM-REP-1999-05,
+  Technical University of Denmark, 1999. K. Madsen, H. B. Nielsen and O. Tingleff.
+  "Methods for non-linear least squares problems", 2nd ed., DTU 2004, §3.2.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ __all__ = [
     "RHO_HIGH",
     "RHO_LOW",
     "levenberg_marquardt_damping",
+    "nielsen_damping",
     "reduction_ratio",
 ]
 
@@ -141,3 +150,57 @@ def levenberg_marquardt_damping(
     new = jnp.where(accepted, new, lam * increase)
     new = jnp.where(informative, new, lam)
     return jnp.clip(new, min_damping, max_damping).astype(lam.dtype)
+
+
+def nielsen_damping(
+    damping: jax.typing.ArrayLike,
+    nu: jax.typing.ArrayLike,
+    rho: jax.typing.ArrayLike,
+    accepted: jax.typing.ArrayLike,
+    *,
+    min_damping: jax.typing.ArrayLike = MIN_DAMPING,
+    max_damping: jax.typing.ArrayLike = MAX_DAMPING,
+) -> tuple[jax.Array, jax.Array]:
+    r"""Nielsen's damping rule: ``(lambda, nu)`` for the next step.
+
+    .. math:: \text{accepted:}\quad \lambda \leftarrow \lambda
+       \max\bigl(\tfrac13,\ 1 - (2\rho - 1)^3\bigr),\ \nu \leftarrow 2; \qquad
+       \text{rejected:}\quad \lambda \leftarrow \nu \lambda,\ \nu \leftarrow 2 \nu,
+
+    then ``lambda`` clipped to ``[min_damping, max_damping]`` (and ``nu`` kept below
+    1e30, where ``lambda`` is at its ceiling anyway). A very good step
+    (:math:`\rho \to 1`) divides :math:`\lambda` by 3, a poor accepted one
+    (:math:`\rho \to 0`) at most doubles it, and :math:`\rho = 1/2` leaves it.
+
+    Args:
+      damping: the current :math:`\lambda`, a float scalar (its dtype is kept).
+      nu: the current growth factor (2 after an accepted step).
+      rho: the reduction ratio of the step (:func:`reduction_ratio`); ignored when rejected.
+      accepted: whether the step was taken.
+      min_damping, max_damping: the bounds on :math:`\lambda`.
+
+    Returns:
+      ``(lambda, nu)``, with ``damping``'s dtype.
+
+    Example (a perfect step divides by 3; two rejections multiply by 2, then by 4):
+      >>> from jaxcurv.damping import nielsen_damping
+      >>> lam, nu = nielsen_damping(3.0, 2.0, 1.0, True)
+      >>> float(lam), float(nu)
+      (1.0, 2.0)
+      >>> lam, nu = nielsen_damping(lam, nu, 0.0, False)
+      >>> lam, nu = nielsen_damping(lam, nu, 0.0, False)
+      >>> float(lam), float(nu)
+      (8.0, 8.0)
+
+    References:
+      Nielsen, "Damping parameter in Marquardt's method", IMM-REP-1999-05, DTU, 1999.
+      Madsen, Nielsen & Tingleff, "Methods for non-linear least squares problems", 2004,
+      eq. (3.16).
+    """
+    lam = jnp.asarray(damping)
+    nu, rho = jnp.asarray(nu, lam.dtype), jnp.asarray(rho, lam.dtype)
+    good = lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+    new_lam = jnp.where(accepted, good, lam * nu)
+    new_nu = jnp.where(accepted, 2.0, jnp.minimum(2.0 * nu, 1e30))
+    new_lam = jnp.clip(new_lam, min_damping, max_damping)
+    return new_lam.astype(lam.dtype), new_nu.astype(lam.dtype)

@@ -730,6 +730,64 @@ CASES: dict[str, Case] = {
         ("cg_maxiter",),
         "static_args=('cg_maxiter',)",
     ),
+    "hf-search-batch": Case(
+        "`hessian_free(search_batch=...)`",
+        "a misspelt batch for the search",
+        lambda tmp: jaxcurv.hessian_free(search_batch="curv"),
+        ValueError,
+        ("`hessian_free(search_batch=...)`", "'curv'"),
+        "('gradient', 'curvature')",
+    ),
+    "hf-search-batch-stored-grad": Case(
+        "`hessian_free(search_batch='curvature', store_grad=True)`",
+        "a stored loss from another batch than the search's",
+        lambda tmp: jaxcurv.hessian_free(search_batch="curvature", store_grad=True),
+        ValueError,
+        ("search_batch", "store_grad"),
+        "use search_batch='gradient'",
+    ),
+    "density-smooth-sigma": Case(
+        "`SpectralDensity.smooth(sigma=...)`",
+        "a non-positive smoothing width",
+        lambda tmp: jaxcurv.spectral_density(jnp.eye(3), jax.random.key(0), num_steps=2).smooth(
+            sigma=-1.0
+        ),
+        ValueError,
+        ("`SpectralDensity.smooth(sigma=...)`", "-1.0"),
+        "must be positive",
+    ),
+    "least-squares-maxiter": Case(
+        "`least_squares(residual_fn, params, maxiter=...)`",
+        "no step allowed",
+        lambda tmp: jaxcurv.least_squares(lambda p: p - 1.0, jnp.zeros(2), maxiter=0),
+        ValueError,
+        ("`least_squares(maxiter=...)`", "0"),
+        "maxiter=500",
+    ),
+    "least-squares-linear-solver": Case(
+        "`least_squares(residual_fn, params, linear_solver=...)`",
+        "an unknown linear solver",
+        lambda tmp: jaxcurv.least_squares(lambda p: p - 1.0, jnp.zeros(2), linear_solver="qr"),
+        ValueError,
+        ("`least_squares(linear_solver=...)`", "'qr'"),
+        "('auto', 'cg', 'dense')",
+    ),
+    "least-squares-bool-residuals": Case(
+        "`least_squares(residual_fn, params)`",
+        "residuals that are not floating point",
+        lambda tmp: jaxcurv.least_squares(lambda p: jnp.sum(p) > 0, jnp.zeros(2)),
+        TypeError,
+        ("`least_squares(residual_fn)`", "bool"),
+        "the residual vector",
+    ),
+    "eigenvalues-loop": Case(
+        "`eigenvalues(A, k, loop=...)`",
+        "a loop that is neither device nor host",
+        lambda tmp: jaxcurv.eigenvalues(jnp.eye(3), 1, loop="gpu"),
+        ValueError,
+        ("`eigenvalues(loop=...)`", "'gpu'"),
+        "'device', 'host'",
+    ),
 }
 
 
