@@ -18,12 +18,12 @@ to read it back) and the cache hits. Each job runs with ``loop="device"`` (the
 default: the whole Krylov run is one program) and ``loop="host"`` (only the product is
 compiled), without a persistent compilation cache, then twice more with one (a fresh
 temporary directory: the first process fills it, the second -- "cache warm" -- reads it).
-PyHessian 0.1 (``/work/.peers``; skipped when missing) runs its whole ``eigenvalues(top_n=3)``
-/ ``trace()`` / ``density()`` job in a fresh process each, its defaults (power iteration
-to relative change 1e-3; Hutchinson to relative change 1e-3 of the running mean, at most
-100 probes; one SLQ probe of 100 steps -- ``torch.eig``, removed from PyTorch, is replaced
-by ``torch.linalg.eigh``), ``torch.set_num_threads(2)``. Every job is repeated
-``repeats`` times, interleaved, and the median is reported.
+PyHessian 0.1 (``.venv-peers``, ``make bench-peers``; skipped when missing) runs its whole
+``eigenvalues(top_n=3)`` / ``trace()`` / ``density()`` job in a fresh process each, at its
+defaults (power iteration to relative change 1e-3; Hutchinson to relative change 1e-3 of
+the running mean, at most 100 probes; one SLQ probe of 100 steps -- ``torch.eig``, removed
+from PyTorch, is replaced by ``torch.linalg.eigh``), ``torch.set_num_threads(2)``. Every
+job is repeated ``repeats`` times, interleaved, and the median is reported.
 
     python -m benchmarks.first_answer [--quick]
 """
@@ -41,10 +41,10 @@ from pathlib import Path
 
 from benchmarks import markdown as md
 from benchmarks import targets as tg
+from benchmarks.settings import peers_python
 
 SIZES = (784, 32, 10)
 BATCH = 256
-PEERS_PYTHON = Path("/work/.peers/bin/python")
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ("eigenvalues", "trace", "density")
 _EVENTS = {
@@ -275,9 +275,9 @@ def _median_record(records: list[dict]) -> dict:
 
 
 def run(s: dict) -> dict:
-    have_peer = PEERS_PYTHON.exists() and (
+    have_peer = peers_python().exists() and (
         subprocess.run(
-            [str(PEERS_PYTHON), "-c", "import torch, pyhessian"], capture_output=True
+            [str(peers_python()), "-c", "import torch, pyhessian"], capture_output=True
         ).returncode
         == 0
     )
@@ -295,7 +295,7 @@ def run(s: dict) -> dict:
                         spec["cache_dir"] = str(Path(tmp) / f"{job['tool']}-{job['loop']}")
                     rec = _spawn(sys.executable, spec)
                 else:
-                    rec = _spawn(str(PEERS_PYTHON), {**spec, "peer": True})
+                    rec = _spawn(str(peers_python()), {**spec, "peer": True})
                 if rec is not None:
                     samples.setdefault(name, []).append(rec)
                     print(f"  round {rnd + 1}: {name:<42s} {_total(rec):7.3f} s")

@@ -42,7 +42,7 @@ Every library starts its eigen-solve from its own default vector (``eig_seed=Non
 ``manual_seed(1)``. An eigen-solve that fails (NaN, not converged) is shown as such and the
 speed-up targets are then not judged: fewer products spent on a NaN say nothing about speed.
 
-    python -m benchmarks.landscape_peers [--quick]     # peers from /work/.peers/bin/python
+    python -m benchmarks.landscape_peers [--quick]     # peers from .venv-peers/bin/python
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def run(s: dict) -> dict:
     libs = [lib for lib in LIBS if have[lib]]
     for lib in PEERS:
         if not have[lib]:
-            print(f"{lib} not installed: skipped (run with /work/.peers/bin/python).")
+            print(f"{lib} not installed: skipped (run with .venv-peers/bin/python).")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_data(folder, s)

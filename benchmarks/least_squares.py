@@ -14,7 +14,7 @@ Broyden tridiagonal at n = 1000; float64. Each method gets the same budget of 50
   ``jax.jacfwd``, residuals by a jitted function, called from Python;
 * ``optimistix LM``: ``optimistix.least_squares(fn, LevenbergMarquardt(rtol=1e-8,
   atol=1e-8), x0, max_steps=500, throw=False)`` (QR inner solves), when installed (the
-  ``/work/.peers`` environment), else reported "not installed".
+  ``.venv-peers``, `make bench-peers` environment), else reported "not installed".
 
 Solved: the final ``f = sum(r^2)`` is within :func:`benchmarks.mgh_problems.tolerance` of a
 minimum value MGH list (2e-5 relative for f* > 0, the six printed digits being truncated;

@@ -28,6 +28,7 @@ import jax
 from benchmarks import common
 from benchmarks import markdown as md
 from benchmarks import targets as tg
+from benchmarks.landscape_pipe import status_kib  # jax-free: the torch workers share it
 
 DEFAULTS = {
     "full": {
@@ -56,16 +57,6 @@ DEFAULTS = {
 # ---------------------------------------------------------------------- in the worker
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _reset_peak() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
@@ -85,15 +76,15 @@ def _measure(build):
     """``build() -> (compiled_fn, args)``; returns peak bytes of compile and of the run."""
     gpu = jax.default_backend() != "cpu"
     _reset_peak()
-    rss0 = _status_kib("VmRSS")
+    rss0 = status_kib("VmRSS")
     fn, args = build()
     compile_peak = None
     if not gpu and rss0 is not None:
-        compile_peak = (_status_kib("VmHWM") - rss0) * 1024
+        compile_peak = (status_kib("VmHWM") - rss0) * 1024
     jax.block_until_ready(args)
     stats0 = _device_stats() if gpu else None
     resettable = _reset_peak()
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     wall = time.perf_counter() - t0
@@ -103,7 +94,7 @@ def _measure(build):
         out["peak_bytes"] = stats.get("peak_bytes_in_use", 0) - stats0.get("bytes_in_use", 0)
         out["method"] = "device peak_bytes_in_use minus bytes in use before"
     else:
-        peak = _status_kib("VmHWM") if resettable else None
+        peak = status_kib("VmHWM") if resettable else None
         if peak is None:
             import resource
 

@@ -14,8 +14,9 @@ each run has a training-loss curve: its final loss, and the first evaluation at 
   curvature sub-batch (``search_batch``), and a batch growing over the run (Martens &
   Sutskever 2012, §20.12: sizes switching at fractions of the budget);
 * ``optax.adam`` at batch ``adam_batch``, best of a learning-rate grid;
-* kfac-jax's ``Optimizer`` (optional, in the peers' environment ``/work/.peers``; a
-  separate process, :mod:`benchmarks.optimizers_minibatch_kfac`): its documented
+* kfac-jax's ``Optimizer`` (optional, in the peers' environment ``.venv-peers``,
+  ``make bench-peers``; a separate process,
+  :mod:`benchmarks.optimizers_minibatch_kfac`): its documented
   defaults (adaptive learning rate, momentum and damping; ``initial_damping=1``) and a
   small grid of initial dampings; skipped, and said so, when kfac-jax is missing.
 
@@ -29,7 +30,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -38,10 +38,9 @@ import optax
 from benchmarks import common
 from benchmarks import markdown as md
 from benchmarks import targets as tg
+from benchmarks.settings import peers_python
 from jaxcurv.app import data, models
 from jaxcurv.hessian_free import ModelAndLoss, hessian_free
-
-PEERS_PYTHON = Path("/work/.peers/bin/python")
 
 # name -> (batch sizes and the budget fractions they start at, hessian_free options).
 HF_GRID = {
@@ -242,10 +241,10 @@ def _adam_run(s, lr, budget, objective, p0, images):
 
 def _kfac_runs(s, budget) -> dict:
     """kfac-jax in the peers' environment (a separate process); {} with a note if absent."""
-    if not PEERS_PYTHON.exists():
-        return {"_skipped": "kfac-jax not installed (no /work/.peers environment)"}
+    if not peers_python().exists():
+        return {"_skipped": "kfac-jax not installed (no .venv-peers environment)"}
     cmd = [
-        str(PEERS_PYTHON),
+        str(peers_python()),
         "-m",
         "benchmarks.optimizers_minibatch_kfac",
         json.dumps({**s, "budget_s": budget}),

@@ -1,6 +1,6 @@
 """kfac-jax runs of :mod:`benchmarks.optimizers_minibatch`, in the peers' environment.
 
-Run by that module as ``/work/.peers/bin/python -m benchmarks.optimizers_minibatch_kfac
+Run by that module as ``.venv-peers/bin/python -m benchmarks.optimizers_minibatch_kfac
 SETTINGS_JSON``; prints one JSON line ``{name: run}`` (the same fields as the other runs).
 kfac-jax's ``Optimizer`` with its documented defaults (the README's example: adaptive
 learning rate, momentum and damping, ``l2_reg=0``, ``initial_damping=1``), the loss

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tomllib
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -132,3 +134,16 @@ def resolve(
             value = type(out[key])(value) if isinstance(out[key], tuple) else value
         out[key] = value
     return out
+
+
+def peers_python() -> Path:
+    """The interpreter of the peers' environment, for peers run in a process of their own.
+
+    ``$JAXCURV_PEERS_PYTHON`` if set, else ``.venv-peers/bin/python`` (``make bench-peers``
+    builds it) when present, else this interpreter: a peer missing there is reported as
+    not installed.
+    """
+    if os.environ.get("JAXCURV_PEERS_PYTHON"):
+        return Path(os.environ["JAXCURV_PEERS_PYTHON"])
+    venv = Path(__file__).resolve().parent.parent / ".venv-peers" / "bin" / "python"
+    return venv if venv.exists() else Path(sys.executable)

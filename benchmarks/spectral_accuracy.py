@@ -28,7 +28,7 @@ spectrum. The same weights and data go into an equivalent PyTorch module for the
 PyHessian's ``density()`` calls ``torch.eig``, which PyTorch 2 removed; it is replaced,
 for that call only, by a shim over ``torch.linalg.eigh`` (the matrix is symmetric).
 
-    /work/.peers/bin/python -m benchmarks.spectral_accuracy [--quick]
+    .venv-peers/bin/python -m benchmarks.spectral_accuracy [--quick]
 """
 
 from __future__ import annotations
