@@ -151,12 +151,42 @@ def g_factors(kind, pullback, sites, out, loss_of_out, key, num_samples, likelih
         # G = (1/n) sum_i (J^T n g_i)(...)^T = sum_i (J^T sqrt(n) g_i)(...)^T.
         cot = [jnp.sqrt(jnp.asarray(n, g.dtype)) * g for g in grad_out]
         return _sampled_g(pullback, sites, out, lambda k: cot, 1, chunk), jnp.zeros(())
+    if likelihood is None:  # under jit: the family is chosen from traced values
+        return _chosen_family_g(pullback, sites, out, grad_out, loss_hvp, key, num_samples, chunk)
     r, misfit = _scale_and_misfit(likelihood, out[0], lambda u: loss_hvp([u])[0])
 
     def cotangent(k):
         s = sample_gradient(likelihood, out[0], jax.random.fold_in(key, k))
         return [jnp.sqrt(r / num_samples).astype(s.dtype) * s]
 
+    return _sampled_g(pullback, sites, out, cotangent, num_samples, chunk), misfit
+
+
+def _chosen_family_g(pullback, sites, out, grad_out, loss_hvp, key, num_samples, chunk):
+    """``mc`` factors for the best-fitting family, picked by ``lax.switch`` on traced
+    misfits (one probe each, as :func:`detect_likelihood`); where no family fits within
+    :func:`misfit_tol` the empirical factor instead (the loss's own gradients), so the
+    result is always a PSD factor of the right scale, never NaN. ``misfit`` is the chosen
+    family's (``inf`` for the fallback)."""
+    o = out[0]
+    fits = [_scale_and_misfit(c, o, lambda u: loss_hvp([u])[0]) for c in LIKELIHOODS]
+    tol = misfit_tol(o.dtype)
+    score = jnp.stack([jnp.where((r > 0) & (m <= tol), m, jnp.inf) for r, m in fits])
+    best = jnp.argmin(score)
+    ok = jnp.isfinite(score[best])
+    n = jnp.asarray(o.shape[0], o.dtype)
+    empirical = jnp.sqrt(n / num_samples) * grad_out[0]  # num_samples copies: G as below
+
+    def cotangent(k):
+        sub = jax.random.fold_in(key, k)
+        draws = [
+            jnp.sqrt(jnp.maximum(r, 0) / num_samples).astype(o.dtype)
+            * sample_gradient(c, o, sub)
+            for c, (r, _) in zip(LIKELIHOODS, fits, strict=True)
+        ]
+        return [jnp.where(ok, jax.lax.switch(best, [lambda d=d: d for d in draws]), empirical)]
+
+    misfit = jnp.where(ok, score[best], jnp.inf)
     return _sampled_g(pullback, sites, out, cotangent, num_samples, chunk), misfit
 
 

@@ -388,8 +388,10 @@ def kfac_preconditioner(
         docstring).
       key: PRNG key for ``kind="mc"`` (required there, ignored otherwise).
       num_samples: sampled labels per example for ``"mc"``.
-      likelihood: ``"gaussian"``, ``"bernoulli"``, ``"categorical"`` or ``None`` (told
-        from the loss outside ``jit``), for ``"mc"``.
+      likelihood: ``"gaussian"``, ``"bernoulli"``, ``"categorical"`` or ``None``, for
+        ``"mc"``: told from the loss's output Hessian (outside ``jit`` a loss of no
+        supported family is a ``ValueError``; under ``jit`` the best-fitting family is
+        picked from traced values, and a loss of none falls back to the empirical factor).
       damping_mode: ``"pi"`` (factored Tikhonov damping with Martens & Grosse's
         :math:`\pi`) or ``"eigen"`` (the exact inverse of :math:`A \otimes G + \lambda I`).
       chunk_size: backward passes (output coordinates or samples) vectorised at a time,
@@ -449,8 +451,8 @@ def kfac_preconditioner(
         kind, likelihood, damping_mode, num_samples, chunk_size, damping, key
     )
     plain.split_kwargs(data)  # unknown keywords: a TypeError now, not inside the trace
-    if kind == "mc" and likelihood is None:
-        likelihood = detect_likelihood(plain, params, data)
+    if kind == "mc" and likelihood is None and not is_traced((params, data)):
+        likelihood = detect_likelihood(plain, params, data)  # a clear error outside jit
     spec = _Spec(kind, likelihood, num_samples, chunk_size, damping_mode)
     damping = jnp.asarray(damping, jnp.result_type(*jax.tree.leaves(params)))
     precond, misfit = compiled_call(

@@ -172,6 +172,15 @@ def test_mc_factor_is_the_sampled_gradients_outer_product():
         g = np.einsum("nij,ni->nj", J, smp)
         G = G + g.T @ g / (N * S)
     np.testing.assert_allclose(M.output_factors[1], G, rtol=1e-8, atol=1e-12)
+    # Under jit without `likelihood`, the family is picked from traced misfits: the same
+    # samples, the same factors (to rounding: the same arithmetic, fused differently).
+    build = jax.jit(
+        lambda p: jaxcurv.kfac_preconditioner(
+            model, softmax_ce, p, damping=0.1, kind="mc", key=key, num_samples=S, x=x, y=y
+        )
+    )
+    for got, want in zip(build(params).output_factors, M.output_factors, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-14)
 
 
 @pytest.mark.parametrize("kind", ["exact-pi", "empirical-eigen"])
@@ -234,6 +243,44 @@ def test_single_linear_layer_with_mse_is_inverted_exactly():
         np.abs(got - expected).max()
         <= 10 * n * np.linalg.cond(expected) * EPS * np.abs(expected).max()
     )
+
+
+def _layer_coords(params):
+    """Per layer, ravel_pytree indices of its combined [W; b] in the (d_in+1, d_out)
+    row-major order A (x) G acts in (w1 is stored (d_out, d_in): transposed)."""
+    flat, unravel = ravel_pytree(params)
+    idx = jax.tree.map(np.asarray, unravel(jnp.arange(flat.size, dtype=flat.dtype)))
+    idx = jax.tree.map(lambda t: t.astype(int), idx)
+    return [
+        np.vstack([idx["w0"], idx["b0"][None]]).ravel(),
+        np.vstack([idx["w1"].T, idx["b1"][None]]).ravel(),
+    ], idx["s"].ravel()
+
+
+def test_M_is_the_inverse_of_the_pi_damped_kronecker_blocks(ce):
+    """Oracle: hand-computed A, G per layer -> the pi-damped Kronecker block, inverted by
+    numpy, placed block-diagonally; the non-dense leaf gets 1 / (its diagonal). (The eigen
+    mode's inverse is checked exactly in the single-layer test below.)"""
+    params, x, y, M = ce
+    mode = "pi"
+    flat, unravel = ravel_pytree(params)
+    P = flat.size
+    expected = np.zeros((P, P))
+    coords, other = _layer_coords(params)
+    for (A, G), ix in zip(_hand_factors(params, x, y, softmax_ce, "exact"), coords, strict=True):
+        if mode == "eigen":
+            block = np.kron(A, G) + LAM * np.eye(ix.size)
+        else:  # Martens & Grosse 6.3, pi from the traces per dimension
+            pi = np.sqrt((np.trace(A) / A.shape[0]) / (np.trace(G) / G.shape[0]))
+            r = np.sqrt(LAM)
+            block = np.kron(A + pi * r * np.eye(A.shape[0]), G + r / pi * np.eye(G.shape[0]))
+        expected[np.ix_(ix, ix)] = np.linalg.inv(block)
+    expected[other, other] = 1 / np.asarray(M.diagonal["s"]).ravel()
+    got = np.asarray(jax.jit(jax.vmap(lambda e: ravel_pytree(M(unravel(e)))[0]))(jnp.eye(P))).T
+    # Inverse of an SPD block of condition c: relative error <= c * (rounding of the
+    # factors and eigh, ~1e3 eps); the bound below has c from the oracle and a 10x margin.
+    cond = np.linalg.cond(np.linalg.inv(expected))
+    np.testing.assert_allclose(got, expected, atol=1e4 * cond * EPS * np.abs(expected).max())
 
 
 def _to_stacked(like):
