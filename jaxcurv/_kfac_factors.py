@@ -180,8 +180,7 @@ def _chosen_family_g(pullback, sites, out, grad_out, loss_hvp, key, num_samples,
     def cotangent(k):
         sub = jax.random.fold_in(key, k)
         draws = [
-            jnp.sqrt(jnp.maximum(r, 0) / num_samples).astype(o.dtype)
-            * sample_gradient(c, o, sub)
+            jnp.sqrt(jnp.maximum(r, 0) / num_samples).astype(o.dtype) * sample_gradient(c, o, sub)
             for c, (r, _) in zip(LIKELIHOODS, fits, strict=True)
         ]
         return [jnp.where(ok, jax.lax.switch(best, [lambda d=d: d for d in draws]), empirical)]

@@ -174,7 +174,7 @@ def test_mc_factor_is_the_sampled_gradients_outer_product():
     np.testing.assert_allclose(M.output_factors[1], G, rtol=1e-8, atol=1e-12)
     # Under jit without `likelihood`, the family is picked from traced misfits: the same
     # samples, the same factors (to rounding: the same arithmetic, fused differently).
-    build = jax.jit(
+    build = fast_jit(
         lambda p: jaxcurv.kfac_preconditioner(
             model, softmax_ce, p, damping=0.1, kind="mc", key=key, num_samples=S, x=x, y=y
         )
@@ -276,7 +276,7 @@ def test_M_is_the_inverse_of_the_pi_damped_kronecker_blocks(ce):
             block = np.kron(A + pi * r * np.eye(A.shape[0]), G + r / pi * np.eye(G.shape[0]))
         expected[np.ix_(ix, ix)] = np.linalg.inv(block)
     expected[other, other] = 1 / np.asarray(M.diagonal["s"]).ravel()
-    got = np.asarray(jax.jit(jax.vmap(lambda e: ravel_pytree(M(unravel(e)))[0]))(jnp.eye(P))).T
+    got = np.asarray(fast_jit(jax.vmap(lambda e: ravel_pytree(M(unravel(e)))[0]))(jnp.eye(P))).T
     # Inverse of an SPD block of condition c: relative error <= c * (rounding of the
     # factors and eigh, ~1e3 eps); the bound below has c from the oracle and a 10x margin.
     cond = np.linalg.cond(np.linalg.inv(expected))
