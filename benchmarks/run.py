@@ -55,6 +55,7 @@ BENCHMARKS = (
     "first_answer",
     "spectral_accuracy",
     "hf_cost",
+    "kfac_cg",
     "optimizers_minibatch",
     "least_squares",
 )
@@ -66,7 +67,7 @@ TIMEOUTS = {
     "scaling_devices": (1800, 900),
     "landscape_peers": (2400, 900),
     "spectral_accuracy": (1800, 900),
-    "optimizers_minibatch": (1800, 900),
+    "optimizers_minibatch": (2700, 900),
     "least_squares": (3600, 900),
 }
 DEFAULT_TIMEOUT = (900, 900)
