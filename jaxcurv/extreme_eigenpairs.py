@@ -12,7 +12,7 @@ import numpy as np
 
 from jaxcurv.eigensolvers import EigenResult, eigenvalues
 
-__all__ = ["default_tol", "extreme_eigenpairs"]
+__all__ = ["default_tol", "extreme_eigenpairs", "pair_flags"]
 
 
 def default_tol(dtype) -> float:
@@ -62,10 +62,41 @@ def extreme_eigenpairs(op, k, key, maxiter, tol, dense) -> tuple[EigenResult, ja
         # One vector more than the wanted pairs: a basis of just that size cannot restart.
         maxiter=max(maxiter, 2 * k + 1 if both else n),
     )
-    lam, res = eig.eigenvalues, eig.residual_norms
     if dense:  # eigh is backward stable: exact up to rounding unless the matrix is not finite
-        return eig, jnp.broadcast_to(eig.converged, lam.shape)
-    eps = float(np.finfo(np.dtype(op.dtype if hasattr(op, "dtype") else lam.dtype)).eps)
+        return eig, jnp.broadcast_to(eig.converged, eig.eigenvalues.shape)
+    dtype = op.dtype if hasattr(op, "dtype") else eig.eigenvalues.dtype
+    return eig, pair_flags(eig, tol, n, dtype)
+
+
+def pair_flags(eig: EigenResult, tol: float, size: int, dtype) -> jax.Array:
+    r"""Per-pair converged flags of a Krylov ``eig``: the rule of :func:`extreme_eigenpairs`.
+
+    A pair is converged when the solver's test passed for every pair, or when its measured
+    residual is at most ``tol * max(|lambda|, eps^(2/3) max_j |lambda_j|)`` plus the
+    products' rounding ``4 sqrt(size) eps(dtype) max_j |lambda_j|``; never when its
+    eigenvalue or residual is not finite.
+
+    Args:
+      eig: an :class:`~jaxcurv.EigenResult` (``eigenvalues``, ``residual_norms``,
+        ``converged``).
+      tol: the relative residual the solver was asked for.
+      size: ``N``, the operator's dimension.
+      dtype: the dtype of the operator's products (their rounding).
+
+    Returns:
+      ``(num,)`` bool flags, in the order of ``eig.eigenvalues``.
+
+    Example (float32, N = 100: a residual of 1e-5 on eigenvalue 1e-3 fails the relative
+    test, 1e-8, but is below the products' rounding, ~4.8e-5 here; 1e-2 is not):
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv.eigensolvers import EigenResult
+      >>> lam, res = jnp.array([1e-3, 1e-3, 10.0]), jnp.array([1e-5, 1e-2, 1e-5])
+      >>> eig = EigenResult(lam, None, res, 0, jnp.bool_(False), 0)
+      >>> pair_flags(eig, 1e-5, 100, jnp.float32).tolist()
+      [True, False, True]
+    """
+    lam, res = eig.eigenvalues, eig.residual_norms
+    eps = float(np.finfo(np.dtype(dtype)).eps)
     scale = jnp.max(jnp.abs(lam))
     floor = float(np.finfo(np.dtype(lam.dtype)).eps) ** (2.0 / 3.0) * scale
     # The residuals are measured from one product per pair, so they carry the products'
@@ -73,7 +104,6 @@ def extreme_eigenpairs(op, k, key, maxiter, tol, dense) -> tuple[EigenResult, ja
     # Hessians and random matrices), which the iteration's test does not see: a pair
     # whose residual is within that of the criterion is as converged as the products
     # allow (e.g. a float32 eigenvalue near 0, whose relative criterion no product meets).
-    rounding = 4.0 * np.sqrt(n) * eps * scale
+    rounding = 4.0 * np.sqrt(size) * eps * scale
     ok = res <= tol * jnp.maximum(jnp.abs(lam), floor) + rounding
-    ok = (ok | eig.converged) & jnp.isfinite(lam) & jnp.isfinite(res)
-    return eig, ok
+    return (ok | eig.converged) & jnp.isfinite(lam) & jnp.isfinite(res)

@@ -6,7 +6,9 @@ examples into micro-batches :math:`c` of sizes :math:`n_c` with means :math:`L_c
 same holds for the Gauss-Newton and Fisher matrices. A micro-batched operator applies that
 sum with a ``lax.scan`` over the micro-batches: each product recomputes one micro-batch's
 forward pass and product, adds it with its weight :math:`n_c/n` and frees it, so its peak
-memory is that of one micro-batch, whatever :math:`n`. (The unbatched operators instead
+memory is that of one micro-batch, whatever :math:`n`. Each micro-batch is read in place
+from the data as given (a ``lax.dynamic_slice`` in the scan's body): no second copy of the
+data is made, under ``jit`` or outside it. (The unbatched operators instead
 keep the whole batch's linearization, which costs memory proportional to :math:`n` and
 saves the forward pass on each product.)
 
@@ -33,7 +35,7 @@ import numpy as np
 from jaxcurv._checks import check_int, common_leading_size
 from jaxcurv._compile import compiled_call
 from jaxcurv.operators import CurvatureOperator
-from jaxcurv.tree import tree_axpy, tree_zeros_like
+from jaxcurv.tree import tree_axpy
 
 PyTree = Any
 
@@ -51,20 +53,25 @@ def _kind(leaf: Any) -> str:
 
 @jax.tree_util.register_pytree_node_class
 class MicroBatches:
-    """Data cut into micro-batches along axis 0: full ones stacked for a scan, plus a rest.
+    """Data read in micro-batches along axis 0: full ones in a scan, then the rest.
+
+    The arrays are kept as given: each micro-batch is a ``lax.dynamic_slice`` of them
+    inside the scan's body, so no second copy of the data is ever made (cutting them into
+    a stacked ``(num_full, micro_batch, ...)`` array up front would copy all of it).
 
     Attributes:
+      batched: the data arrays with an examples axis, whole.
       num_examples: ``n``, examples in all micro-batches together (static).
       micro_batch: examples per full micro-batch (static).
     """
 
-    def __init__(self, full, rest, shared, aux):
-        self.full, self.rest, self.shared = full, rest, shared
+    def __init__(self, batched, shared, aux):
+        self.batched, self.shared = batched, shared
         self._aux = aux
         self.treedef, self.kinds, self.statics, self.num_examples, self.micro_batch = aux
 
     def tree_flatten(self):
-        return (self.full, self.rest, self.shared), self._aux
+        return (self.batched, self.shared), self._aux
 
     @classmethod
     def tree_unflatten(cls, aux, children):
@@ -75,30 +82,45 @@ class MicroBatches:
         """Micro-batches of exactly ``micro_batch`` examples (static)."""
         return self.num_examples // self.micro_batch
 
+    @property
+    def num_rest(self) -> int:
+        """Examples in the smaller last micro-batch, ``0`` when there is none (static)."""
+        return self.num_examples - self.num_full * self.micro_batch
+
     def _assemble(self, batched: list) -> PyTree:
         b, s, c = iter(batched), iter(self.shared), iter(self.statics)
         pick = {_BATCHED: b, _SHARED: s, _STATIC: c}
         return jax.tree.unflatten(self.treedef, [next(pick[k]) for k in self.kinds])
 
+    def _full(self, index: jax.Array) -> PyTree:
+        """The data of full micro-batch ``index`` (traced), read in place."""
+        m = self.micro_batch
+        return self._assemble(
+            [jax.lax.dynamic_slice_in_dim(a, index * m, m, axis=0) for a in self.batched]
+        )
+
+    def _rest(self) -> PyTree:
+        return self._assemble([a[self.num_full * self.micro_batch :] for a in self.batched])
+
     def weighted_sum(self, fn) -> PyTree:
         """:math:`\\sum_c (n_c / n) f(\\text{data}_c)`, one micro-batch live at a time.
 
-        ``fn(data) -> pytree of floats`` (:math:`f`): data shaped like the original, fewer rows.
+        ``fn(data) -> pytree of floats`` (:math:`f`): data shaped like the original, fewer
+        rows. The full micro-batches are added in order, then the rest (weight ``r / n``).
         """
         n, total = self.num_examples, None
         if self.num_full:
-            first = self._assemble([a[0] for a in self.full])
             weight = self.micro_batch / n
 
-            def body(acc, chunk):
-                return tree_axpy(weight, fn(self._assemble(chunk)), acc), None
+            def body(acc, index):
+                return tree_axpy(weight, fn(self._full(index)), acc), None
 
-            init = tree_zeros_like(jax.eval_shape(fn, first))
-            init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), init)
-            total, _ = jax.lax.scan(body, init, self.full)
-        if self.rest is not None:
-            last = fn(self._assemble(self.rest))
-            weight = (n - self.num_full * self.micro_batch) / n
+            shape = jax.eval_shape(lambda: fn(self._full(jnp.zeros((), jnp.int32))))
+            init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+            total, _ = jax.lax.scan(body, init, jnp.arange(self.num_full))
+        if self.num_rest:
+            last = fn(self._rest())
+            weight = self.num_rest / n
             total = (
                 jax.tree.map(lambda a: jnp.asarray(weight, a.dtype) * a, last)
                 if (total is None)
@@ -113,10 +135,10 @@ class MicroBatches:
         """
         parts = []
         if self.num_full:
-            stacked = jax.lax.map(lambda chunk: fn(self._assemble(chunk)), self.full)
+            stacked = jax.lax.map(lambda i: fn(self._full(i)), jnp.arange(self.num_full))
             parts.append(jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), stacked))
-        if self.rest is not None:
-            parts.append(fn(self._assemble(self.rest)))
+        if self.num_rest:
+            parts.append(fn(self._rest()))
         return jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
 
 
@@ -137,8 +159,8 @@ def micro_batches(name: str, data: PyTree, micro_batch: Any) -> MicroBatches:
       >>> import jax.numpy as jnp
       >>> from jaxcurv.micro_batch import micro_batches
       >>> b = micro_batches("f", {"x": jnp.arange(5.0), "scale": 2.0}, 2)
-      >>> b.num_full, b.rest[0].tolist()
-      (2, [4.0])
+      >>> b.num_full, b.num_rest
+      (2, 1)
       >>> float(b.weighted_sum(lambda d: d["scale"] * jnp.mean(d["x"])))  # 2 * mean(0..4)
       4.0
     """
@@ -166,16 +188,12 @@ def micro_batches(name: str, data: PyTree, micro_batch: Any) -> MicroBatches:
             f"but no data array has one (got {jax.tree.structure(data)}). Pass the batch as "
             "the data arguments (arrays of shape (num_examples, ...)), or drop micro_batch."
         )
-    n_full, batched = (
-        n // micro_batch,
-        [jnp.asarray(a) for a, k in zip(leaves, kinds) if k == _BATCHED],
-    )
-    full = [a[: n_full * micro_batch].reshape(n_full, micro_batch, *a.shape[1:]) for a in batched]
-    rest = [a[n_full * micro_batch :] for a in batched] if n % micro_batch else None
+    # As given (no copy of a JAX array): micro-batches are sliced inside the scan.
+    batched = [jnp.asarray(a) for a, k in zip(leaves, kinds) if k == _BATCHED]
     shared = [jnp.asarray(a) for a, k in zip(leaves, kinds) if k == _SHARED]
     statics = tuple(a for a, k in zip(leaves, kinds) if k == _STATIC)
     aux = (treedef, kinds, statics, n, micro_batch)
-    return MicroBatches(full if n_full else None, rest, shared, aux)
+    return MicroBatches(batched, shared, aux)
 
 
 @jax.tree_util.register_pytree_node_class

@@ -15,12 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jaxcurv
 from jaxcurv.blocks import default_blocks
-from jaxcurv.extreme_eigenpairs import default_tol
+from jaxcurv.extreme_eigenpairs import default_tol, pair_flags
 
 PyTree = Any
 
@@ -50,19 +49,17 @@ def _layer_names(params: PyTree) -> dict[str, tuple[str, Callable]]:
     return out
 
 
-def _pair_flags(eig, tol: float, dense: bool) -> np.ndarray:
-    """Per-pair converged flags: :func:`jaxcurv.extreme_eigenpairs`' rule on these pairs."""
-    lam, res = np.asarray(eig.eigenvalues, float), np.asarray(eig.residual_norms, float)
-    if dense or bool(eig.converged):  # the solver's own test passed for every pair
-        return np.broadcast_to(bool(eig.converged), lam.shape)
-    eps = float(jnp.finfo(eig.eigenvalues.dtype).eps)
-    floor = eps ** (2.0 / 3.0) * np.max(np.abs(lam))
-    ok = res <= tol * np.maximum(np.abs(lam), floor)
-    return ok & np.isfinite(lam) & np.isfinite(res)
+def _pair_flags(eig, tol: float, dense: bool, size: int, dtype) -> np.ndarray:
+    """Per-pair converged flags: :func:`jaxcurv.extreme_eigenpairs`' rule on these pairs,
+    with its allowance for the products' rounding in ``dtype`` (a float32 pair near 0
+    meets no relative test, but is as converged as its products allow)."""
+    if dense:  # eigh is backward stable: exact up to rounding unless the matrix is not finite
+        return np.broadcast_to(bool(eig.converged), np.shape(eig.eigenvalues))
+    return np.asarray(pair_flags(eig, tol, size, dtype))
 
 
-def _eigen_rows(eig, tol: float, dense: bool) -> list[dict]:
-    flags = _pair_flags(eig, tol, dense)
+def _eigen_rows(eig, tol: float, dense: bool, size: int, dtype) -> list[dict]:
+    flags = _pair_flags(eig, tol, dense, size, dtype)
     lam, res = np.asarray(eig.eigenvalues, float), np.asarray(eig.residual_norms, float)
     order = np.argsort(-lam)  # largest first, as the landscape's top table
     return [
@@ -136,7 +133,7 @@ def layer_curvature(fun: Callable, params: PyTree, *args: Any, options) -> dict:
                     "num_matvecs": int(eig.num_matvecs),
                     "num_restarts": int(eig.num_restarts),
                     "all_converged": bool(eig.converged),
-                    "top": _eigen_rows(eig, tol, dense),
+                    "top": _eigen_rows(eig, tol, dense, int(block.size), dtype),
                 },
             }
         )
