@@ -76,7 +76,7 @@ def test_mc_fisher_of_a_mean_squared_error_finds_the_gaussian_and_its_scale():
     t = jnp.asarray(np.random.default_rng(5).standard_normal((6, 2)))
     mse = lambda out, y: jnp.mean((out - y) ** 2)  # 1/d = 1/2 of the unit Gaussian NLL, x2
     flat, unravel = ravel_pytree(p)
-    jac = np.asarray(jax.jacobian(lambda z: rs.model_fn(unravel(z), x).ravel())(flat))
+    jac = np.asarray(jax.jit(jax.jacobian(lambda z: rs.model_fn(unravel(z), x).ravel()))(flat))
     ggn = jac.T @ jac * (2 / 12)  # H_loss = 2 I / (n d) for the mean over n x d entries
     err, rms, _ = _mc_against_ggn(mse, t, ggn)
     assert err <= 4 * rms and rms < 0.05 * np.linalg.norm(ggn)

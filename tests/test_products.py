@@ -40,8 +40,9 @@ def _mlp_problem(dtype=jnp.float64, container="dict", seed=0):
 
 
 def _dense(fun_of_flat, params):
+    # Jitted: one compile, where eager jax.hessian dispatches (and compiles) op by op.
     flat, unravel = ravel_pytree(params)
-    return np.asarray(jax.hessian(lambda z: fun_of_flat(unravel(z)))(flat)), flat, unravel
+    return np.asarray(jax.jit(jax.hessian(lambda z: fun_of_flat(unravel(z))))(flat)), flat, unravel
 
 
 @pytest.mark.parametrize("container", ["dict", "tuple"])
@@ -63,7 +64,7 @@ def test_hvp_and_operator_equal_dense_hessian(container, dtype):
     np.testing.assert_allclose(ravel_pytree(op.diagonal())[0], np.diag(h), rtol=tol, atol=tol)
     np.testing.assert_allclose(op.value, f(params), rtol=tol)
     np.testing.assert_allclose(
-        ravel_pytree(op.grad)[0], ravel_pytree(jax.grad(f)(params))[0], rtol=tol, atol=tol
+        ravel_pytree(op.grad)[0], ravel_pytree(jax.jit(jax.grad(f))(params))[0], rtol=tol, atol=tol
     )
     assert op.shape == (flat.size, flat.size) and op.dtype == dtype
     assert jax.tree.structure(op(v)) == jax.tree.structure(params)
@@ -102,9 +103,9 @@ def test_ggn_equals_hessian_for_linear_model_under_squared_loss():
 def test_ggn_matches_jacobian_formula_and_is_psd(container):
     params, model_fn, loss_fn = _mlp_problem(jnp.float64, container)
     flat, unravel = ravel_pytree(params)
-    jac = np.asarray(jax.jacobian(lambda z: model_fn(unravel(z)).ravel())(flat))
+    jac = np.asarray(jax.jit(jax.jacobian(lambda z: model_fn(unravel(z)).ravel()))(flat))
     out = model_fn(params)
-    h_loss = np.asarray(jax.hessian(lambda o: loss_fn(o.reshape(out.shape)))(out.ravel()))
+    h_loss = np.asarray(jax.jit(jax.hessian(lambda o: loss_fn(o.reshape(out.shape))))(out.ravel()))
     expected = jac.T @ h_loss @ jac
     op = jaxcurv.ggn_operator(model_fn, loss_fn, params)
     g = np.asarray(op.to_dense())
@@ -120,7 +121,7 @@ def test_ggn_matches_jacobian_formula_and_is_psd(container):
     # The GGN's gradient J^T grad(loss) is the true gradient.
     np.testing.assert_allclose(
         ravel_pytree(op.grad)[0],
-        ravel_pytree(jax.grad(lambda p: loss_fn(model_fn(p)))(params))[0],
+        ravel_pytree(jax.jit(jax.grad(lambda p: loss_fn(model_fn(p))))(params))[0],
         rtol=1e-10,
     )
     np.testing.assert_allclose(

@@ -22,7 +22,9 @@ LR = 0.5
 
 def _dense_top_eigenvalue(model, params, inputs, targets):
     flat, unravel = ravel_pytree(params)
-    H = jax.hessian(lambda f: model.loss(model.apply(unravel(f), inputs), targets))(flat)
+    # Jitted: one compile, where eager jax.hessian dispatches (and compiles) op by op.
+    hessian = jax.jit(jax.hessian(lambda f: model.loss(model.apply(unravel(f), inputs), targets)))
+    H = hessian(flat)
     return np.linalg.eigvalsh(np.asarray(H, dtype=np.float64))[-1]
 
 
