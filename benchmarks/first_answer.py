@@ -16,7 +16,9 @@ splits each part into tracing (``jaxpr_trace_duration``), lowering to MLIR
 programs compiled (a persistent-cache hit counts too: its "compile" time is then the time
 to read it back) and the cache hits. Each job runs with ``loop="device"`` (the
 default: the whole Krylov run is one program) and ``loop="host"`` (only the product is
-compiled), without a persistent compilation cache, then twice more with one (a fresh
+compiled: on one vector for Lanczos, on a block of probes run in lockstep for Hutchinson
+and SLQ, so 10 probes x 64 steps are 64 calls), without a persistent compilation cache,
+then twice more with one (a fresh
 temporary directory: the first process fills it, the second -- "cache warm" -- reads it).
 PyHessian 0.1 (``.venv-peers``, ``make bench-peers``; skipped when missing) runs its whole
 ``eigenvalues(top_n=3)`` / ``trace()`` / ``density()`` job in a fresh process each, at its
@@ -89,42 +91,11 @@ def _call(tool: str, op, loop: str, s: dict):
     key = jax.random.key(0)
     if tool == "trace":
         return jaxcurv.hutchinson_trace(op, key, s["trace_samples"], loop=loop)
-    kw = {} if loop == "device" else {"loop": loop}
-    try:
-        if tool == "eigenvalues":
-            return jaxcurv.eigenvalues(op, 3, which="largest", **kw)
-        return jaxcurv.spectral_density(
-            op, key, num_samples=s["density_samples"], num_steps=s["density_steps"], **kw
-        )
-    except TypeError as e:
-        if "loop" not in str(e):
-            raise
-    return _host_fallback(tool, op, key, s)
-
-
-def _host_fallback(tool: str, op, key, s: dict):
-    """``loop="host"`` where ``eigenvalues`` / ``spectral_density`` do not take it yet: the
-    same calls their ``loop="host"`` branch makes (``jaxcurv._host_krylov``), with their
-    defaults for this problem (thick restart, basis 20, tol 1e-5, budget 2000 products;
-    SLQ smoothed as ``spectral_density`` smooths)."""
-    import jax
-    import numpy as np
-
-    from jaxcurv import EigenResult
-    from jaxcurv._dispatch import _on_host
-    from jaxcurv._host_krylov import host_eigenvalues, host_quadrature
-    from jaxcurv.density import _smoothed
-
-    prod, rng = _on_host("host", op, None, key)
     if tool == "eigenvalues":
-        fields = host_eigenvalues(
-            prod, rng, m=20, want=(0, 3), tol=1e-5, max_matvecs=2000, vectors=False
-        )
-        return EigenResult(*fields)
-    m = s["density_steps"]
-    nodes, weights = host_quadrature(prod, rng, num_samples=s["density_samples"], m=m)
-    spent = jax.device_put(np.int32(s["density_samples"] * m))
-    return _smoothed("spectral_density", nodes, weights, spent, sigma=None, grid=None, num_grid=512)
+        return jaxcurv.eigenvalues(op, 3, which="largest", loop=loop)
+    return jaxcurv.spectral_density(
+        op, key, num_samples=s["density_samples"], num_steps=s["density_steps"], loop=loop
+    )
 
 
 def _jax_worker(job: dict) -> dict:

@@ -105,8 +105,14 @@ def _run(impl: Callable, A: Any, example: PyTree | None, *args: Any, **config: A
 LOOPS = ("device", "host")
 
 
-def _on_host(loop: str, A: Any, example: PyTree | None, key: Any) -> tuple | None:
+def _on_host(
+    loop: str, A: Any, example: PyTree | None, key: Any, block: tuple[int, int] | None = None
+) -> tuple | None:
     """``(product, rng)`` for a host-driven loop, or ``None`` for the device loop.
+
+    ``block=(num, host_row_bytes)``: the product is the one on a block of probes run in
+    lockstep (``host_product``), for ``num`` probes each holding ``host_row_bytes`` on
+    the host; ``None``: the product on one vector.
 
     ``None`` unless ``loop == "host"``, and also when anything is traced (a caller's
     ``jit``/``vmap``/``grad``): the host cannot see traced values, so the routine then runs
@@ -116,7 +122,7 @@ def _on_host(loop: str, A: Any, example: PyTree | None, key: Any) -> tuple | Non
     """
     if loop != "host" or is_traced(key) or jax.process_count() > 1:
         return None
-    prod = host_product(A, example, _matvec_checked)
+    prod = host_product(A, example, _matvec_checked, block)
     if prod is None:
         return None
     return prod, host_rng(key)

@@ -4,8 +4,10 @@ The default (``loop="device"``) compiles a whole Krylov run -- products, reortho
 restarts, the small eigen-solves -- into one XLA program: fastest per call, but its first
 call waits for that compile (~2 s for thick-restart Lanczos on the project's 2-core CPU,
 against ~0.2 s for the product alone). For a one-off analysis, ``loop="host"`` compiles
-only the product ``v -> A v`` on one flat vector (:func:`host_product`, once per
-computation under the compile policy) and runs the recursion in NumPy, in float64: the
+only the product ``v -> A v`` on one flat vector -- or, for the routines that run many
+independent probes (SLQ, Hutchinson), its ``vmap`` over a block of probes run in
+lockstep: one call per step of the block, not per probe -- (:func:`host_product`, once
+per computation under the compile policy) and runs the recursion in NumPy, in float64: the
 Gram-Schmidt passes over an ``m x N`` basis and the ``m x m`` eigen-solves are cheap next
 to a product, and the Rayleigh-Ritz values come out slightly more accurate than in the
 domain's precision.
@@ -22,7 +24,7 @@ bit for bit.
 Everything here needs concrete values: the public routines fall back to the device loop
 under a caller's ``jit``/``vmap``/``grad`` (when :func:`host_product` returns ``None``),
 and the vectors are gathered into host memory (one process; ``(m + 1) N`` float64 for the
-basis).
+basis -- in the products' dtype for SLQ -- per probe of a block).
 """
 
 from __future__ import annotations
@@ -44,16 +46,38 @@ from jaxcurv.products import CurvatureOperator, as_matvec
 
 PyTree = Any
 
-__all__ = ["host_eigenvalues", "host_product", "host_quadrature", "host_trace", "host_rng"]
+__all__ = [
+    "block_rows",
+    "host_diagonal",
+    "host_eigenvalues",
+    "host_product",
+    "host_quadrature",
+    "host_rng",
+    "host_trace",
+]
 
 _DGKS = 1.0 / math.sqrt(2.0)
 
 
-class HostProduct:
-    """``A`` as a map of flat NumPy vectors, and the domain's layout to go back to pytrees."""
+# The most memory one block of lockstep probes may hold (`HostProduct.rows`): their host
+# state (an SLQ probe's (m + 1) x N float64 basis) plus, on the device, the block and its
+# image and one copy of the operator's arrays per row -- the stand-in for the vmapped
+# product's per-row intermediates: a linearization's tangent pass makes one tangent-sized
+# copy of the activations it stores. 10 SLQ probes of 64 steps on 25k parameters are
+# ~150 MB, one block; at ~400k parameters they are one probe per block, as before.
+_BLOCK_BYTES = 256 * 2**20
 
-    def __init__(self, call: Callable, example: PyTree, dtype: Any):
-        self._call = call
+
+class HostProduct:
+    """``A`` as a map of flat NumPy vectors, and the domain's layout to go back to pytrees.
+
+    ``rows`` is ``None`` for the product on one vector (``prod(v)``), else the rows of
+    the one compiled block product (``prod.block(V)``, ``V`` of at most ``rows`` rows,
+    zero-padded to ``rows``, so that every block runs the same program).
+    """
+
+    def __init__(self, call: Callable, example: PyTree, dtype: Any, rows: int | None = None):
+        self._call, self.rows = call, rows
         self.leaves, self.treedef = jax.tree.flatten(example)
         self.shapes = [tuple(np.shape(leaf)) for leaf in self.leaves]
         self.sizes = [math.prod(s) for s in self.shapes]
@@ -61,13 +85,32 @@ class HostProduct:
         self.dtype = np.dtype(dtype)
 
     def __call__(self, v: np.ndarray) -> np.ndarray:
+        if self.rows is not None:
+            return self.block(np.asarray(v)[None])[0]
         return np.array(self._call(np.asarray(v, self.dtype)), np.float64)  # a writable copy
 
+    def block(self, V: np.ndarray, dtype: Any = np.float64) -> np.ndarray:
+        """``A`` applied to each row of ``V`` (``(k, N)``), as a ``(k, N)`` array of ``dtype``."""
+        k = V.shape[0]
+        if self.rows is None:
+            return np.stack([self(v) for v in V]).astype(dtype) if k else np.zeros((0, self.size))
+        if k > self.rows:
+            raise ValueError(f"a block of {k} rows where the product takes {self.rows}")
+        padded = np.zeros((self.rows, self.size), self.dtype)
+        padded[:k] = V
+        return np.array(self._call(padded), dtype)[:k]
+
+    def chunks(self, num: int) -> list[int]:
+        """Row counts of the blocks that cover ``num`` vectors."""
+        step = self.rows or 1
+        return [min(step, num - i) for i in range(0, num, step)]
+
     def unflatten(self, rows: np.ndarray) -> PyTree:
-        """Stacked vectors ``rows`` (``(k, N)``) as a pytree whose leaves lead with ``k``."""
+        """Vectors ``rows`` (``(..., N)``) as a pytree whose leaves lead with ``...``."""
+        rows = np.asarray(rows)
         out, start = [], 0
         for leaf, shape, size in zip(self.leaves, self.shapes, self.sizes, strict=True):
-            part = rows[:, start : start + size].reshape((rows.shape[0], *shape))
+            part = rows[..., start : start + size].reshape((*rows.shape[:-1], *shape))
             out.append(_to_device(part, _working_dtype(leaf.dtype)))
             start += size
         return jax.tree.unflatten(self.treedef, out)
@@ -88,7 +131,21 @@ def _split(v: jax.Array, leaves: list) -> list:
     return out
 
 
-def host_product(A: Any, example: PyTree | None, checked: Callable) -> HostProduct | None:
+def block_rows(num: int, host_row_bytes: int, size: int, itemsize: int, op_bytes: int) -> int:
+    """Rows per block for ``num`` lockstep vectors, balanced so the blocks are near equal.
+
+    The largest ``k <= num`` with ``k * (host_row_bytes + 2 N itemsize + op_bytes) <=
+    _BLOCK_BYTES`` (at least 1), then ``ceil(num / ceil(num / k))``: 10 vectors capped at
+    8 run as two blocks of 5, not 8 and 2 padded to 8.
+    """
+    per_row = host_row_bytes + 2 * size * itemsize + op_bytes
+    k = max(1, min(num, _BLOCK_BYTES // max(per_row, 1)))
+    return -(-num // -(-num // k))
+
+
+def host_product(
+    A: Any, example: PyTree | None, checked: Callable, block: tuple[int, int] | None = None
+) -> HostProduct | None:
     """``A`` applied to flat vectors (``ravel_pytree`` order), compiled once; or ``None``.
 
     ``checked(matvec, example) -> (matvec, example)`` is the routines' own shape check and
@@ -96,6 +153,12 @@ def host_product(A: Any, example: PyTree | None, checked: Callable) -> HostProdu
     operator or matrix is an argument of the compiled product, a bare callable's arrays are
     hoisted (``jaxcurv._compile``), so a new operator of the same computation compiles
     nothing. ``None`` when something is traced (the caller then runs its device loop).
+
+    ``block=(num, host_row_bytes)`` compiles instead the product on a ``(k, N)`` block,
+    ``vmap`` of the one above (what ``A`` holds stays unbatched, so its matrix-vector
+    products become matrix-matrix ones), ``k = block_rows(num, host_row_bytes, ...)``
+    with the operator's (or matrix's) own bytes; a bare callable's arrays are not counted.
+    Only the product the routine uses is compiled.
     """
     if isinstance(A, np.ndarray):
         A = jnp.asarray(A)
@@ -110,18 +173,30 @@ def host_product(A: Any, example: PyTree | None, checked: Callable) -> HostProdu
         out = matvec(jax.tree.unflatten(treedef, _split(v, jax.tree.leaves(ex))))
         return jnp.concatenate([jnp.ravel(o).astype(dtype) for o in jax.tree.leaves(out)])
 
-    v0 = np.zeros(sum(math.prod(np.shape(leaf)) for leaf in leaves), dtype)
-    if isinstance(A, CurvatureOperator | jax.Array):
+    n = sum(math.prod(np.shape(leaf)) for leaf in leaves)
+    held = isinstance(A, CurvatureOperator | jax.Array)
+    rows, fn, v0 = None, product, np.zeros(n, dtype)
+    if block is not None:
+        # A matrix's vmapped product is a matrix product: no per-row copy of it.
+        op_bytes = sum(np.size(a) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(A)
+                       ) if isinstance(A, CurvatureOperator) else 0  # fmt: skip
+        rows = block_rows(block[0], block[1], n, np.dtype(dtype).itemsize, op_bytes)
+        v0 = np.zeros((rows, n), dtype)
+
+        def fn(A_, V):
+            return jax.vmap(lambda v: product(A_, v))(V)
+
+    if held:
         if is_traced(A):
             return None
-        call = compiled_function(product, A, v0)
+        call = compiled_function(fn, A, v0)
         run = None if call is None else (lambda v: call(A, v))
     else:
-        call = compiled_function(lambda v: product(A, v), v0)
+        call = compiled_function(lambda v: fn(A, v), v0)
         run = call
     if run is None:
         return None
-    return HostProduct(run, example, dtype)
+    return HostProduct(run, example, dtype, rows)
 
 
 def host_rng(key: jax.Array) -> np.random.Generator:
@@ -191,38 +266,43 @@ def _one_blas_thread() -> Iterator[None]:
 # ------------------------------------------------------------------------ Lanczos
 
 
-def _extend(mv, V, T, j0, m, rng, anorm, eps):
-    """Lanczos steps ``j0 .. m-1`` on rows ``V[:j0 + 1]``; returns ``(beta, anorm)``.
+def _step(V, T, j, w, m, rng, anorm, eps):
+    """Lanczos step ``j`` from ``w = A v_j`` (overwritten); returns ``(beta, anorm)``.
 
     ``T[:j + 1, j]`` gets the Gram-Schmidt coefficients of ``A v_j`` (its projection on the
     basis), ``T[j + 1, j]`` the norm of what is left, whose direction is row ``j + 1``.
     """
+    basis = V[: j + 1]
+    n_in = float(np.linalg.norm(w))
+    anorm = max(anorm, n_in)
+    h = basis @ w
+    w -= basis.T @ h
+    nrm = float(np.linalg.norm(w))
+    if nrm < _DGKS * n_in:
+        h2 = basis @ w
+        w -= basis.T @ h2
+        h += h2
+        nrm = float(np.linalg.norm(w))
+    T[: j + 1, j] = h
+    T[j, : j + 1] = h
+    beta, coupling = nrm, nrm
+    if nrm <= 4.0 * eps * anorm:
+        # The Krylov space is exhausted: go on along a fresh direction, uncoupled.
+        w = rng.standard_normal(w.size)
+        for _ in range(2):
+            w -= basis.T @ (basis @ w)
+        nrm, coupling = float(np.linalg.norm(w)), 0.0
+    V[j + 1] = w / nrm if nrm > 0 else 0.0  # 0: the basis spans everything
+    if j + 1 < m:
+        T[j + 1, j] = T[j, j + 1] = coupling
+    return beta, anorm
+
+
+def _extend(mv, V, T, j0, m, rng, anorm, eps):
+    """Lanczos steps ``j0 .. m-1`` on rows ``V[:j0 + 1]`` (``_step``); ``(beta, anorm)``."""
     beta = 0.0
     for j in range(j0, m):
-        w = mv(V[j])
-        basis = V[: j + 1]
-        n_in = float(np.linalg.norm(w))
-        anorm = max(anorm, n_in)
-        h = basis @ w
-        w -= basis.T @ h
-        nrm = float(np.linalg.norm(w))
-        if nrm < _DGKS * n_in:
-            h2 = basis @ w
-            w -= basis.T @ h2
-            h += h2
-            nrm = float(np.linalg.norm(w))
-        T[: j + 1, j] = h
-        T[j, : j + 1] = h
-        beta, coupling = nrm, nrm
-        if nrm <= 4.0 * eps * anorm:
-            # The Krylov space is exhausted: go on along a fresh direction, uncoupled.
-            w = rng.standard_normal(w.size)
-            for _ in range(2):
-                w -= basis.T @ (basis @ w)
-            nrm, coupling = float(np.linalg.norm(w)), 0.0
-        V[j + 1] = w / nrm if nrm > 0 else 0.0  # 0: the basis spans everything
-        if j + 1 < m:
-            T[j + 1, j] = T[j, j + 1] = coupling
+        beta, anorm = _step(V, T, j, mv(V[j]), m, rng, anorm, eps)
     return beta, anorm
 
 
@@ -306,16 +386,34 @@ def host_eigenvalues(prod: HostProduct, rng, *, m, want, tol, max_matvecs, vecto
 def host_quadrature(prod: HostProduct, rng, *, num_samples: int, m: int):
     """Stochastic Lanczos quadrature on the host: ``(nodes, weights)``, each
     ``(num_samples, m)``, one ``m``-point Gauss rule per Rademacher probe (rows of weights
-    sum to one), as device arrays in the working dtype."""
-    eps = float(np.finfo(prod.dtype).eps)
+    sum to one), as device arrays in the working dtype.
+
+    The probes run in lockstep, ``prod.rows`` at a time: step ``j`` of every probe of a
+    block is one block product, then each probe's own Gram-Schmidt pass. A block's start
+    vectors are drawn together, which is the same stream as drawing them one by one; only
+    a fresh direction after an exhausted Krylov space is drawn in another order.
+
+    Unlike the eigen-solver's, the bases are kept in the products' own precision (float32
+    for a float32 domain, as on the device): the Gram-Schmidt passes over ``num_samples``
+    bases of ``(m + 1) x N`` are memory-bound, and float64 copies of float32 products
+    doubled their cost (0.55 s of a 1.3 s call at 10 x 64 steps on 25k parameters) for
+    nodes that are only as accurate as the products. ``T`` and its ``eigh`` stay float64.
+    """
+    n, dt = prod.size, prod.dtype
+    eps = float(np.finfo(dt).eps)
     nodes, weights = np.zeros((num_samples, m)), np.zeros((num_samples, m))
-    for i in range(num_samples):
-        V = np.zeros((m + 1, prod.size))
-        V[0] = rng.choice((-1.0, 1.0), prod.size) / math.sqrt(prod.size)
-        T = np.zeros((m, m))
-        _extend(prod, V, T, 0, m, rng, 0.0, eps)
-        theta, S = np.linalg.eigh(0.5 * (T + T.T))
-        nodes[i], weights[i] = theta, S[0] ** 2
+    start = 0
+    for k in prod.chunks(num_samples):
+        V = np.zeros((k, m + 1, n), dt)
+        V[:, 0] = rng.choice((-1.0, 1.0), (k, n)) / math.sqrt(n)
+        T, anorm = np.zeros((k, m, m)), [0.0] * k
+        for j in range(m):
+            W = prod.block(V[:, j], dt)
+            for i in range(k):
+                _, anorm[i] = _step(V[i], T[i], j, W[i], m, rng, anorm[i], eps)
+        theta, S = np.linalg.eigh(0.5 * (T + T.transpose(0, 2, 1)))
+        nodes[start : start + k], weights[start : start + k] = theta, S[:, 0, :] ** 2
+        start += k
     return _to_device(nodes, prod.dtype), _to_device(weights, prod.dtype)
 
 
@@ -325,35 +423,80 @@ def _mean_and_stderr(samples: np.ndarray) -> tuple[float, float]:
     return float(np.mean(samples)), float(np.std(samples, ddof=1) / math.sqrt(samples.size))
 
 
+def _images(prod: HostProduct, Z: np.ndarray) -> np.ndarray:
+    """``A z`` for every row of ``Z``, one block product per ``prod.rows`` rows."""
+    starts = np.cumsum([0, *prod.chunks(Z.shape[0])])
+    parts = [prod.block(Z[a:b]) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    return np.concatenate(parts) if parts else np.zeros((0, prod.size))
+
+
+def _quadratic_forms(prod: HostProduct, Z: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", Z, _images(prod, Z))
+
+
 @_one_blas_thread()
 def host_trace(prod: HostProduct, rng, *, num_samples: int, method: str):
     """Hutchinson (or Hutch++) on the host: ``(estimate, stderr, num_matvecs)``.
 
     Hutch++ splits the products as the device path does: ``s // 3`` sketch probes, the
     exact trace on an orthonormal basis of their images (columns whose pivoted-QR weight is
-    at the rounding level dropped), the rest Hutchinson on the deflated remainder.
+    at the rounding level dropped), the rest Hutchinson on the deflated remainder. Probes
+    are drawn a block at a time (the same stream as one by one) and applied in blocks of
+    ``prod.rows``.
     """
     n, dt = prod.size, prod.dtype
 
-    def rademacher():
-        return rng.choice((-1.0, 1.0), n)
+    def rademacher(k):
+        return rng.choice((-1.0, 1.0), (k, n))
 
     if method == "hutchinson":
-        samples = np.array([z @ prod(z) for z in (rademacher() for _ in range(num_samples))])
+        parts = [_quadratic_forms(prod, rademacher(k)) for k in prod.chunks(num_samples)]
+        samples = np.concatenate(parts)
         est, err = _mean_and_stderr(samples)
         return _to_device(est, dt), _to_device(err, dt), _to_device(num_samples, np.int32)
     r = num_samples // 3
     g = num_samples - 2 * r
-    AS = np.stack([prod(rademacher()) for _ in range(r)], axis=1)
-    Q, R = np.linalg.qr(AS)
+    AS = _images(prod, np.concatenate([rademacher(k) for k in prod.chunks(r)]))
+    Q, R = np.linalg.qr(AS.T)
     diag = np.abs(np.diag(R))
     Q = Q[:, diag > 100 * np.finfo(dt).eps * math.sqrt(r) * max(np.max(diag), 1e-300)]
-    exact = sum(q @ prod(q) for q in Q.T)
+    exact = float(np.sum(_quadratic_forms(prod, Q.T)))
     spent = r + Q.shape[1] + g  # the dropped columns cost no product here
     samples = []
-    for _ in range(g):
-        z = rademacher()
-        z -= Q @ (Q.T @ z)
-        samples.append(z @ prod(z))
-    est, err = _mean_and_stderr(np.asarray(samples))
+    for k in prod.chunks(g):
+        Z = rademacher(k)
+        Z -= (Z @ Q) @ Q.T
+        samples.append(_quadratic_forms(prod, Z))
+    est, err = _mean_and_stderr(np.concatenate(samples))
     return _to_device(exact + est, dt), _to_device(err, dt), _to_device(spent, np.int32)
+
+
+@_one_blas_thread()
+def host_diagonal(prod: HostProduct, rng, *, num_samples: int):
+    """Hutchinson's diagonal estimate on the host: ``(estimate, stderr, num_matvecs)``.
+
+    ``estimate`` and ``stderr`` are pytrees like the domain, in its working dtype. Each
+    block of ``z * A z`` is reduced to its mean and sum of squared deviations, merged
+    into the running ones by Chan, Golub and LeVeque's update (float64): no cancellation,
+    and exactly zero deviation where every probe agrees (a diagonal ``A``).
+    """
+    n = prod.size
+    count, mean, m2 = 0, np.zeros(n), np.zeros(n)
+    for k in prod.chunks(num_samples):
+        Z = rng.choice((-1.0, 1.0), (k, n))
+        X = Z * prod.block(Z)
+        b_mean = X.mean(axis=0)
+        b_m2 = np.sum((X - b_mean) ** 2, axis=0)
+        delta, total = b_mean - mean, count + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + b_m2 + delta**2 * (count * k / total)
+        count = total
+    if num_samples < 2:
+        stderr = np.full(n, np.inf)
+    else:
+        stderr = np.sqrt(m2 / (num_samples * (num_samples - 1)))
+    return (
+        prod.unflatten(mean),
+        prod.unflatten(stderr),
+        _to_device(num_samples, np.int32),
+    )

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxcurv._checks import (
     check_bounded_int,
@@ -72,25 +73,29 @@ def default_sigma(nodes: jax.Array) -> jax.Array:
       >>> round(float(default_sigma(jnp.linspace(0.0, 1.0, 64)[None])), 5)
       0.00589
     """
-    nodes = jnp.asarray(nodes)
+    return _sigma(jnp.asarray(nodes), jnp)
+
+
+def _sigma(nodes, xp):
+    """``default_sigma`` in the array module ``xp`` (``jnp``, or ``np`` on the host)."""
     m = nodes.shape[-1]
-    lo, hi = jnp.min(nodes), jnp.max(nodes)
+    lo, hi = xp.min(nodes), xp.max(nodes)
     width = hi - lo
-    scale = jnp.maximum(jnp.maximum(jnp.abs(lo), jnp.abs(hi)), jnp.finfo(nodes.dtype).tiny)
+    scale = xp.maximum(xp.maximum(xp.abs(lo), xp.abs(hi)), xp.finfo(nodes.dtype).tiny)
     factor = (1 + 2 * _MARGIN) / (max(m - 1, 1) * math.sqrt(8 * math.log(_KAPPA)))
-    return factor * jnp.where(width > 0, width, scale)
+    return factor * xp.where(width > 0, width, scale)
 
 
-def _smooth_impl(nodes, weights, sigma, grid, *, num_grid):
-    """The Gaussian-smoothed density on ``grid`` (default: nodes +- 5 sigma)."""
+def _smooth_impl(nodes, weights, sigma, grid, *, num_grid, xp=jnp):
+    """The Gaussian-smoothed density on ``grid`` (default: nodes +- 5 sigma), in ``xp``."""
     dtype = nodes.dtype
-    sig = default_sigma(nodes) if sigma is None else jnp.asarray(sigma, dtype)
+    sig = _sigma(nodes, xp) if sigma is None else xp.asarray(sigma, dtype)
     if grid is None:
-        lo, hi = jnp.min(nodes), jnp.max(nodes)
-        grid = jnp.linspace(lo - 5 * sig, hi + 5 * sig, num_grid, dtype=dtype)
+        lo, hi = xp.min(nodes), xp.max(nodes)
+        grid = xp.linspace(lo - 5 * sig, hi + 5 * sig, num_grid, dtype=dtype)
     diff = (grid[:, None, None] - nodes[None]) / sig
-    kernel = jnp.exp(-0.5 * diff**2) / (sig * math.sqrt(2 * math.pi))
-    density = jnp.sum(kernel * weights[None], axis=(1, 2)) / nodes.shape[0]
+    kernel = xp.exp(-0.5 * diff**2) / (sig * math.sqrt(2 * math.pi))
+    density = xp.sum(kernel * weights[None], axis=(1, 2)) / nodes.shape[0]
     return grid, density, sig
 
 
@@ -106,16 +111,33 @@ def _check_grid(name: str, grid: Any, dtype) -> jax.Array | None:
     return grid
 
 
-def _smoothed(name, nodes, weights, spent, *, sigma, grid, num_grid):
+def _smoothed(name, nodes, weights, spent, *, sigma, grid, num_grid, host=False):
     """A ``SpectralDensity`` from the quadrature: compiled apart from the Lanczos runs, with
-    ``sigma`` and ``grid`` as arguments, so a new width or grid never compiles again."""
+    ``sigma`` and ``grid`` as arguments, so a new width or grid never compiles again.
+
+    ``host=True`` (``loop="host"``) smooths in NumPy instead, in float64 on the nodes and
+    weights as returned: a one-off answer need not wait for the smoothing's compile.
+    """
     if sigma is not None:
         check_positive(f"{name}(sigma=...)", sigma)
-        sigma = jnp.asarray(float(sigma), nodes.dtype)
+        sigma = float(sigma) if host else jnp.asarray(float(sigma), nodes.dtype)
     grid = _check_grid(name, grid, nodes.dtype)
-    out = compiled_call(
-        lambda n, w, s, g: _smooth_impl(n, w, s, g, num_grid=num_grid), nodes, weights, sigma, grid
-    )
+    if host:
+        dtype = nodes.dtype
+        out = _smooth_impl(
+            np.asarray(nodes, np.float64),
+            np.asarray(weights, np.float64),
+            sigma,
+            None if grid is None else np.asarray(grid, np.float64),
+            num_grid=num_grid,
+            xp=np,
+        )
+        out = [jax.device_put(np.asarray(a, dtype)) for a in out]
+    else:
+        out = compiled_call(
+            lambda n, w, s, g: _smooth_impl(n, w, s, g, num_grid=num_grid),
+            nodes, weights, sigma, grid,
+        )  # fmt: skip
     return SpectralDensity(out[0], out[1], nodes, weights, out[2], spent)
 
 
@@ -244,10 +266,11 @@ def spectral_density(
       loop: where the Krylov loop runs. ``"device"`` (the default) compiles the whole run
         into one program: fastest per call, one compile per configuration. ``"host"``
         compiles only the product with ``A`` and runs the recursion in NumPy (float64;
-        ``jaxcurv._host_krylov``): for a one-off analysis, the first answer in a fraction
-        of the compile time. Same method, options and result; the start vector comes from
-        NumPy seeded by ``key``, so the answers agree to ``tol``, not bit for bit. Under a
-        caller's ``jit``/``vmap``/``grad`` it runs the device loop.
+        ``jaxcurv._host_krylov``; the probes in lockstep, one compiled product on a block
+        of them per step): for a one-off analysis, the first answer in a fraction of the
+        compile time. Same method, options and result; the probes come from NumPy
+        seeded by ``key``, so the estimate is another draw of the same estimator, not the
+        same number. Under a caller's ``jit``/``vmap``/``grad`` it runs the device loop.
       num_probes: deprecated spelling of ``num_samples`` (``DeprecationWarning``).
       num_lanczos: deprecated spelling of ``num_steps`` (``DeprecationWarning``).
 
@@ -301,27 +324,30 @@ def spectral_density(
     if sigma is not None:
         check_positive("spectral_density(sigma=...)", sigma)
     loop = check_option("spectral_density(loop=...)", loop, LOOPS)
-    host = _on_host(loop, A, example, key)
+    host = _on_host(loop, A, example, key, block=(num_samples, (num_steps + 1) * n * 8))
     if host is not None:
         nodes, weights = host_quadrature(*host, num_samples=num_samples, m=num_steps)
     else:
         nodes, weights = _run(_slq_impl, A, example, key, num_samples=num_samples, m=num_steps)
-    spent = jnp.asarray(num_samples * num_steps, jnp.int32)
-    return _smoothed(
-        "spectral_density", nodes, weights, spent, sigma=sigma, grid=grid, num_grid=num_grid
-    )
+    spent = jax.device_put(np.int32(num_samples * num_steps))  # no program, unlike jnp's
+    return _smoothed("spectral_density", nodes, weights, spent, sigma=sigma, grid=grid,
+                     num_grid=num_grid, host=host is not None)  # fmt: skip
+
+
+def _rule_trace(nodes, weights, f, n, spent):
+    """``TraceEstimate`` of ``tr f(A)`` from the Gauss rules ``(nodes, weights)``."""
+    values = jnp.asarray(f(nodes)).astype(nodes.dtype)
+    # A node of zero weight (after a Lanczos breakdown) contributes nothing, even where
+    # f is infinite there.
+    terms = jnp.where(weights > 0, weights * values, 0)
+    estimate, stderr = _mean_and_stderr(n * jnp.sum(terms, axis=1))
+    return TraceEstimate(estimate, stderr, jnp.asarray(spent, jnp.int32))
 
 
 def _trace_impl(A, matvec, example, key, *, f, num_samples, m):
     matvec, example = _matvec_checked(matvec, example)
     nodes, weights = _quadrature(matvec, example, key, num_samples, m)
-    values = jnp.asarray(f(nodes)).astype(nodes.dtype)
-    # A node of zero weight (after a Lanczos breakdown) contributes nothing, even where
-    # f is infinite there.
-    terms = jnp.where(weights > 0, weights * values, 0)
-    samples = tree_size(example) * jnp.sum(terms, axis=1)
-    estimate, stderr = _mean_and_stderr(samples)
-    return TraceEstimate(estimate, stderr, jnp.asarray(num_samples * m, jnp.int32))
+    return _rule_trace(nodes, weights, f, tree_size(example), num_samples * m)
 
 
 def trace_function(
@@ -332,6 +358,7 @@ def trace_function(
     num_samples: int = 10,
     num_steps: int | None = None,
     example: PyTree | None = None,
+    loop: str = "device",
 ) -> TraceEstimate:
     r"""Randomized estimate of :math:`\mathrm{tr} f(A)` by stochastic Lanczos quadrature.
 
@@ -363,6 +390,14 @@ def trace_function(
       num_samples: probes (each one Lanczos run of ``num_steps`` products); default 10.
       num_steps: Lanczos steps per probe; default ``min(N, 64)``.
       example: pytree shaped like the domain; required for a bare callable.
+      loop: where the Krylov loop runs. ``"device"`` (the default) compiles the whole run
+        into one program: fastest per call, one compile per configuration. ``"host"``
+        compiles only the product with ``A`` and runs the recursion in NumPy (float64;
+        ``jaxcurv._host_krylov``; the probes in lockstep, one compiled product on a block
+        of them per step): for a one-off analysis, the first answer in a fraction of the
+        compile time. Same method, options and result; the probes come from NumPy
+        seeded by ``key``, so the estimate is another draw of the same estimator, not the
+        same number. Under a caller's ``jit``/``vmap``/``grad`` it runs the device loop.
 
     Returns:
       A ``TraceEstimate`` (``estimate``, ``stderr``, ``num_matvecs = num_samples *
@@ -404,4 +439,11 @@ def trace_function(
         high=n,
         fix=f"A Krylov space has at most N={n} dimensions.",
     )
-    return _run(_trace_impl, A, example, key, f=f, num_samples=num_samples, m=num_steps)
+    loop = check_option("trace_function(loop=...)", loop, LOOPS)
+    host = _on_host(loop, A, example, key, block=(num_samples, (num_steps + 1) * n * 8))
+    if host is None:
+        return _run(_trace_impl, A, example, key, f=f, num_samples=num_samples, m=num_steps)
+    nodes, weights = host_quadrature(*host, num_samples=num_samples, m=num_steps)
+    spent = num_samples * num_steps
+    # The rules' post-processing, `f` included, as one small program (the compile policy).
+    return compiled_call(lambda t, w: _rule_trace(t, w, f, n, spent), nodes, weights)

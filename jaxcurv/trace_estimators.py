@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxcurv._checks import check_bounded_int, check_key, check_option
 from jaxcurv._dispatch import LOOPS, _domain, _on_host, _run
-from jaxcurv._host_krylov import host_trace
+from jaxcurv._host_krylov import host_diagonal, host_trace
 from jaxcurv._lanczos import (
     _basis_combine,
     _basis_dot,
@@ -158,9 +158,9 @@ def hutchinson_trace(
       loop: where the loop over probes runs. ``"device"`` (the default) compiles the
         whole estimate into one program: fastest per call, one compile per configuration.
         ``"host"`` compiles only the product with ``A`` and loops in NumPy (float64
-        sums, probes from NumPy seeded by ``key``): the first answer of a one-off
-        analysis in a fraction of the compile time. Same estimator and error; under a
-        caller's ``jit``/``vmap``/``grad`` it runs the device loop.
+        sums, probes from NumPy seeded by ``key``, applied a block at a time): the first
+        answer of a one-off analysis in a fraction of the compile time. Same estimator
+        and error; under a caller's ``jit``/``vmap``/``grad`` it runs the device loop.
 
     Returns:
       A ``TraceEstimate`` (``estimate``, ``stderr``, ``num_matvecs``). ``stderr`` is ``inf``
@@ -200,8 +200,10 @@ def hutchinson_trace(
         ),
     )
     loop = check_option("hutchinson_trace(loop=...)", loop, LOOPS)
-    A, example, _, _ = _domain("hutchinson_trace", A, example)
-    host = _on_host(loop, A, example, key)
+    A, example, n, _ = _domain("hutchinson_trace", A, example)
+    # Blocks of probes: all of them for Hutchinson, the largest of Hutch++'s three parts.
+    most = num_samples if method == "hutchinson" else num_samples - 2 * (num_samples // 3)
+    host = _on_host(loop, A, example, key, block=(most, 16 * n))
     if host is not None:
         return TraceEstimate(*host_trace(*host, num_samples=num_samples, method=method))
     return _run(_hutchinson_impl, A, example, key, num_samples=num_samples, method=method)
@@ -234,7 +236,12 @@ def _diagonal_impl(A, matvec, example, key, *, num_samples):
 
 
 def hutchinson_diagonal(
-    A: Any, key: jax.Array, num_samples: int, *, example: PyTree | None = None
+    A: Any,
+    key: jax.Array,
+    num_samples: int,
+    *,
+    example: PyTree | None = None,
+    loop: str = "device",
 ) -> DiagonalEstimate:
     r"""Randomized estimate of :math:`\mathrm{diag}(A)` as a pytree like the domain.
 
@@ -252,6 +259,12 @@ def hutchinson_diagonal(
       key: PRNG key for the probes.
       num_samples: products with ``A``.
       example: pytree shaped like the domain; required for a bare callable.
+      loop: where the loop over probes runs. ``"device"`` (the default) compiles the
+        whole estimate into one program: fastest per call, one compile per configuration.
+        ``"host"`` compiles only the product with ``A`` and loops in NumPy (float64
+        sums, probes from NumPy seeded by ``key``, applied a block at a time): the first
+        answer of a one-off analysis in a fraction of the compile time. Same estimator
+        and error; under a caller's ``jit``/``vmap``/``grad`` it runs the device loop.
 
     Returns:
       A ``DiagonalEstimate``: ``estimate`` and ``stderr`` are pytrees with the structure,
@@ -269,6 +282,8 @@ def hutchinson_diagonal(
       >>> d = jaxcurv.hutchinson_diagonal(D, jax.random.key(0), 4)  # exact: diagonal
       >>> d.estimate.tolist(), d.stderr.tolist(), int(d.num_matvecs)
       ([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], 4)
+      >>> jaxcurv.hutchinson_diagonal(D, jax.random.key(0), 4, loop="host").estimate.tolist()
+      [1.0, 2.0, 3.0]
 
     References:
       Bekas, Kokiopoulou and Saad, "An estimator for the diagonal of a matrix", Appl.
@@ -278,5 +293,9 @@ def hutchinson_diagonal(
     num_samples = check_bounded_int(
         "hutchinson_diagonal(num_samples=...)", num_samples, low=1, fix="Pass a positive count."
     )
-    A, example, _, _ = _domain("hutchinson_diagonal", A, example)
+    loop = check_option("hutchinson_diagonal(loop=...)", loop, LOOPS)
+    A, example, n, _ = _domain("hutchinson_diagonal", A, example)
+    host = _on_host(loop, A, example, key, block=(num_samples, 24 * n))
+    if host is not None:
+        return DiagonalEstimate(*host_diagonal(*host, num_samples=num_samples))
     return _run(_diagonal_impl, A, example, key, num_samples=num_samples)

@@ -140,11 +140,15 @@ def test_host_loop_under_jit_runs_the_device_loop():
 
 def test_first_call_program_counts():
     # A computation no other test compiles (n_in = 9): the first host-loop call compiles
-    # one program, the product; a new key, operator or batch of it compiles nothing.
+    # one program, the product it uses -- on a block of probes for Hutchinson, on one
+    # vector for Lanczos, never both for one routine; a new key, operator or batch of it
+    # compiles nothing.
     params, x = _net(n_in=9)
     op = jaxcurv.hessian_operator(_loss, params, x)
     with count_compiles() as host:
         jaxcurv.hutchinson_trace(op, jax.random.key(0), 10, loop="host")
+    assert host[0] == 1
+    with count_compiles() as host:
         prod, rng = _host(op, key=1)
         host_eigenvalues(prod, rng, m=8, want=(0, 2), tol=1e-6, max_matvecs=80, vectors=True)
     assert host[0] == 1
