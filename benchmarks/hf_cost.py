@@ -10,15 +10,27 @@ and timed, interleaved with one ``jax.value_and_grad`` of the batch loss (the gr
 training step computes; the unit):
 
 * ``gradient``: ``jax.value_and_grad`` on the gradient batch (1 by definition);
-* ``curvature build``: the operator linearized at ``params`` (on the curvature sub-batch);
+* ``curvature build``: the operator linearized at ``params`` (on the curvature sub-batch),
+  as the update uses it: the outputs, the stored linearization and the loss's output
+  Hessian. Not ``op.grad`` and ``op.value``: the update never reads them, so XLA removes
+  them from its program, while a program that returns the whole operator computes the
+  gradient's backward pass too (measured: 1.48 against 0.49 gradient-equivalents on the
+  full-batch CURVES row, where an earlier version of this benchmark counted it);
 * ``CG products``: the CG loop on the built operator (products and vector updates);
   beside it, the products counted (``info.num_matvecs``: the warm start's residual
   included) and one product timed alone;
 * ``backtracking`` and ``line search``: the search program timed whole, split between its
   two phases by their loss-evaluation counts; one loss evaluation timed alone beside it;
 * ``reduction ratio``: from CG's model values (no product);
-* ``bookkeeping``: the whole update's time less the parts above (state, selections,
-  direction statistics).
+* ``bookkeeping``: ``hessian_free``'s ``_finish`` (the step, the acceptance, the damping,
+  the warm start, the new state) timed as its own program on the search's result, less
+  the ratio it contains. (It used to be the whole update's time less the parts: on the
+  full batch that is the difference of two ~25 gradient-equivalent programs, and at a
+  load of 6-12 on 2 cores their noise, +-2 gradient-equivalents, was all it measured.)
+
+``beyond CG`` is the sum of the parts measured on their own (build, search, ratio,
+bookkeeping); ``remainder`` beside it is the whole update less its CG loop, a cross-check
+that is only as good as the noise of the CG loop allows.
 
 Goal: everything the update spends beyond the CG products -- curvature build,
 backtracking, line search, ratio, bookkeeping; the user's gradient is counted apart --
@@ -27,7 +39,9 @@ at most 2 gradient-equivalents. Problems: the CURVES autoencoder of
 and full batch, and Rosenbrock N = 100,000 of :mod:`benchmarks.optimizers_rosenbrock`
 (the deterministic recipe, Gauss-Newton on the least-squares form).
 
-    python -m benchmarks.hf_cost [--quick]
+    python -m benchmarks.hf_cost [--quick] [--set 'hf_cost.only="full batch"']
+
+(``only``: run just the problems whose name contains it.)
 """
 
 from __future__ import annotations
@@ -89,7 +103,7 @@ DEFAULTS = {
                 "encoder": [784, 400, 200, 100, 50, 25, 6],
                 "options": {},
                 # Each update is seconds of CG (up to 250 products): fewer rounds.
-                "repeats": 3,
+                "repeats": 5,
                 "warmup_updates": 3,
             },
             {
@@ -101,6 +115,7 @@ DEFAULTS = {
         ],
         "warmup_updates": 8,
         "repeats": 7,
+        "only": "",
     },
     "quick": {
         "problems": [
@@ -121,6 +136,7 @@ DEFAULTS = {
         ],
         "warmup_updates": 3,
         "repeats": 3,
+        "only": "",
     },
 }
 
@@ -183,13 +199,13 @@ def measure(pb: dict, s: dict) -> dict:
     def descent(p, st, b, g):
         return hf_module._descent(cfg, g, st.damping, st.cg_init, p, objective, b)
 
-    @jax.jit
-    def build(p, b):
+    def build_op(p, b):
         return curvature_operator(
             objective, p, b, curvature=cfg.curvature, fraction=cfg.curvature_fraction
         )
 
-    op = build(params, batch)
+    op = jax.jit(build_op)(params, batch)
+    build = jax.jit(lambda p, b: _as_used(build_op(p, b)))
     x0 = None if cfg.cg_decay == 0 else tree_scale(st.cg_init, cfg.cg_decay)
 
     @jax.jit
@@ -219,6 +235,13 @@ def measure(pb: dict, s: dict) -> dict:
         return hf_module._search(cfg, loss, p, x, info, g, g, f0, lr, True)[1]
 
     @jax.jit
+    def finish(p, st, b, x, info, found, g, f0):
+        # The start value given: `_finish` evaluates no loss (store_grad is off here).
+        plain_fn = hf_module._loss_only(objective, cfg.has_aux)
+        loss = hf_module._search_objective(cfg, plain_fn, b, None, f0, dtype)[0]
+        return hf_module._finish(cfg, g, st, p, loss, g, f0, 0, x, info, found)
+
+    @jax.jit
     def one_loss(p, b):
         return _search_loss(cfg, objective, p, b, None, dtype)[0](p)
 
@@ -227,6 +250,7 @@ def measure(pb: dict, s: dict) -> dict:
         return reduction_ratio(v, f, mv, gd, sq, lam, 1.0)
 
     found = search(params, batch, x, info, g, v)
+    f0 = jax.jit(lambda p, b, v: _search_loss(cfg, objective, p, b, v, dtype)[1])(params, batch, v)
     timings = common.interleaved(
         {
             "gradient": lambda: vg(params, batch),
@@ -238,6 +262,7 @@ def measure(pb: dict, s: dict) -> dict:
             "search": lambda: search(params, batch, x, info, g, v),
             "one loss": lambda: one_loss(params, batch),
             "ratio": lambda: ratio(v, v, v, v, v, lam),
+            "finish": lambda: finish(params, st, batch, x, info, found, g, f0),
         },
         repeats=pb.get("repeats", s["repeats"]),
         warmup=1,
@@ -256,11 +281,11 @@ def measure(pb: dict, s: dict) -> dict:
         "backtracking": search_ge * back_evals / max(evals, 1),
         "line search": search_ge * tries / max(evals, 1),
         "reduction ratio": ge["ratio"],
+        "bookkeeping": max(ge["finish"] - ge["ratio"], 0.0),
     }
-    parts["bookkeeping"] = max(
-        ge["update"] - ge["curvature build"] - ge["CG loop"] - search_ge - ge["ratio"], 0.0
-    )
-    beyond = ge["update"] - ge["CG loop"]
+    # The parts measured on their own; the remainder (update less CG) is the cross-check.
+    beyond = ge["curvature build"] + search_ge + ge["finish"]
+    remainder = ge["update"] - ge["CG loop"]
     row = {
         "name": pb["name"],
         "options": pb["options"],
@@ -269,6 +294,7 @@ def measure(pb: dict, s: dict) -> dict:
         "descent_ge": ge["descent"],
         "parts_ge": parts,
         "beyond_cg_ge": beyond,
+        "remainder_ge": remainder,
         "num_matvecs": int(info.num_matvecs),
         "cg_steps": int(info.num_steps),
         "one_product_ge": ge["one product"],
@@ -281,13 +307,25 @@ def measure(pb: dict, s: dict) -> dict:
     print(
         f"  {pb['name']}: grad {unit * 1e3:.2f} ms, update {ge['update']:.2f} ge, CG "
         f"{ge['CG loop']:.2f} ge ({row['num_matvecs']} products of {ge['one product']:.2f}), "
-        f"beyond CG {beyond:.2f} ge; evals {back_evals} + {tries} of {ge['one loss']:.2f} ge"
+        f"beyond CG {beyond:.2f} ge (remainder {remainder:.2f}); evals {back_evals} + "
+        f"{tries} of {ge['one loss']:.2f} ge"
     )
     return row
 
 
+def _as_used(op) -> list:
+    """What CG's products read of a built operator: not its ``grad`` and ``value`` (nor
+    the point ``x``, an input), which the update never reads and XLA drops."""
+    return jax.tree.leaves({k: v for k, v in vars(op).items() if k not in ("x", "value", "grad")})
+
+
 def run(s: dict) -> dict:
-    return {"load_avg_1": os.getloadavg()[0], "rows": [measure(pb, s) for pb in s["problems"]]}
+    problems = [pb for pb in s["problems"] if s.get("only", "") in pb["name"]]
+    return {
+        "load_avg_1": os.getloadavg()[0],
+        "rows": [measure(pb, s) for pb in problems],
+        "load_avg_1_after": os.getloadavg()[0],
+    }
 
 
 # --------------------------------------------------------------------- target, report
@@ -298,7 +336,10 @@ def _cases(doc: dict) -> list[dict]:
 
 
 def _beyond(doc: dict, case: dict) -> float:
-    return doc["rows"][case["i"]]["beyond_cg_ge"]
+    # Met only when both measurements agree: the sum of the parts timed alone, and the
+    # whole update less its CG loop (the two disagree under load; the larger is judged).
+    r = doc["rows"][case["i"]]
+    return max(r["beyond_cg_ge"], r.get("remainder_ge", r["beyond_cg_ge"]))
 
 
 def _why(doc: dict, case: dict) -> str:
@@ -309,7 +350,9 @@ def _why(doc: dict, case: dict) -> str:
     )
     parts = ", ".join(f"{k} {v:.2f}" for k, v in big)
     return (
-        f" Beyond CG's {r['num_matvecs']} products: {parts} gradient-equivalents; the "
+        f" Sum of the parts timed alone {r['beyond_cg_ge']:.2f}, update less its CG loop "
+        f"{r.get('remainder_ge', float('nan')):.2f} (the larger is judged). "
+        f"Beyond CG's {r['num_matvecs']} products: {parts} gradient-equivalents; the "
         f"search made {r['backtracking_evals']} backtracking and {r['line_search_evals']} "
         f"line-search loss evaluations of {r['one_loss_ge']:.2f} each."
     )
@@ -339,13 +382,22 @@ _PARTS = (
 
 def report_section(doc: dict, ctx: md.Context) -> str:
     """This benchmark's section of ``BENCHMARKS.md``, from its JSON."""
-    header = ["problem", "grad ms", *_PARTS, "beyond CG", "products", "evals (back + search)"]
+    header = [
+        "problem",
+        "grad ms",
+        *_PARTS,
+        "beyond CG",
+        "remainder",
+        "products",
+        "evals (back + search)",
+    ]
     rows = [
         [
             r["name"],
             f"{r['gradient_ms']:.2f}",
             *(f"{r['parts_ge'][k]:.2f}" for k in _PARTS),
             f"{r['beyond_cg_ge']:.2f}",
+            f"{r['remainder_ge']:.2f}" if "remainder_ge" in r else "",
             f"{r['num_matvecs']} x {r['one_product_ge']:.2f}",
             f"{r['backtracking_evals']} + {r['line_search_evals']} x {r['one_loss_ge']:.2f}",
         ]
@@ -358,8 +410,10 @@ def report_section(doc: dict, ctx: md.Context) -> str:
             "Gradient-equivalents per update (median times over one `jax.value_and_grad` of "
             "the gradient batch, each part its own compiled program on the same data, "
             "interleaved; the median over rounds of each round's ratio), after warm-up "
-            "updates; `beyond CG` is the whole update's time "
-            "less its CG loop, the user's gradient not included.",
+            "updates; `beyond CG` is the sum of the parts beyond the CG products, each "
+            "timed on its own (the user's gradient not included); `remainder` is the whole "
+            "update's time less its CG loop, a cross-check within the CG loop's noise. "
+            f"Load average {doc.get('load_avg_1', float('nan')):.1f} at the start.",
             "",
             *md.table(header, rows),
             "",

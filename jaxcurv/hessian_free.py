@@ -192,11 +192,12 @@ def _is_zero(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer) and bool(np.all(np.asarray(x) == 0))
 
 
-def _descent(cfg, g, damping, cg_init, params, value_fn, extra_args, curv_args=None):
+def _descent(cfg, g, damping, cg_init, params, value_fn, extra_args, curv_args=None, count=0):
     """``(p, info)``: CG on the damped model at ``params``, preconditioned if asked.
 
     ``B`` is of ``curv_args`` (``None``: ``extra_args``), the preconditioner of
-    ``extra_args``, the gradient's batch.
+    ``extra_args``, the gradient's batch. K-FAC's sampled labels are keyed by the update's
+    ``count`` (the state stays key-free, and the update a pure function of its inputs).
     """
     # B at params (on the sub-batch when asked), linearized once for all of CG.
     op = curvature_operator(
@@ -214,6 +215,7 @@ def _descent(cfg, g, damping, cg_init, params, value_fn, extra_args, curv_args=N
         damping,
         exponent=cfg.preconditioner_exponent,
         chunk_size=cfg.preconditioner_chunk_size,
+        key=jax.random.fold_in(jax.random.key(0), count) if cfg.preconditioner == "kfac" else None,
     )
     return damped_newton_direction(
         op,
@@ -337,17 +339,36 @@ def _update(cfg, updates, state, params, value_fn, value, grad, extra_args, curv
     # Not adapted, the damping is the option's value: `optax.inject_hyperparams` may set it.
     lam = state.damping if cfg.adapt_damping else as_f(cfg.damping)
 
-    x, info = _descent(cfg, g, lam, state.cg_init, params, plain_fn, extra_args, curv_args)
-
-    # A rate that is not positive and finite at run time (a schedule's 0, NaN) rejects the
-    # update unsearched: no uphill step, no non-finite value.
-    rate = cfg.learning_rate
-    lr = as_f(rate(state.count) if callable(rate) else rate)
-    lr_ok = jnp.isfinite(lr) & (lr > 0)
-    start_finite = jnp.isfinite(f0) & tree_all_finite(g)
-    candidates, found, sufficient = _search(
-        cfg, loss, params, x, info, g, grad, f0, lr, start_finite & lr_ok
+    x, info = _descent(
+        cfg, g, lam, state.cg_init, params, plain_fn, extra_args, curv_args, state.count
     )
+    lr, lr_ok = _rate(cfg, state.count, dtype)
+    start_finite = jnp.isfinite(f0) & tree_all_finite(g)
+    found = _search(cfg, loss, params, x, info, g, grad, f0, lr, start_finite & lr_ok)[1]
+    return _finish(cfg, updates, state, params, loss, grad, f0, start_evals, x, info, found)
+
+
+def _rate(cfg, count, dtype):
+    """``(lr, lr_ok)``: the update's rate and whether it is usable. A rate that is not
+    positive and finite at run time (a schedule's 0, NaN) rejects the update unsearched:
+    no uphill step, no non-finite value."""
+    rate = cfg.learning_rate
+    lr = jnp.asarray(rate(count) if callable(rate) else rate, dtype)
+    return lr, jnp.isfinite(lr) & (lr > 0)
+
+
+def _finish(cfg, updates, state, params, loss, grad, f0, start_evals, x, info, found):
+    """The rest of the update once CG and the search are done: the step, the ratio, the
+    damping and the new state (apart so that its cost can be timed on its own,
+    ``benchmarks/hf_cost.py``; it evaluates no loss unless ``store_grad``)."""
+    dtype = state.damping.dtype
+    as_f = lambda v: jnp.asarray(v, dtype)
+    g = updates
+    lam = state.damping if cfg.adapt_damping else as_f(cfg.damping)
+    lr, lr_ok = _rate(cfg, state.count, dtype)
+    start_finite = jnp.isfinite(f0) & tree_all_finite(g)
+    candidates = cg_candidates(x, info, cfg.cg_backtracking)
+    sufficient = lambda a, f, slope: armijo_condition(f0, f, lr * a, slope, cfg.line_search_c)
     p, stats, alpha = candidates.direction(found.best), found.stats, found.alpha
     # With an unusable rate the direction was never examined (absmax stays NaN).
     nonfinite = ~start_finite | (lr_ok & ~jnp.isfinite(stats.absmax))
@@ -570,13 +591,13 @@ def hessian_free(
         shrink factor and number of shrinks (``None``: 20).
       preconditioner: ``None``; ``"martens"`` (diagonal, from per-example gradients);
         ``"kfac"``: :func:`jaxcurv.kfac_preconditioner` of the damped Gauss-Newton system
-        at each update (``kind="empirical"``; needs a ``ModelAndLoss`` with dense layers
-        and a positive damping); or a callable ``(params, damping, **extra_args) -> M``
-        building an SPD ``M: r -> M r`` (:func:`jaxcurv.descent.cg_preconditioner`). Not
-        the default: a preconditioner changes the CG steps, not the system solved, and
-        on the CURVES autoencoder at initialisation (``benchmarks/kfac_cg.py``, lambda =
-        1e-2, to relative residual 1e-3) CG took 141 steps with none, 481 with Martens'
-        diagonal and 335 with K-FAC.
+        at each update (``kind="mc"``: one label per example sampled from the model's
+        predictive, keyed by ``jax.random.fold_in(jax.random.key(0), state.count)``;
+        needs a ``ModelAndLoss`` with dense layers and a positive damping); or a
+        callable ``(params, damping, **extra_args) -> M`` building an SPD ``M: r -> M r``
+        (:func:`jaxcurv.descent.cg_preconditioner`). Not the default: a preconditioner
+        changes the CG steps, not the system solved; on the CURVES autoencoder
+        (``benchmarks/kfac_cg.py``) it has not reduced the steps to a stated tolerance.
       preconditioner_exponent: the exponent (Martens: 3/4).
       preconditioner_chunk_size: per-example gradients computed this many at a time
         (``None``: 32).
@@ -670,6 +691,15 @@ def hessian_free(
     ) -> tuple[PyTree, HessianFreeState]:
         check_update_args(cfg, updates, params, value_fn, grad, extra_args)
         _check_curvature_batch(value_fn, curvature_batch)
+        if curvature_batch is not None and cfg.search_batch == "curvature":
+            # The search would judge steps on another batch than the one whose gradient
+            # they descend (measured: half the updates rejected, damping at its ceiling).
+            raise ValueError(
+                "`hessian_free(search_batch='curvature')` judges steps on a sub-batch of "
+                "the gradient's batch, so it cannot be combined with "
+                "`update(curvature_batch=...)`, a batch drawn apart (got both). Use "
+                "`curvature_fraction=` for a sub-batch, or `search_batch='gradient'`."
+            )
         # The compile policy (`jaxcurv._compile`): inlined into the user's jitted step; at
         # top level compiled once per computation, whatever closure `value_fn` is, with the
         # batch an argument of the executable (Python flags such as `train=True` stay

@@ -145,6 +145,40 @@ def test_non_dense_leaves_get_the_damped_empirical_fisher_diagonal():
     assert M.diagonal["w0"] is None
 
 
+def _hand_mc_g1(params, x, key, S):
+    """The second layer's sampled G, (1/(N S)) sum_{i,s} J_i^T s s^T J_i, with `sample_
+    gradient`'s categorical draws (softmax cross-entropy as a mean over N examples: its
+    output Hessian is 1/N times the categorical one). The layer's output is
+    ``(s1 + b1) * p["s"]``, so its Jacobian in s1 is ``p["s"] I`` exactly."""
+    draw = lambda p, k: sample_gradient("categorical", model(p, x), k)
+    smps = fast_jit(lambda p: [draw(p, jax.random.fold_in(key, k)) for k in range(S)])(params)
+    G = 0
+    for smp in smps:
+        g = float(params["s"]) * np.asarray(smp)
+        G = G + g.T @ g / (N * S)
+    return G
+
+
+def test_hessian_free_kfac_preconditioner_is_the_mc_kind():
+    """``cg_preconditioner("kfac")`` (what ``hessian_free(preconditioner="kfac")`` builds,
+    keyed by ``fold_in(key(0), count)``) has Martens & Grosse's sampled factors: A the
+    activations' second moment, G the hand-computed sampled outer product at its key.
+    (That M is the inverse of the pi-damped blocks of its factors, and that it leaves the
+    damped system's solution unchanged, is tested above and below for the class.)"""
+    from jaxcurv.descent import cg_preconditioner
+
+    params, x, y = _setup()
+    objective = jaxcurv.ModelAndLoss(model, softmax_ce)
+    key = jax.random.fold_in(jax.random.key(0), 4)  # as hessian_free keys update 4
+    M = fast_jit(lambda p: cg_preconditioner("kfac", objective, p, {"x": x, "y": y}, LAM, key=key))(
+        params
+    )
+    # The same sums as the hand oracle, fused differently: rounding ~1e-15; 1e-10 margin.
+    np.testing.assert_allclose(M.output_factors[1], _hand_mc_g1(params, x, key, 1), rtol=1e-10)
+    a = np.c_[np.asarray(x), np.ones(N)]  # layer 0's input, the bias folded in
+    np.testing.assert_allclose(M.input_factors[0], a.T @ a / N, rtol=1e-10, atol=1e-12)
+
+
 def test_mc_factor_is_the_sampled_gradients_outer_product():
     params, x, y = _setup()
     key, S = jax.random.key(3), 3
@@ -160,17 +194,7 @@ def test_mc_factor_is_the_sampled_gradients_outer_product():
         y=y,
         likelihood="categorical",
     )
-    f = model(params, x)
-    # Softmax cross-entropy as a mean over N examples: the loss's output Hessian is 1/N
-    # times the categorical one; so G = (1/(N S)) sum_{i,s} J^T s s^T J.
-    s1 = _dense_t(jnp.tanh(x @ params["w0"] + params["b0"]), params["w1"])
-    J_of = jax.vmap(jax.jacobian(lambda s, p: (s + p["b1"]) * p["s"]), in_axes=(0, None))
-    J = np.asarray(J_of(s1, params))  # (N, 2, 2)
-    G = 0
-    for k in range(S):
-        smp = np.asarray(sample_gradient("categorical", f, jax.random.fold_in(key, k)))
-        g = np.einsum("nij,ni->nj", J, smp)
-        G = G + g.T @ g / (N * S)
+    G = _hand_mc_g1(params, x, key, S)
     np.testing.assert_allclose(M.output_factors[1], G, rtol=1e-8, atol=1e-12)
     # Under jit without `likelihood`, the family is picked from traced misfits: the same
     # samples, the same factors (to rounding: the same arithmetic, fused differently).
