@@ -788,7 +788,38 @@ CASES: dict[str, Case] = {
         ("`eigenvalues(loop=...)`", "'gpu'"),
         "'device', 'host'",
     ),
+    "hessian-free-curvature-batch-and-search": Case(
+        "`hessian_free(search_batch='curvature').update(curvature_batch=...)`",
+        "a curvature batch drawn apart with the search on the curvature sub-batch",
+        lambda tmp: _hf_search_on_apart_batch(),
+        ValueError,
+        ("`hessian_free(search_batch='curvature')`", "curvature_batch"),
+        "search_batch='gradient'",
+    ),
+    "hutchinson-diagonal-loop": Case(
+        "`hutchinson_diagonal(A, key, num_samples, loop=...)`",
+        "a loop that is neither device nor host",
+        lambda tmp: jaxcurv.hutchinson_diagonal(jnp.eye(3), jax.random.key(0), 4, loop="gpu"),
+        ValueError,
+        ("`hutchinson_diagonal(loop=...)`", "'gpu'"),
+        "'device', 'host'",
+    ),
+    "trace-function-loop": Case(
+        "`trace_function(A, key, f, loop=...)`",
+        "a loop that is neither device nor host",
+        lambda tmp: jaxcurv.trace_function(jnp.eye(3), jax.random.key(0), jnp.log, loop="gpu"),
+        ValueError,
+        ("`trace_function(loop=...)`", "'gpu'"),
+        "'device', 'host'",
+    ),
 }
+
+
+def _hf_search_on_apart_batch():
+    f = lambda p, x: jnp.sum((p * x) ** 2)
+    opt = jaxcurv.hessian_free(curvature="hessian", search_batch="curvature")
+    p = jnp.ones(2)
+    return opt.update(p, opt.init(p), p, value_fn=f, x=p, curvature_batch={"x": p})
 
 
 def _message(case: Case, tmp: pathlib.Path) -> str:
