@@ -336,10 +336,12 @@ def _cases(doc: dict) -> list[dict]:
 
 
 def _beyond(doc: dict, case: dict) -> float:
-    # Met only when both measurements agree: the sum of the parts timed alone, and the
-    # whole update less its CG loop (the two disagree under load; the larger is judged).
+    # Judged on the whole update less its CG loop, both timed as the compiled programs a
+    # user runs. The parts timed alone each add a program launch (on Rosenbrock about a
+    # whole 0.4 ms gradient each), so their sum, reported beside it, overstates small
+    # problems; under load the difference of two large programs is the noisier one.
     r = doc["rows"][case["i"]]
-    return max(r["beyond_cg_ge"], r.get("remainder_ge", r["beyond_cg_ge"]))
+    return r.get("remainder_ge", r["beyond_cg_ge"])
 
 
 def _why(doc: dict, case: dict) -> str:
@@ -350,8 +352,8 @@ def _why(doc: dict, case: dict) -> str:
     )
     parts = ", ".join(f"{k} {v:.2f}" for k, v in big)
     return (
-        f" Sum of the parts timed alone {r['beyond_cg_ge']:.2f}, update less its CG loop "
-        f"{r.get('remainder_ge', float('nan')):.2f} (the larger is judged). "
+        f" Update less its CG loop {r.get('remainder_ge', float('nan')):.2f} (judged), sum "
+        f"of the parts timed alone {r['beyond_cg_ge']:.2f}. "
         f"Beyond CG's {r['num_matvecs']} products: {parts} gradient-equivalents; the "
         f"search made {r['backtracking_evals']} backtracking and {r['line_search_evals']} "
         f"line-search loss evaluations of {r['one_loss_ge']:.2f} each."

@@ -265,12 +265,14 @@ def spectral_density(
       example: pytree shaped like the domain; required for a bare callable.
       loop: where the Krylov loop runs. ``"device"`` (the default) compiles the whole run
         into one program: fastest per call, one compile per configuration. ``"host"``
-        compiles only the product with ``A`` and runs the recursion in NumPy (float64;
-        ``jaxcurv._host_krylov``; the probes in lockstep, one compiled product on a block
-        of them per step): for a one-off analysis, the first answer in a fraction of the
-        compile time. Same method, options and result; the probes come from NumPy
-        seeded by ``key``, so the estimate is another draw of the same estimator, not the
-        same number. Under a caller's ``jit``/``vmap``/``grad`` it runs the device loop.
+        compiles only the product with ``A`` and runs the recursion in NumPy (bases in
+        the domain's precision, at least float32, as on the device; the small
+        eigenproblems in float64; ``jaxcurv._host_krylov``; the probes in lockstep,
+        one compiled product on a block of them per step): for a one-off analysis,
+        the first answer in a fraction of the compile time. Same method, options and
+        result; the probes come from NumPy seeded by ``key``, so the estimate is another
+        draw of the same estimator, not the same number. Under a caller's
+        ``jit``/``vmap``/``grad`` it runs the device loop.
       num_probes: deprecated spelling of ``num_samples`` (``DeprecationWarning``).
       num_lanczos: deprecated spelling of ``num_steps`` (``DeprecationWarning``).
 
@@ -392,12 +394,14 @@ def trace_function(
       example: pytree shaped like the domain; required for a bare callable.
       loop: where the Krylov loop runs. ``"device"`` (the default) compiles the whole run
         into one program: fastest per call, one compile per configuration. ``"host"``
-        compiles only the product with ``A`` and runs the recursion in NumPy (float64;
-        ``jaxcurv._host_krylov``; the probes in lockstep, one compiled product on a block
-        of them per step): for a one-off analysis, the first answer in a fraction of the
-        compile time. Same method, options and result; the probes come from NumPy
-        seeded by ``key``, so the estimate is another draw of the same estimator, not the
-        same number. Under a caller's ``jit``/``vmap``/``grad`` it runs the device loop.
+        compiles only the product with ``A`` and runs the recursion in NumPy (bases in
+        the domain's precision, at least float32, as on the device; the small
+        eigenproblems in float64; ``jaxcurv._host_krylov``; the probes in lockstep,
+        one compiled product on a block of them per step): for a one-off analysis,
+        the first answer in a fraction of the compile time. Same method, options and
+        result; the probes come from NumPy seeded by ``key``, so the estimate is another
+        draw of the same estimator, not the same number. Under a caller's
+        ``jit``/``vmap``/``grad`` it runs the device loop.
 
     Returns:
       A ``TraceEstimate`` (``estimate``, ``stderr``, ``num_matvecs = num_samples *
