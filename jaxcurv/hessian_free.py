@@ -251,7 +251,7 @@ def _search(cfg, loss, params, x, info, g, grad, f0, lr, start):
         return jnp.where(jnp.isfinite(v), v, jnp.inf)
 
     candidates = cg_candidates(x, info, cfg.cg_backtracking)
-    sufficient = lambda a, f, slope: armijo_condition(f0, f, lr * a, slope, cfg.line_search_c)
+    sufficient = _sufficient(cfg, f0, lr)
     found = search(
         trial_loss,
         candidates,
@@ -336,8 +336,7 @@ def _update(cfg, updates, state, params, value_fn, value, grad, extra_args, curv
     )
     f0 = loss(params) if start_value is None else as_f(start_value)
     g = updates
-    # Not adapted, the damping is the option's value: `optax.inject_hyperparams` may set it.
-    lam = state.damping if cfg.adapt_damping else as_f(cfg.damping)
+    lam = _damping(cfg, state)
 
     x, info = _descent(
         cfg, g, lam, state.cg_init, params, plain_fn, extra_args, curv_args, state.count
@@ -346,6 +345,16 @@ def _update(cfg, updates, state, params, value_fn, value, grad, extra_args, curv
     start_finite = jnp.isfinite(f0) & tree_all_finite(g)
     found = _search(cfg, loss, params, x, info, g, grad, f0, lr, start_finite & lr_ok)[1]
     return _finish(cfg, updates, state, params, loss, grad, f0, start_evals, x, info, found)
+
+
+def _sufficient(cfg, f0, lr):
+    """Armijo's test ``(alpha, f, slope) -> bool`` of the step ``lr * alpha``."""
+    return lambda a, f, slope: armijo_condition(f0, f, lr * a, slope, cfg.line_search_c)
+
+
+def _damping(cfg, state):
+    # Not adapted, the damping is the option's value: `optax.inject_hyperparams` may set it.
+    return state.damping if cfg.adapt_damping else jnp.asarray(cfg.damping, state.damping.dtype)
 
 
 def _rate(cfg, count, dtype):
@@ -364,11 +373,11 @@ def _finish(cfg, updates, state, params, loss, grad, f0, start_evals, x, info, f
     dtype = state.damping.dtype
     as_f = lambda v: jnp.asarray(v, dtype)
     g = updates
-    lam = state.damping if cfg.adapt_damping else as_f(cfg.damping)
+    lam = _damping(cfg, state)
     lr, lr_ok = _rate(cfg, state.count, dtype)
     start_finite = jnp.isfinite(f0) & tree_all_finite(g)
     candidates = cg_candidates(x, info, cfg.cg_backtracking)
-    sufficient = lambda a, f, slope: armijo_condition(f0, f, lr * a, slope, cfg.line_search_c)
+    sufficient = _sufficient(cfg, f0, lr)
     p, stats, alpha = candidates.direction(found.best), found.stats, found.alpha
     # With an unusable rate the direction was never examined (absmax stays NaN).
     nonfinite = ~start_finite | (lr_ok & ~jnp.isfinite(stats.absmax))
