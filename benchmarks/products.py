@@ -45,6 +45,12 @@ DEFAULTS = {
 # ------------------------------------------------------------------------ raw-JAX peers
 
 
+def _linearized(op):
+    """``op`` after its first use (the deferred Hessian linearizes then)."""
+    jax.block_until_ready(op.grad)
+    return op
+
+
 def cookbook_hvp(f, p, v, *args):
     """The JAX autodiff cookbook's HVP: forward-over-reverse, under the caller's jit."""
     return jax.jvp(lambda q: jax.grad(f)(q, *args), (p,), (v,))[1]
@@ -95,7 +101,8 @@ def mlp_products(s: dict) -> dict:
         "jaxcurv.hvp (eager call)": lambda: jaxcurv.hvp(f, p, v, x, y),
         "raw JAX jvp(grad) (cookbook, jit)": lambda: cook(f, p, v, x, y),
         "reverse-over-reverse HVP (jit)": lambda: ror(f, p, v, x, y),
-        "hessian_operator build": lambda: jaxcurv.hessian_operator(f, p, x, y),
+        # Built and linearized (`op.grad`): building alone defers all work to first use.
+        "hessian_operator build": lambda: _linearized(jaxcurv.hessian_operator(f, p, x, y)),
         "hessian_operator apply": lambda: hop(v),
         "jaxcurv.ggn_vp": lambda: ggn_vp_jit(p, v),
         "ggn_operator build": lambda: jaxcurv.ggn_operator(model_fn, loss_fn, p),

@@ -144,7 +144,7 @@ def targets_part(d: dict) -> list[str]:
     if checked:
         header = ["target", "benchmark", "measured", "limit", ""]
         out += ["### Targets", "", *md.table(header, [c.row() for c in checked]), ""]
-    notes = [c.note for c in checked if not c.met] + _busy_note(d)
+    notes = tg.notes(checked) + _busy_note(d)
     if notes:
         out += ["Missed targets, and why:", "", *notes, ""]
     return out

@@ -30,6 +30,28 @@ Measure = Callable[[dict, Case], float | None]
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 
 
+def notes(checked: Sequence[Checked]) -> list[str]:
+    """The missed-target bullets, one per explanation: misses that share their ``why``
+    (one target judged per case) are one bullet listing each case's measurement.
+
+    >>> miss = lambda name, v: Checked(name, "b", v, 1.0, "<=", False, " Same cause.")
+    >>> notes([miss("x at 1", 2.0), miss("x at 2", 3.0)])
+    ['- **x at 1** (b): measured 2 against 1; **x at 2** (b): measured 3 against 1. Same cause.']
+    """
+    groups: dict[str, list[Checked]] = {}
+    for c in checked:
+        if not c.met:
+            groups.setdefault(c.why if c.why else f"\0{id(c)}", []).append(c)
+    out = []
+    for group in groups.values():
+        parts = [
+            f"**{c.name}** ({c.benchmark}): measured {c.value:.3g} against {c.limit:g}"
+            for c in group
+        ]
+        out.append(f"- {'; '.join(parts)}.{group[0].why}")
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Headline:
     """How a target appears in the report's summary table.

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 from jax.extend import core as jex_core
 
-__all__ = ["compiled_call", "compiled_function", "is_traced"]
+__all__ = ["at_top_level", "compiled_call", "compiled_function", "is_traced", "traced_program"]
 
 # Enough for every configuration a script uses at once; least recently used entries go.
 _CACHE_SIZE = 64
@@ -44,6 +44,21 @@ _lock = threading.Lock()
 def is_traced(tree: Any) -> bool:
     """Whether any leaf of ``tree`` is a tracer (we are inside a user's transformation)."""
     return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree))
+
+
+def at_top_level() -> bool:
+    """Whether no JAX transformation is being traced now (work done here is concrete).
+
+    Under ``make_jaxpr``/``jit`` even a call on concrete arrays is staged into the trace,
+    so what it returns must not be kept past it. JAX has no public test for this; without
+    the private one this answers ``False`` (nothing is kept: correct, only slower).
+    """
+    try:
+        from jax._src import core as jax_core
+
+        return bool(jax_core.trace_ctx.is_top_level())
+    except (ImportError, AttributeError):  # pragma: no cover - another JAX
+        return False
 
 
 def _is_dynamic(leaf: Any) -> bool:
@@ -189,3 +204,29 @@ def compiled_function(fun: Callable, *args: Any) -> Callable | None:
         return executable(consts, _dynamic_leaves(call_args, {}, is_dynamic, in_tree))
 
     return call
+
+
+def traced_program(fun: Callable, *args: Any) -> tuple[Callable, list, list] | None:
+    """``fun`` traced on ``args`` (nothing compiled): ``(program, consts, dynamic)``.
+
+    ``program(consts, dynamic)`` equals ``fun(*args)``; ``dynamic`` are the array leaves of
+    ``args`` in flattening order, ``consts`` the arrays ``fun`` closes over. ``program`` is
+    the cache's one object for this computation (keyed as ``compiled_call`` keys it), so a
+    pytree that keeps it as static data has equal structure for equal computations: user
+    and jaxcurv ``jit`` caches hit across closures built per batch. ``None`` when anything
+    is traced.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv._compile import traced_program
+      >>> program, consts, dynamic = traced_program(lambda v: jnp.sum(v ** 2), jnp.arange(3.0))
+      >>> float(program(consts, dynamic))
+      5.0
+      >>> traced_program(lambda v: jnp.sum(v ** 2), jnp.ones(3))[0] is program
+      True
+    """
+    prepared = _prepare(fun, args, {})
+    if prepared is None:
+        return None
+    executable, consts, is_dynamic, in_tree = prepared
+    return executable, consts, _dynamic_leaves(args, {}, is_dynamic, in_tree)

@@ -162,6 +162,8 @@ def host_product(
     """
     if isinstance(A, np.ndarray):
         A = jnp.asarray(A)
+    if isinstance(A, CurvatureOperator):
+        A = A._for_host()
     _, example = as_matvec(A, example)
     leaves, treedef = jax.tree.flatten(example)
     dtype = _working_dtype(jnp.result_type(*leaves))

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 
 from jaxcurv._checks import check_real_inputs
-from jaxcurv._compile import compiled_call
+from jaxcurv._compile import at_top_level, compiled_call, is_traced, traced_program
 from jaxcurv.micro_batch import micro_batch_operator
 from jaxcurv.operators import (
     OPERATOR_KEYWORDS,
@@ -72,7 +72,7 @@ def hvp(fun: Callable, x: PyTree, v: PyTree, *args: Any) -> PyTree:
 
 
 @jax.tree_util.register_pytree_node_class
-class HessianOperator(CurvatureOperator):
+class _LinearizedHessian(CurvatureOperator):
     """:math:`\\nabla^2 f(x)` applied through the gradient linearized once at ``x``."""
 
     def __init__(self, x, value, grad, lin):
@@ -97,7 +97,104 @@ def _build_hessian_impl(fun, x, args):
     grad_and_value = jax.grad(lambda y: _dup(fun(y, *args)), has_aux=True)
     # One forward and backward pass; the operator keeps only the linear part.
     grad, lin, value = jax.linearize(grad_and_value, x, has_aux=True)
-    return HessianOperator(x, value, grad, lin)
+    return _LinearizedHessian(x, value, grad, lin)
+
+
+@jax.tree_util.register_pytree_node_class
+class HessianOperator(CurvatureOperator):
+    """:math:`\\nabla^2 f(x)`, built without computing anything, linearized on first use.
+
+    It holds the point, the data and the traced loss (``jaxcurv._compile``: one computation
+    gives one static part, so operators of equal computations share compiled code). Used
+    directly (``op(v)``, ``op.value``, ``op.to_dense()``) it linearizes the gradient once,
+    in a compiled program of its own, and keeps that linearization; inside a jaxcurv
+    routine's compiled loop it is linearized in that same program (one compile, not two);
+    a host loop (``loop="host"``) compiles only the product, forward-over-reverse, so the
+    first answer waits for one compile.
+    """
+
+    def __init__(self, x, consts, others, loss, linearized=None):
+        self.x, self._consts, self._others, self._loss = x, consts, others, loss
+        self._cached = linearized
+
+    def tree_flatten(self):
+        # A linearization already made travels along (into the user's `jit`, a `lax`
+        # loop), so it is never recomputed there.
+        return (self.x, self._consts, self._others, self._cached), self._loss
+
+    @classmethod
+    def tree_unflatten(cls, loss, children):
+        return cls(*children[:3], loss, children[3])
+
+    def _f(self, u):
+        return self._loss(self._consts, jax.tree.leaves(u) + list(self._others))
+
+    def _linearized(self) -> _LinearizedHessian:
+        """The linearized operator: compiled once and kept at top level, else inline."""
+        if self._cached is not None:
+            return self._cached
+        traced = is_traced((self.x, self._consts, self._others)) or not at_top_level()
+        if traced or isinstance(self._loss, _Closure):
+            return _build_hessian_impl(lambda u: self._f(u), self.x, ())
+        self._cached = compiled_call(
+            lambda op: _build_hessian_impl(lambda u: op._f(u), op.x, ()), self
+        )
+        return self._cached
+
+    def _in_program(self) -> CurvatureOperator:
+        return self._linearized()
+
+    def _for_host(self) -> CurvatureOperator:
+        return self if self._cached is None else self._cached
+
+    @property
+    def value(self):
+        return self._linearized().value
+
+    @property
+    def grad(self):
+        return self._linearized().grad
+
+    def _mv(self, v):
+        if self._cached is not None:
+            return self._cached._mv(v)
+        return jax.jvp(jax.grad(self._f), (self.x,), (v,))[1]
+
+    def mv(self, v: PyTree) -> PyTree:
+        return self._linearized().mv(v)
+
+    def to_dense(self, *, chunk_size: int = 64) -> jax.Array:
+        return self._linearized().to_dense(chunk_size=chunk_size)
+
+    def diagonal(self, *, chunk_size: int = 64) -> PyTree:
+        return self._linearized().diagonal(chunk_size=chunk_size)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Closure:
+    """``fun`` as a deferred operator's loss when it closes over a traced value (built
+    inside a user's ``jit``/``grad``): evaluated inline, never compiled apart or cached."""
+
+    fun: Callable
+    u_tree: Any
+    args_tree: Any
+
+    def __call__(self, consts, dynamic):
+        del consts
+        n = self.u_tree.num_leaves
+        u = jax.tree.unflatten(self.u_tree, dynamic[:n])
+        return self.fun(u, *jax.tree.unflatten(self.args_tree, dynamic[n:]))
+
+
+def _deferred_hessian(fun: Callable, u: PyTree, args: tuple) -> HessianOperator:
+    """``HessianOperator`` of ``fun(u, *args)``: traced (milliseconds), nothing compiled."""
+    leaves = jax.tree.leaves(u)
+    traced = traced_program(lambda u, args: fun(u, *args), u, args)
+    if traced is None:  # inside a user's transformation: nothing is shared or cached
+        loss = _Closure(fun, jax.tree.structure(u), jax.tree.structure(args))
+        return HessianOperator(u, [], list(jax.tree.leaves(args)), loss)
+    program, consts, dynamic = traced
+    return HessianOperator(u, consts, dynamic[len(leaves) :], program)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +222,13 @@ def hessian_operator(
     The gradient is linearized once (``jax.linearize``); each product then costs only the
     linear part, about two gradients' worth of work instead of ``hvp``'s three when products
     are dispatched one by one (Krylov solvers, eigen-solvers, Hutchinson).
+
+    Building only traces ``fun`` (milliseconds) and compiles nothing; the linearization is
+    made where the operator is first used: in a program of its own, kept for later use,
+    when used directly (``op(v)``, ``op.value``, ``op.grad``, ``op.to_dense()``); inside the
+    one compiled program of a jaxcurv routine (``cg``, ``eigenvalues``, ...), before its
+    loop; and per product on a host loop (``loop="host"``), whose first answer then waits
+    for a single compile.
 
     Args:
       fun: scalar function ``f(x, *args)``.
@@ -166,11 +270,10 @@ def hessian_operator(
         spec = _HessianSpec(fun, sel)
         return micro_batch_operator("hessian_operator", spec, u, rest, args, micro_batch)
     fun = scalar_checked("hessian_operator", fun)
-    # Built through the compile policy, so operators of one computation at points of equal
-    # shapes share the stored linearization (the cached executable returns the same one),
-    # and hence one compiled application.
-    return compiled_call(
-        lambda u, rest, args: _build_hessian_impl(on_full(fun, sel, rest), u, args), u, rest, args
+    # Nothing is computed yet: the first product, value or routine decides where the
+    # linearization is compiled (alone, inside the routine's program, or not at all).
+    return _deferred_hessian(
+        lambda u, rest, *args: on_full(fun, sel, rest)(u, *args), u, (rest, *args)
     )
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxcurv._checks import check_callable
-from jaxcurv._compile import compiled_call
+from jaxcurv._compile import at_top_level, compiled_call, is_traced
 from jaxcurv.selection import Selection
 from jaxcurv.tree import tree_check_like, tree_size
 
@@ -149,6 +149,14 @@ class CurvatureOperator:
     def _mv(self, v: PyTree) -> PyTree:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _in_program(self) -> CurvatureOperator:
+        """The operator to apply many times inside one traced program (``as_matvec``)."""
+        return self
+
+    def _for_host(self) -> CurvatureOperator:
+        """The operator to pass to a compiled host-loop product (``_host_krylov``)."""
+        return self
+
     def mv(self, v: PyTree) -> PyTree:
         """The product with ``v``, a pytree like ``x``."""
         check_tangent(type(self).__name__, v, self.x)
@@ -272,7 +280,9 @@ def as_matvec(
     if isinstance(A, CurvatureOperator):
         if example is not None:
             tree_check_like(example_name, example, A.x, "A.x")
-        return A.mv, A.x
+        # Inside a routine's compiled program: prepared once there, before its loop (a
+        # deferred Hessian linearizes here, in the same program).
+        return (A._in_program() if is_traced(A) or not at_top_level() else A).mv, A.x
     if isinstance(A, (jax.Array, np.ndarray)):
         if A.ndim != 2 or A.shape[0] != A.shape[1]:
             raise ValueError(
