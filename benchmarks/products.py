@@ -42,13 +42,13 @@ DEFAULTS = {
 }
 
 
-# ------------------------------------------------------------------------ raw-JAX peers
-
-
 def _linearized(op):
     """``op`` after its first use (the deferred Hessian linearizes then)."""
     jax.block_until_ready(op.grad)
     return op
+
+
+# ------------------------------------------------------------------------ raw-JAX peers
 
 
 def cookbook_hvp(f, p, v, *args):

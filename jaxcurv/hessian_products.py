@@ -156,9 +156,7 @@ class HessianOperator(CurvatureOperator):
         return self._linearized().grad
 
     def _mv(self, v):
-        if self._cached is not None:
-            return self._cached._mv(v)
-        return jax.jvp(jax.grad(self._f), (self.x,), (v,))[1]
+        return self._linearized()._mv(v)
 
     def mv(self, v: PyTree) -> PyTree:
         return self._linearized().mv(v)
