@@ -197,7 +197,7 @@ def measure(pb: dict, s: dict) -> dict:
 
     @jax.jit
     def descent(p, st, b, g):
-        return hf_module._descent(cfg, g, st.damping, st.cg_init, p, objective, b)
+        return hf_module._descent(cfg, g, st.damping, st.cg_init, p, objective, b)[:2]
 
     def build_op(p, b):
         return curvature_operator(

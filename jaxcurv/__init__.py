@@ -57,6 +57,8 @@ from jaxcurv.products import ggn_operator as ggn_operator
 from jaxcurv.products import ggn_vp as ggn_vp
 from jaxcurv.products import hessian_operator as hessian_operator
 from jaxcurv.products import hvp as hvp
+from jaxcurv.spectral_preconditioner import SpectralPreconditioner as SpectralPreconditioner
+from jaxcurv.spectral_preconditioner import spectral_preconditioner as spectral_preconditioner
 from jaxcurv.streaming import StreamingOperator as StreamingOperator
 from jaxcurv.streaming import streaming_operator as streaming_operator
 from jaxcurv.trace_estimators import DiagonalEstimate as DiagonalEstimate
@@ -91,6 +93,7 @@ __all__ = [
     "ModelAndLoss",
     "PowerIterationResult",
     "SpectralDensity",
+    "SpectralPreconditioner",
     "StreamingOperator",
     "TraceEstimate",
     "analyze_landscape",
@@ -123,6 +126,7 @@ __all__ = [
     "random_direction",
     "softmax_cross_entropy",
     "spectral_density",
+    "spectral_preconditioner",
     "streaming_operator",
     "trace_function",
 ]

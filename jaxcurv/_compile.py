@@ -181,7 +181,7 @@ def compiled_call(fun: Callable, *args: Any, **kwargs: Any) -> Any:
 def compiled_function(fun: Callable, *args: Any) -> Callable | None:
     """``fun`` traced once on ``args``, as a callable that runs its executable directly.
 
-    For a host loop that calls the same computation many times (``jaxcurv._host_krylov``):
+    For a host loop that calls the same computation many times (``jaxcurv._host_product``):
     ``compiled_call`` traces on every call (milliseconds each), this only once. The
     returned function takes arguments of the same structure whose non-array leaves equal
     those of ``args`` (they are constants of the trace); it is keyed and cached exactly as

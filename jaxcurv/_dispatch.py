@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxcurv._compile import compiled_call, is_traced
-from jaxcurv._host_krylov import host_product, host_rng
+from jaxcurv._host_product import host_product, host_rng
 from jaxcurv._lanczos import _matvec_checked
 from jaxcurv._precision import _is_low_precision, _to_working
 from jaxcurv._symmetry import check_symmetric_matrix
@@ -101,7 +101,7 @@ def _run(impl: Callable, A: Any, example: PyTree | None, *args: Any, **config: A
 
 # Where a Krylov routine's loop runs (`loop=`): "device" compiles the whole run into one
 # program (the default), "host" compiles only the product and runs the recursion in NumPy
-# (`jaxcurv._host_krylov`): a first answer in a fraction of the compile time.
+# (`jaxcurv._host_product`): a first answer in a fraction of the compile time.
 LOOPS = ("device", "host")
 
 

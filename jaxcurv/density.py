@@ -21,7 +21,7 @@ from jaxcurv._checks import (
 )
 from jaxcurv._compile import compiled_call
 from jaxcurv._dispatch import LOOPS, _domain, _on_host, _run
-from jaxcurv._host_krylov import host_quadrature
+from jaxcurv._host_lanczos import host_quadrature
 from jaxcurv._lanczos import (
     _lanczos,
     _matvec_checked,
@@ -267,7 +267,7 @@ def spectral_density(
         into one program: fastest per call, one compile per configuration. ``"host"``
         compiles only the product with ``A`` and runs the recursion in NumPy (bases in
         the domain's precision, at least float32, as on the device; the small
-        eigenproblems in float64; ``jaxcurv._host_krylov``; the probes in lockstep,
+        eigenproblems in float64; ``jaxcurv._host_lanczos``; the probes in lockstep,
         one compiled product on a block of them per step): for a one-off analysis,
         the first answer in a fraction of the compile time. Same method, options and
         result; the probes come from NumPy seeded by ``key``, so the estimate is another
@@ -396,7 +396,7 @@ def trace_function(
         into one program: fastest per call, one compile per configuration. ``"host"``
         compiles only the product with ``A`` and runs the recursion in NumPy (bases in
         the domain's precision, at least float32, as on the device; the small
-        eigenproblems in float64; ``jaxcurv._host_krylov``; the probes in lockstep,
+        eigenproblems in float64; ``jaxcurv._host_lanczos``; the probes in lockstep,
         one compiled product on a block of them per step): for a one-off analysis,
         the first answer in a fraction of the compile time. Same method, options and
         result; the probes come from NumPy seeded by ``key``, so the estimate is another

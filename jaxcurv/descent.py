@@ -27,11 +27,13 @@ import jax
 import jax.numpy as jnp
 
 from jaxcurv.cg import CGInfo, cg
+from jaxcurv.eigensolvers import eigenvalues
 from jaxcurv.kfac import kfac_preconditioner
 from jaxcurv.model_and_loss import ModelAndLoss, batch_size, take_batch
 from jaxcurv.preconditioner import martens_diagonal, martens_preconditioner
 from jaxcurv.products import CurvatureOperator, ggn_operator, hessian_operator
-from jaxcurv.tree import tree_scale, tree_vdot
+from jaxcurv.spectral_preconditioner import spectral_preconditioner
+from jaxcurv.tree import tree_all_finite, tree_scale, tree_vdot
 
 PyTree = Any
 
@@ -40,7 +42,14 @@ __all__ = [
     "curvature_operator",
     "curvature_sub_batch",
     "damped_newton_direction",
+    "refresh_spectral_pairs",
 ]
+
+# The top eigenpairs of a spectral preconditioner need not be accurate (approximate pairs
+# cost CG steps, never correctness): eigsh's relative residual test at 1e-3, and a budget
+# of products that bounds a refresh even where the top of the spectrum is clustered.
+_PAIR_TOL = 1e-3
+_PAIR_PRODUCTS = lambda rank: 10 * rank + 40  # noqa: E731
 
 
 def curvature_operator(
@@ -139,6 +148,7 @@ def cg_preconditioner(
     exponent: float = 0.75,
     chunk_size: int = 32,
     key: jax.Array | None = None,
+    pairs: tuple[jax.Array, PyTree] | None = None,
 ) -> Callable[[PyTree], PyTree] | None:
     r"""The preconditioner ``M`` of the CG solve at ``params`` (``None``: none).
 
@@ -148,7 +158,9 @@ def cg_preconditioner(
         gradients (:func:`jaxcurv.preconditioner.martens_diagonal`); ``"kfac"``, the
         K-FAC preconditioner of the damped Gauss-Newton system with Martens & Grosse's
         Monte-Carlo output factor (:func:`jaxcurv.kfac_preconditioner`, ``kind="mc"``, one
-        label sample per example; needs a :class:`~jaxcurv.ModelAndLoss`); or a callable
+        label sample per example; needs a :class:`~jaxcurv.ModelAndLoss`); ``"spectral"``,
+        :func:`jaxcurv.spectral_preconditioner` of ``pairs`` (see
+        :func:`refresh_spectral_pairs`); or a callable
         ``(params, damping, **extra_args) -> M``, ``M`` symmetric positive definite on
         pytrees like ``params``. (The empirical-Fisher factor was measured 10-80x further
         from the Gauss-Newton layer blocks than the sampled one, ``benchmarks/kfac_cg.py``.)
@@ -161,6 +173,7 @@ def cg_preconditioner(
         K-FAC's vectorised backward passes).
       key: the PRNG key of K-FAC's sampled labels (``None``: ``jax.random.key(0)``). It
         changes the preconditioner, so the CG path, not the system CG solves.
+      pairs: ``(eigenvalues, eigenvectors)`` of the curvature, for ``"spectral"``.
 
     Returns:
       ``M: r -> M r``, or ``None`` for ``choice=None``.
@@ -180,6 +193,8 @@ def cg_preconditioner(
         return None
     if callable(choice):
         return choice(params, damping, **extra_args)
+    if choice == "spectral":
+        return spectral_preconditioner(pairs, damping=damping)
     if choice == "martens":
         diag = martens_diagonal(
             value_fn, params, extra_args, damping, exponent=exponent, chunk_size=chunk_size
@@ -266,3 +281,55 @@ def damped_newton_direction(
         record_iterates=record_iterates,
         martens_eps=martens_eps,
     )
+
+
+def refresh_spectral_pairs(
+    op: Any, pairs: tuple[jax.Array, PyTree], count: jax.typing.ArrayLike, every: int
+) -> tuple[jax.Array, PyTree]:
+    r"""The top eigenpairs of ``op`` at every ``every``-th update (``count % every == 0``),
+    else ``pairs`` unchanged: what ``hessian_free(preconditioner="spectral")`` carries.
+
+    A refresh is :func:`jaxcurv.eigenvalues` (``which="largest"``, relative residual
+    1e-3, at most ``10 k + 40`` products, ``k`` the number of pairs), keyed by ``count``.
+    Negative eigenvalues (a Hessian) are clipped to 0, which leaves their directions
+    alone; a refresh that meets a non-finite value returns zero pairs, with which the
+    preconditioner is the identity, so one bad batch never poisons the pairs.
+
+    Args:
+      op: the curvature operator of this update.
+      pairs: the pairs held, ``((k,) eigenvalues, eigenvectors with a leading k axis)``.
+      count: the update's index (may be traced).
+      every: refresh period, a positive int.
+
+    Returns:
+      ``(eigenvalues, eigenvectors)``, the dtypes and shapes of ``pairs``.
+
+    Example (``diag(1, 2, 3, 4)``, the top two pairs at update 0):
+      >>> import jax.numpy as jnp
+      >>> from jaxcurv.descent import refresh_spectral_pairs
+      >>> held = (jnp.zeros(2), jnp.zeros((2, 4)))
+      >>> vals, vecs = refresh_spectral_pairs(jnp.diag(jnp.arange(1.0, 5.0)), held, 0, 10)
+      >>> [round(float(v), 4) for v in vals]
+      [3.0, 4.0]
+    """
+    vals, vecs = pairs
+    rank = vals.shape[0]
+
+    def fresh(_):
+        eig = eigenvalues(
+            op,
+            rank,
+            which="largest",
+            tol=_PAIR_TOL,
+            maxiter=_PAIR_PRODUCTS(rank),
+            key=jax.random.fold_in(jax.random.key(1), count),
+            return_eigenvectors=True,
+        )
+        ok = jnp.all(jnp.isfinite(eig.eigenvalues)) & tree_all_finite(eig.eigenvectors)
+        new_vals = jnp.where(ok, jnp.maximum(eig.eigenvalues, 0), 0).astype(vals.dtype)
+        new_vecs = jax.tree.map(
+            lambda n, o: jnp.where(ok, n, 0).astype(o.dtype), eig.eigenvectors, vecs
+        )
+        return new_vals, new_vecs
+
+    return jax.lax.cond(jnp.asarray(count) % every == 0, fresh, lambda _: (vals, vecs), None)

@@ -23,7 +23,7 @@ from jaxcurv._checks import (
 )
 from jaxcurv._dispatch import DENSE_THRESHOLD, LOOPS, _domain, _hold_fixed, _on_host, _run
 from jaxcurv._hellmann_feynman import _hellmann_feynman
-from jaxcurv._host_krylov import host_eigenvalues
+from jaxcurv._host_lanczos import host_eigenvalues
 from jaxcurv._lanczos import (
     _HIGHEST,
     _all_finite,
@@ -299,7 +299,7 @@ def eigenvalues(
       loop: where the Krylov loop runs. ``"device"`` (the default) compiles the whole run
         into one program: fastest per call, one compile per configuration. ``"host"``
         compiles only the product with ``A`` and runs the recursion in NumPy (float64;
-        ``jaxcurv._host_krylov``): for a one-off analysis, the first answer in a fraction
+        ``jaxcurv._host_lanczos``): for a one-off analysis, the first answer in a fraction
         of the compile time. Same method, options and result; the start vector comes from
         NumPy seeded by ``key``, so the answers agree to ``tol``, not bit for bit. Under a
         caller's ``jit``/``vmap``/``grad`` it runs the device loop.

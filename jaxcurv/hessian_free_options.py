@@ -35,7 +35,7 @@ __all__ = [
 
 _CURVATURES = ("ggn", "hessian")
 _CG_STOPS = ("martens", "residual", "forcing")
-_PRECONDITIONERS = (None, "martens", "kfac")
+_PRECONDITIONERS = (None, "martens", "kfac", "spectral")
 _PRECONDITIONER_FIX = (
     "Or pass a callable `(params, damping, **extra_args) -> M` that builds the "
     "preconditioner `M: r -> M r` (symmetric positive definite) at each update."
@@ -68,6 +68,8 @@ _COUNTS = {
     "cg_maxiter": (1, 250),
     "line_search_maxiter": (0, 20),
     "preconditioner_chunk_size": (1, 32),
+    "preconditioner_rank": (1, 5),
+    "preconditioner_every": (1, 10),
 }
 
 
@@ -121,8 +123,8 @@ def check_options(cfg: Any) -> Any:
             (cfg.min_damping, cfg.max_damping),
             pair,
         )
-    if cfg.preconditioner == "kfac":
-        _check_kfac_damping(cfg, known)
+    if cfg.preconditioner in ("kfac", "spectral"):
+        _check_positive_damping(cfg, known)
     words = {1: "a positive int", 0: "a non-negative int"}
     counts = {}
     for n, (low, default) in _COUNTS.items():
@@ -132,15 +134,21 @@ def check_options(cfg: Any) -> Any:
     return cfg._replace(**counts)
 
 
-def _check_kfac_damping(cfg: Any, known: Any) -> None:
-    """K-FAC's factors are singular undamped: every damping an update can use is > 0."""
-    fix = "The K-FAC factors are singular without damping; pass a positive one, e.g. 1e-3."
+def _check_positive_damping(cfg: Any, known: Any) -> None:
+    """K-FAC's factors are singular undamped, and the spectral preconditioner divides by
+    the damped eigenvalues, zero pairs included: every damping an update uses is > 0."""
+    name = cfg.preconditioner
+    fix = {
+        "kfac": "The K-FAC factors are singular without damping; pass a positive one, e.g. 1e-3.",
+        "spectral": "The spectral preconditioner divides by eigenvalue + damping; pass a "
+        "positive damping, e.g. 1e-3.",
+    }[name]
     if known("damping"):
         check_value(
             cfg.damping > 0,
             "hessian_free(damping=...)",
             cfg.damping,
-            "positive with preconditioner='kfac'",
+            f"positive with preconditioner='{name}'",
             fix=fix,
         )
     if cfg.adapt_damping and known("min_damping"):
@@ -148,7 +156,7 @@ def _check_kfac_damping(cfg: Any, known: Any) -> None:
             cfg.min_damping > 0,
             "hessian_free(min_damping=...)",
             cfg.min_damping,
-            "positive with preconditioner='kfac' and adapt_damping=True",
+            f"positive with preconditioner='{name}' and adapt_damping=True",
             fix=fix,
         )
 

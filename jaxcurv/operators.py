@@ -154,7 +154,7 @@ class CurvatureOperator:
         return self
 
     def _for_host(self) -> CurvatureOperator:
-        """The operator to pass to a compiled host-loop product (``_host_krylov``)."""
+        """The operator to pass to a compiled host-loop product (``_host_product``)."""
         return self
 
     def mv(self, v: PyTree) -> PyTree:

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxcurv._checks import check_bounded_int, check_key, check_option
 from jaxcurv._dispatch import LOOPS, _domain, _on_host, _run
-from jaxcurv._host_krylov import host_diagonal, host_trace
+from jaxcurv._host_hutchinson import host_diagonal, host_trace
 from jaxcurv._lanczos import (
     _basis_combine,
     _basis_dot,

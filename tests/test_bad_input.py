@@ -182,6 +182,27 @@ CASES: dict[str, Case] = {
         "must be callable",
     ),
     # --------------------------------------------------------------------------- cg
+    # ------------------------------------------------------- spectral_preconditioner
+    "spectral-preconditioner-no-vectors": Case(
+        "`spectral_preconditioner(eigenpairs, damping=...)`",
+        "an `EigenResult` without eigenvectors",
+        lambda tmp: jaxcurv.spectral_preconditioner(
+            jaxcurv.eigenvalues(jnp.diag(jnp.arange(1.0, 4.0)), 2), damping=1e-3
+        ),
+        TypeError,
+        ("`spectral_preconditioner(eigenpairs)`",),
+        "return_eigenvectors=True",
+    ),
+    "spectral-preconditioner-indefinite": Case(
+        "`spectral_preconditioner(eigenpairs, damping=...)`",
+        "an eigenvalue below `-damping`",
+        lambda tmp: jaxcurv.spectral_preconditioner(
+            (jnp.array([-2.0, 3.0]), jnp.eye(2)), damping=1.0
+        ),
+        ValueError,
+        ("`spectral_preconditioner(eigenpairs)`", "min(eigenvalue + damping)", "-1.0"),
+        "or raise `damping`",
+    ),
     "cg-maxiter-negative": Case(
         "`cg(A, b, maxiter=...)`",
         "negative `maxiter`",

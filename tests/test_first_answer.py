@@ -1,7 +1,7 @@
 """Time to first answer (issue 17 item 6): host-driven Krylov loops and the compile cache.
 
 ``loop="host"`` compiles only the product with ``A`` and runs the recursion in NumPy
-(``jaxcurv._host_krylov``); its answers are checked against ``numpy.linalg.eigvalsh`` of
+(``jaxcurv._host_lanczos``); its answers are checked against ``numpy.linalg.eigvalsh`` of
 the dense matrix, against the device loop, and against closed forms (the trace of a
 diagonal matrix, Hutch++ on a low-rank one). The number of programs a first call
 compiles is pinned. The command line's persistent compilation cache is checked in a
@@ -21,7 +21,7 @@ import pytest
 
 import jaxcurv
 from jaxcurv._dispatch import _on_host
-from jaxcurv._host_krylov import host_eigenvalues, host_quadrature
+from jaxcurv._host_lanczos import host_eigenvalues, host_quadrature
 from jaxcurv.app.cli import compile_cache_dir
 from tests.helpers import count_compiles, random_symmetric
 

@@ -16,7 +16,8 @@ import pytest
 
 import jaxcurv
 from jaxcurv._dispatch import _on_host
-from jaxcurv._host_krylov import _BLOCK_BYTES, block_rows, host_quadrature, host_rng
+from jaxcurv._host_lanczos import host_quadrature
+from jaxcurv._host_product import _BLOCK_BYTES, block_rows, host_rng
 from tests.helpers import count_compiles, random_symmetric
 
 _N = 30

@@ -150,7 +150,8 @@ def test_load_checkpoint_errors(tmp_path):
 
 def test_a_checkpoint_from_before_value_and_grad_loads(tmp_path):
     """HessianFreeState gained trailing ``value``/``grad`` fields (None unless
-    store_grad=True): a checkpoint written with the 15-field state still loads."""
+    store_grad=True), then ``spectral_pairs`` (None unless preconditioner="spectral"): a
+    checkpoint written with the 15-field state still loads."""
     import collections
 
     import jax
@@ -161,12 +162,14 @@ def test_a_checkpoint_from_before_value_and_grad_loads(tmp_path):
     new = hessian_free().init(params)
     new = new._replace(count=jnp.asarray(7, new.count.dtype), damping=jnp.asarray(0.25))
     # The state class as it was: same name, the fields before value and grad.
-    Old = collections.namedtuple("HessianFreeState", type(new)._fields[:-2])
-    old = Old(*new[:-2])
+    fields = type(new)._fields
+    Old = collections.namedtuple("HessianFreeState", fields[: fields.index("value")])
+    old = Old(*new[: len(Old._fields)])
     assert str(jax.tree.structure(old)) != str(jax.tree.structure(new))  # what was refused
     path = save_checkpoint(tmp_path / "old.npz", params, old, step=7, optimizer_name="hf")
     ck = load_checkpoint(path, params, new, optimizer_name="hf")
     assert type(ck.state) is type(new) and ck.state.value is None and ck.state.grad is None
+    assert ck.state.spectral_pairs is None
     assert_trees_identical(ck.state, new)
     assert_trees_identical(ck.params, params)
     # Only trailing None fields may be missing: with store_grad=True they hold leaves.
