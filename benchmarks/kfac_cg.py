@@ -336,7 +336,7 @@ def hf_full_batch(s: dict) -> list[dict]:
 
 
 def hf_minibatch(s: dict, quick: bool) -> dict:
-    """The best mini-batch ``hessian_free`` of ``benchmarks.optimizers_minibatch`` for
+    """The first mini-batch ``hessian_free`` of ``benchmarks.optimizers_minibatch``'s grid for
     ``minibatch_budget_s`` seconds, with and without the spectral preconditioner."""
     from benchmarks import optimizers_minibatch as om
 
@@ -680,7 +680,7 @@ def _training_section(doc: dict) -> list[str]:
             ["preconditioner", "CG steps", "run s", "compile s", "final loss", "final λ"], full
         ),
         "",
-        f"Mini-batch, the best configuration of `optimizers_minibatch` "
+        f"Mini-batch, the first configuration of `optimizers_minibatch`'s grid "
         f"({t['minibatch']['config']}, {t['minibatch']['num']:,} images) for "
         f"{st['minibatch_budget_s']:g} s; loss on all the images:",
         "",
